@@ -1,0 +1,1 @@
+"""Benchmarks, the offline replay simulator, the emulation runner and reports."""

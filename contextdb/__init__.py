@@ -1,0 +1,1 @@
+"""Long-term, location-aware history of what each carrier delivered where."""

@@ -1,0 +1,425 @@
+"""The one TOML configuration format for gateway and node.
+
+A file is parsed with ``tomllib`` and mapped onto the frozen dataclasses below. The
+mapping is strict because a typo in a fleet's configuration should stop the process
+at start, not silently fall back to a default at 300 km/h: unknown keys, wrong types
+and out-of-range values raise :class:`ConfigError` naming the file and the dotted key.
+
+Every field carries its documentation in its metadata (``doc``) so that
+``docs/configuration.md`` is generated from the code (``mpproxy config docs``) and a
+test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from middlebox.errors import UserError
+
+
+class ConfigError(UserError):
+    """A configuration file or value was rejected."""
+
+
+def opt(
+    default: Any,
+    doc: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    check: typing.Callable[[Any], str | None] | None = None,
+) -> Any:
+    """A documented, validated configuration field.
+
+    ``check`` returns an error text or None; it runs after type and range checks.
+    Mutable defaults (lists, dataclasses) are wrapped in a factory.
+    """
+    meta = {"doc": doc, "min": min, "max": max, "choices": choices, "check": check}
+    if isinstance(default, list) or dataclasses.is_dataclass(default):
+        proto = default
+        return field(default_factory=lambda: _copy(proto), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    if dataclasses.is_dataclass(value):
+        return dataclasses.replace(value)
+    return value
+
+
+def _check_hostport(value: str) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"must be HOST:PORT with a port in 1..65535 (got {value!r})"
+    return None
+
+
+def _check_address(value: str) -> str | None:
+    if value == "":
+        return None
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return f"must be an IP address (got {value!r})"
+    return None
+
+
+def _check_prefixes(values: list[str]) -> str | None:
+    for v in values:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            return f"must be a list of IP prefixes such as '10.0.0.0/8' (bad entry {v!r})"
+    return None
+
+
+def _check_name(value: str) -> str | None:
+    if not value or len(value) > 64 or not all(c.isalnum() or c in "-_." for c in value):
+        return f"must be 1..64 characters of letters, digits, '-', '_' or '.' (got {value!r})"
+    return None
+
+
+CARRIER_TYPES = ("lte", "5g", "3g", "satellite", "wifi", "ethernet", "other")
+
+
+@dataclass(frozen=True)
+class CarrierConfig:
+    """One cellular modem of the gateway, one carrier path group to the node."""
+
+    name: str = opt("", "Carrier name, unique per gateway (e.g. 'vodafone').", check=_check_name)
+    type: str = opt("lte", "Access technology, sent in HELLO.", choices=CARRIER_TYPES)
+    interface: str = opt("", "Interface of the modem (bound with SO_BINDTODEVICE).")
+    address: str = opt(
+        "", "Source address on that interface; empty: the interface's first.", check=_check_address
+    )
+    paths: int = opt(1, "Long-lived TCP connections to the node over this carrier.", min=1, max=16)
+    congestion_control: str = opt(
+        "bbr",
+        "Kernel congestion control of this carrier's paths.",
+        choices=("bbr", "cubic", "reno"),
+    )
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    id: str = opt(
+        "gateway",
+        "Identity of this gateway, sent in HELLO and matched against its certificate.",
+        check=_check_name,
+    )
+    node: str = opt(
+        "127.0.0.1:4433", "Address of the cloud node, HOST:PORT.", check=_check_hostport
+    )
+    lan_interface: str = opt("lan0", "Interface facing the passengers.")
+    listener_namespace: str = opt("mpp-listen", "Network namespace of the capturing listener.")
+    buffer_bytes: int = opt(
+        4 << 20,
+        "Bytes buffered per connection before the client's TCP window closes.",
+        min=64 << 10,
+        max=1 << 30,
+    )
+    bypass: list[str] = opt(
+        ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"],
+        "Destination prefixes forwarded by ordinary routing, not proxied.",
+        check=_check_prefixes,
+    )
+    deny: list[str] = opt(
+        [], "Destination prefixes whose connections are refused with RST.", check=_check_prefixes
+    )
+    carriers: list[CarrierConfig] = opt([], "The carriers, one [[gateway.carriers]] table each.")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    listen: str = opt(
+        "0.0.0.0:4433",
+        "Address the node accepts carrier paths on, HOST:PORT.",
+        check=_check_hostport,
+    )
+    connect_timeout: float = opt(
+        10.0, "Seconds to wait for a destination to accept.", min=0.1, max=300.0
+    )
+    allow_private_destinations: bool = opt(
+        False,
+        "Allow destinations in private, loopback, "
+        "link-local and multicast ranges (never on the "
+        "public Internet: it makes the node an open relay "
+        "into its own network).",
+    )
+    allowed_destinations: list[str] = opt(
+        [],
+        "Private prefixes allowed even when allow_private_destinations is false.",
+        check=_check_prefixes,
+    )
+    buffer_bytes: int = opt(
+        4 << 20, "Bytes buffered per connection on the node.", min=64 << 10, max=1 << 30
+    )
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    ca: str = opt("", "CA certificate (PEM) that signs node and gateway certificates.")
+    cert: str = opt("", "This process's certificate (PEM).")
+    key: str = opt("", "This process's private key (PEM).")
+    plaintext: bool = opt(
+        False,
+        "Carry paths without TLS. For benchmarks on a closed testbed only; logged loudly at start.",
+    )
+
+
+@dataclass(frozen=True)
+class WireConfig:
+    max_payload: int = opt(
+        256 << 10,
+        "Largest message payload accepted from a peer, in bytes; "
+        "the decoder never buffers more than this plus one header.",
+        min=1024,
+        max=16 << 20,
+    )
+    message_size: int = opt(
+        16 << 10,
+        "Target DATA message size in bytes (adapted at run time up to max_payload).",
+        min=512,
+        max=16 << 20,
+    )
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = opt("info", "Log level.", choices=("debug", "info", "warning", "error"))
+
+
+@dataclass(frozen=True)
+class Config:
+    gateway: GatewayConfig = opt(GatewayConfig(), "The vehicle side.")
+    node: NodeConfig = opt(NodeConfig(), "The cloud side.")
+    tls: TLSConfig = opt(TLSConfig(), "Path encryption and mutual authentication.")
+    wire: WireConfig = opt(WireConfig(), "Message framing between gateway and node.")
+    logging: LoggingConfig = opt(LoggingConfig(), "Logging.")
+
+    def __post_init__(self) -> None:
+        names = [c.name for c in self.gateway.carriers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(
+                f"gateway.carriers: carrier names must be unique (repeated: {', '.join(dupes)})"
+            )
+        if self.wire.message_size > self.wire.max_payload:
+            raise ConfigError(
+                "wire.message_size: must not exceed wire.max_payload "
+                f"({self.wire.message_size} > {self.wire.max_payload})"
+            )
+
+
+# -- loading -----------------------------------------------------------------------------
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: must be a list (got {type(value).__name__})")
+        return [_convert(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"{key}: union types are not supported in configuration")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: must be a table (got {type(value).__name__})")
+        return from_dict(tp, value, prefix=key)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"{key}: must be {_TYPE_NAMES.get(tp, tp.__name__)} (got {value!r})")
+    return value
+
+
+def _validate(f: dataclasses.Field, value: Any, key: str) -> None:
+    meta = f.metadata
+    lo, hi, choices, check = (
+        meta.get("min"),
+        meta.get("max"),
+        meta.get("choices"),
+        meta.get("check"),
+    )
+    if lo is not None and value < lo:
+        raise ConfigError(f"{key}: must be >= {lo} (got {value!r})")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{key}: must be <= {hi} (got {value!r})")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}: must be one of {', '.join(choices)} (got {value!r})")
+    if check is not None and (err := check(value)):
+        raise ConfigError(f"{key}: {err}")
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a parsed TOML table, strictly."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{key}: unknown key (known here: {known})")
+        converted = _convert(hints[name], value, key)
+        _validate(fields[name], converted, key)
+        kwargs[name] = converted
+    # Defaults are validated too, so a field whose default is invalid (an empty carrier
+    # name) must be given explicitly.
+    for name, f in fields.items():
+        if name not in kwargs and f.metadata.get("check") is not None:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            key = f"{prefix}.{name}" if prefix else name
+            if err := f.metadata["check"](default):
+                raise ConfigError(f"{key}: required ({err})")
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        if prefix:
+            raise ConfigError(f"{prefix}.{e}") from None
+        raise
+
+
+def load(path: str | Path) -> Config:
+    """Load and validate a configuration file; errors name the file and the key."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    try:
+        return from_dict(Config, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+# -- documentation -------------------------------------------------------------------------
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def _doc_rows(cls: type, prefix: str) -> list[str]:
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        key = f"{prefix}.{f.name}"
+        if typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+            sub = typing.get_args(tp)[0]
+            rows.append(f"| `{key}` | array of tables | | {f.metadata['doc']} |")
+            rows.extend(_doc_rows(sub, f"{key}[]"))
+            continue
+        meta = f.metadata
+        limits = []
+        if meta.get("min") is not None:
+            limits.append(f">= {meta['min']}")
+        if meta.get("max") is not None:
+            limits.append(f"<= {meta['max']}")
+        if meta.get("choices"):
+            limits.append("one of " + ", ".join(f"`{c}`" for c in meta["choices"]))
+        default = _toml_value(_default_of(f))
+        doc = meta["doc"] + (f" ({'; '.join(limits)})" if limits else "")
+        rows.append(f"| `{key}` | `{default}` | {getattr(tp, '__name__', str(tp))} | {doc} |")
+    return rows
+
+
+def render_docs() -> str:
+    """The body of docs/configuration.md, generated from the dataclasses."""
+    out = [
+        "# Configuration",
+        "",
+        "<!-- Generated by `mpproxy config docs`; tests/middlebox/test_config.py checks it. -->",
+        "",
+        "Gateway and node read one TOML file (`--config FILE`). Every key is optional",
+        "unless marked required; unknown keys, wrong types and out-of-range values are",
+        "refused at start with a message naming the file and the key. Check a file with",
+        "`mpproxy config check FILE`; print a file with every default with",
+        "`mpproxy config defaults`.",
+        "",
+    ]
+    for f in dataclasses.fields(Config):
+        sub = typing.get_type_hints(Config)[f.name]
+        out += [
+            f"## [{f.name}]",
+            "",
+            f.metadata["doc"],
+            "",
+            "| key | default | type | meaning |",
+            "| --- | --- | --- | --- |",
+        ]
+        out += _doc_rows(sub, f.name)
+        out.append("")
+    out += [
+        "Carrier tables (`[[gateway.carriers]]`) have no usable default for `name`: each",
+        "must be given. Example:",
+        "",
+        "```toml",
+        "[gateway]",
+        'id = "train-0042"',
+        'node = "203.0.113.10:4433"',
+        "",
+        "[[gateway.carriers]]",
+        'name = "carrier-a"',
+        'interface = "wwan0"',
+        "",
+        "[[gateway.carriers]]",
+        'name = "carrier-b"',
+        'type = "5g"',
+        'interface = "wwan1"',
+        "```",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def render_defaults() -> str:
+    """A TOML file that sets every key to its default (carriers left empty)."""
+    out = []
+    cfg = Config()
+    for f in dataclasses.fields(Config):
+        section = getattr(cfg, f.name)
+        out.append(f"[{f.name}]")
+        for sf in dataclasses.fields(section):
+            value = getattr(section, sf.name)
+            if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+                continue
+            if isinstance(value, list) and not value and sf.name == "carriers":
+                continue
+            out.append(f"{sf.name} = {_toml_value(value)}")
+        out.append("")
+    return "\n".join(out)

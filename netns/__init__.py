@@ -1,0 +1,1 @@
+"""Namespace plumbing (pyroute2) and the emulated testbed built from it."""

@@ -1,0 +1,1 @@
+"""Per-message path decisions: context, estimators, fusion, policies. Pure: no I/O, no clock."""
