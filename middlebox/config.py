@@ -89,7 +89,40 @@ def _check_name(value: str) -> str | None:
     return None
 
 
+def _check_ports(values: list[str]) -> str | None:
+    for v in values:
+        lo, _, hi = v.partition("-")
+        hi = hi or lo
+        if not (lo.isdigit() and hi.isdigit() and 0 <= int(lo) <= int(hi) <= 65535):
+            return (
+                f"must be a list of ports or ranges such as '443' or '8000-8999' (bad entry {v!r})"
+            )
+    return None
+
+
 CARRIER_TYPES = ("lte", "5g", "3g", "satellite", "wifi", "ethernet", "other")
+ACL_ACTIONS = ("allow", "bypass", "deny", "drop")
+
+
+@dataclass(frozen=True)
+class AclRuleConfig:
+    """One access rule of the gateway's flow table; rules are tried in order, first match wins."""
+
+    action: str = opt(
+        "deny",
+        "allow: proxy through the node; bypass: forward by ordinary routing; "
+        "deny: refuse with RST; drop: discard silently.",
+        choices=ACL_ACTIONS,
+    )
+    src: list[str] = opt(
+        [], "Client source prefixes this rule matches; empty: any.", check=_check_prefixes
+    )
+    dst: list[str] = opt(
+        [], "Destination prefixes this rule matches; empty: any.", check=_check_prefixes
+    )
+    dst_ports: list[str] = opt(
+        [], "Destination ports or ranges ('443', '8000-8999'); empty: any.", check=_check_ports
+    )
 
 
 @dataclass(frozen=True)
@@ -137,6 +170,29 @@ class GatewayConfig:
         [], "Destination prefixes whose connections are refused with RST.", check=_check_prefixes
     )
     carriers: list[CarrierConfig] = opt([], "The carriers, one [[gateway.carriers]] table each.")
+    acl: list[AclRuleConfig] = opt(
+        [],
+        "Access rules, one [[gateway.acl]] table each, tried in order before the deny and "
+        "bypass lists; the first match decides; no match: deny list, then bypass list, then proxy.",
+    )
+    flow_table_size: int = opt(
+        65536, "Most flows tracked at once; new flows beyond it are dropped.", min=64, max=1 << 24
+    )
+    flow_timeout_half_open: float = opt(
+        30.0, "Seconds a flow may stay idle before its handshake completes.", min=1.0, max=3600.0
+    )
+    flow_timeout_established: float = opt(
+        7440.0,
+        "Seconds an established flow may stay idle (RFC 5382 asks at least 7440).",
+        min=60.0,
+        max=864000.0,
+    )
+    flow_timeout_closing: float = opt(
+        240.0, "Seconds a flow may stay idle after its first FIN.", min=1.0, max=3600.0
+    )
+    flow_timeout_closed: float = opt(
+        10.0, "Seconds a reset or fully closed flow stays recorded.", min=0.0, max=600.0
+    )
 
 
 @dataclass(frozen=True)
@@ -178,6 +234,47 @@ class TLSConfig:
 
 
 @dataclass(frozen=True)
+class PathConfig:
+    """Socket options of the carrier paths, on the gateway and on the node."""
+
+    notsent_lowat: int = opt(
+        128 << 10,
+        "TCP_NOTSENT_LOWAT of a path socket: unsent bytes the kernel may hold, so a message "
+        "is committed to a path only shortly before it can leave.",
+        min=4096,
+        max=64 << 20,
+    )
+    keepalive_idle: int = opt(
+        5, "Seconds of silence before the first keepalive probe.", min=1, max=7200
+    )
+    keepalive_interval: int = opt(2, "Seconds between keepalive probes.", min=1, max=600)
+    keepalive_count: int = opt(
+        3, "Unanswered probes before the path is declared dead.", min=1, max=60
+    )
+    user_timeout: float = opt(
+        10.0,
+        "Seconds sent data may stay unacknowledged before the kernel drops the path "
+        "(TCP_USER_TIMEOUT).",
+        min=1.0,
+        max=600.0,
+    )
+    reconnect_initial: float = opt(0.2, "First reconnection delay in seconds.", min=0.01, max=60.0)
+    reconnect_max: float = opt(15.0, "Longest reconnection delay in seconds.", min=0.1, max=3600.0)
+    reconnect_jitter: float = opt(
+        0.5,
+        "Fraction of each delay drawn at random, so paths do not retry in step.",
+        min=0.0,
+        max=1.0,
+    )
+    reconnect_stable: float = opt(
+        10.0,
+        "Seconds a path must stay up before its backoff starts again from the first delay.",
+        min=0.0,
+        max=3600.0,
+    )
+
+
+@dataclass(frozen=True)
 class WireConfig:
     max_payload: int = opt(
         256 << 10,
@@ -204,6 +301,7 @@ class Config:
     gateway: GatewayConfig = opt(GatewayConfig(), "The vehicle side.")
     node: NodeConfig = opt(NodeConfig(), "The cloud side.")
     tls: TLSConfig = opt(TLSConfig(), "Path encryption and mutual authentication.")
+    paths: PathConfig = opt(PathConfig(), "Carrier path sockets (both sides).")
     wire: WireConfig = opt(WireConfig(), "Message framing between gateway and node.")
     logging: LoggingConfig = opt(LoggingConfig(), "Logging.")
 
