@@ -292,6 +292,54 @@ class WireConfig:
 
 
 @dataclass(frozen=True)
+class TcpConfig:
+    """The gateway's user-space TCP endpoint (``middlebox/tcp``), facing the passengers."""
+
+    mtu: int = opt(
+        1500,
+        "MTU of the passenger LAN; the MSS sent and accepted is clamped to MTU - 40.",
+        min=576,
+        max=65535,
+    )
+    window_scale: int = opt(
+        9, "Window scale announced to clients that offer scaling (RFC 7323).", min=0, max=14
+    )
+    sack: bool = opt(True, "Offer selective acknowledgements (RFC 2018) to clients.")
+    timestamps: bool = opt(True, "Use timestamps (RFC 7323) with clients that offer them.")
+    delayed_ack: float = opt(
+        0.04, "Seconds an ACK may wait for a second segment.", min=0.001, max=0.5
+    )
+    rto_min: float = opt(
+        0.2, "Lower bound of the retransmission timeout, seconds.", min=0.01, max=2.0
+    )
+    rto_max: float = opt(
+        60.0, "Upper bound of the retransmission timeout, seconds.", min=1.0, max=120.0
+    )
+    max_retransmits: int = opt(
+        12, "Retransmissions of one segment before the connection is reset.", min=2, max=30
+    )
+    initial_cwnd: int = opt(10, "Initial congestion window in segments.", min=1, max=100)
+    idle_timeout: float = opt(
+        7440.0,
+        "Seconds without a segment from the client before the endpoint resets.",
+        min=1.0,
+        max=864000.0,
+    )
+    time_wait: float = opt(
+        10.0,
+        "Seconds a connection the endpoint closed first stays in TIME-WAIT.",
+        min=0.0,
+        max=240.0,
+    )
+    max_connections: int = opt(
+        65536, "Most connections at once; SYNs beyond it are refused with RST.", min=1, max=1 << 22
+    )
+    gso: bool = opt(
+        True, "Hand segments of up to 64 KiB to the kernel to cut (PACKET_VNET_HDR + GSO)."
+    )
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = opt("info", "Log level.", choices=("debug", "info", "warning", "error"))
 
@@ -303,6 +351,7 @@ class Config:
     tls: TLSConfig = opt(TLSConfig(), "Path encryption and mutual authentication.")
     paths: PathConfig = opt(PathConfig(), "Carrier path sockets (both sides).")
     wire: WireConfig = opt(WireConfig(), "Message framing between gateway and node.")
+    tcp: TcpConfig = opt(TcpConfig(), "User-space TCP endpoint facing the passengers.")
     logging: LoggingConfig = opt(LoggingConfig(), "Logging.")
 
     def __post_init__(self) -> None:
