@@ -18,6 +18,7 @@ from middlebox.errors import UserError
 
 COMMANDS = [
     "middlebox.cmd_config",
+    "middlebox.cmd_pki",
     "bench.demo",
 ]
 
