@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contextdb.config import ContextDBConfig
 from middlebox.errors import UserError
+from scheduler.config import SchedulerConfig
 
 
 class ConfigError(UserError):
@@ -352,6 +354,12 @@ class Config:
     paths: PathConfig = opt(PathConfig(), "Carrier path sockets (both sides).")
     wire: WireConfig = opt(WireConfig(), "Message framing between gateway and node.")
     tcp: TcpConfig = opt(TcpConfig(), "User-space TCP endpoint facing the passengers.")
+    scheduler: SchedulerConfig = opt(
+        SchedulerConfig(), "Per-message path scheduling (see docs/scheduler.md)."
+    )
+    contextdb: ContextDBConfig = opt(
+        ContextDBConfig(), "Long-term, location-aware history (see docs/contextdb.md)."
+    )
     logging: LoggingConfig = opt(LoggingConfig(), "Logging.")
 
     def __post_init__(self) -> None:

@@ -1,0 +1,105 @@
+"""Plain records the scheduler reads: path, connection and third-party context, messages.
+
+Units: seconds and bytes throughout; rates in bytes per second; losses as fractions 0..1.
+These are data, not behaviour: estimators (``scheduler.estimators``) produce
+``PathContext``; the gateway, the node or the replay simulator produce the others.
+A policy never mutates them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Message kinds.
+DATA = "data"
+REINJECTION = "reinjection"
+CONTROL = "control"
+KINDS = (DATA, REINJECTION, CONTROL)
+
+# Network states of a path (seed 003).
+NORMAL = "normal"
+INTERFERED = "interfered"
+CONGESTED = "congested"
+STABLE = "stable"
+STATES = (NORMAL, INTERFERED, CONGESTED, STABLE)
+
+
+@dataclass(slots=True)
+class PathContext:
+    """What the scheduler knows about one carrier path at one moment.
+
+    The first block is what TCP_INFO (or the simulator) reports, smoothed; the second is
+    short-term estimator state (``None`` when the producer has no estimator: policies then
+    fall back to ``srtt``/``rttvar`` and treat other variances as unknown).
+    """
+
+    path_id: int
+    carrier: str = ""
+    up: bool = True
+    srtt: float = 0.1  # s, smoothed RTT
+    rttvar: float = 0.0  # s, RTT mean deviation (kernel style)
+    delivery_rate: float = 0.0  # bytes/s
+    loss_rate: float = 0.0  # fraction of segments lost/retransmitted
+    cwnd: int = 0  # bytes
+    inflight: int = 0  # bytes sent, not acknowledged
+    queued: int = 0  # bytes accepted by the path, not yet sent
+    probe_rtt: float | None = None  # s, last application-level probe RTT
+    mss: int = 0  # bytes; 0 = unknown (policies use their configured mss)
+    # -- short-term estimator state ---------------------------------------------------------
+    rtt_pred: float | None = None  # s, least-squares extrapolation of the delay
+    rtt_jitter: float | None = None  # s^2, variance of the last samples (seed 003 jitter)
+    min_rtt: float | None = None  # s, smallest RTT in the estimator's window
+    rate_var: float | None = None  # (bytes/s)^2, variance of the delivery rate
+    loss_pred: float | None = None  # least-squares extrapolation of the loss
+    loss_var: float | None = None  # variance of recent loss samples
+    state: str = NORMAL  # one of STATES
+    rto: float | None = None  # s, retransmission timeout after the state's adjustment
+    updated: float = 0.0  # s, time of the last sample
+
+
+@dataclass(slots=True)
+class ConnectionContext:
+    """One proxied TCP connection, as the gateway or node tracks it."""
+
+    conn_id: int
+    client: str = ""  # owner (passenger address or account): the unit of fairness
+    direction: str = "up"  # "up" (client to server) or "down"
+    dst_port: int = 0
+    opened: float = 0.0  # s, time the connection was opened
+    bytes_so_far: int = 0  # bytes carried so far in this direction
+    priority: int = 0  # priority class; 0 ordinary
+
+    def age(self, now: float) -> float:
+        return now - self.opened
+
+
+@dataclass(slots=True)
+class CarrierContext:
+    """Third-party context of one carrier: what the modem and the GPS report."""
+
+    carrier: str
+    cell_id: str = ""
+    rsrp: float | None = None  # dBm, latest
+    rsrp_window: tuple[float, ...] = ()  # dBm, most recent last
+    handover_events: tuple[tuple[float, str], ...] = ()  # (time, kind)
+    position: tuple[float, float] | None = None  # (latitude, longitude)
+    updated: float = 0.0
+
+
+@dataclass(slots=True)
+class MessageInfo:
+    """One message to place on paths.
+
+    ``backlog`` (bytes of the same connection still waiting behind this message) and
+    ``window`` (connection-level send window still open at the peer, bytes; None when
+    unknown) are what ECF and BLEST need.
+    """
+
+    conn_id: int
+    size: int
+    kind: str = DATA
+    priority: int = 0
+    offset: int = 0  # byte offset of the message in its connection's stream
+    backlog: int = 0
+    window: int | None = None
+    conn: ConnectionContext | None = field(default=None)
