@@ -658,6 +658,11 @@ def encode_header(msg: Message, max_payload: int | None = None) -> bytes:
     return _HDR.pack(MAGIC, VERSION, cls.TYPE, len(body)) + body
 
 
+def max_data_payload(peer_max_payload: int) -> int:
+    """Largest DATA (or DATAGRAM) payload a peer with this body limit accepts."""
+    return peer_max_payload - DATA_FIXED
+
+
 def encode(msg: Message, max_payload: int | None = None) -> bytes:
     """The whole message as one bytes object (copies the payload; see encode_header)."""
     head = encode_header(msg, max_payload)
@@ -870,6 +875,10 @@ class Decoder:
     Validity rule: the decoder keeps references to the chunks it was fed, so do not
     modify a chunk after feeding it (``socket.recv`` returns a new object each time; a
     ``recv_into`` caller must use a fresh buffer per call).
+
+    A payload view keeps its whole chunk alive: a holder that keeps small payloads for
+    long (an out-of-order queue) and counts memory by payload length should copy them
+    (``bytes(msg.payload)``) or account for the chunk.
 
     Memory: the bytes the decoder itself holds (``buffered``) never exceed
     ``HEADER_SIZE + max_payload``: a header announcing a longer body is refused before

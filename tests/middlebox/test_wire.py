@@ -360,6 +360,7 @@ def test_invalid_data_is_refused_by_the_encoder(msg: wire.Message) -> None:
 
 def test_encoder_respects_the_peers_limit() -> None:
     msg = Data(1, 0, bytes(2000))
+    assert wire.max_data_payload(2000 + wire.DATA_FIXED) == 2000
     assert len(encode(msg, max_payload=2000 + wire.DATA_FIXED)) == 2000 + wire.DATA_OVERHEAD
     with pytest.raises(ProtocolError, match="exceeds the peer's 2000"):
         encode_header(msg, max_payload=2000)
@@ -471,3 +472,27 @@ def test_codec_benchmark_runs() -> None:
 
     rows = codec.run(size=1024, count=50, chunk=4096, repeat=1)
     assert len(rows) == 7 and all(seconds > 0 and n == 50 for _, seconds, n in rows)
+
+
+def test_sendmsg_with_separate_payload_over_a_socketpair() -> None:
+    import socket
+
+    msgs = [Data(9, i * 5000, bytes([i]) * 5000) for i in range(20)] + [Fin(9, 100000)]
+    a, b = socket.socketpair()
+    try:
+        a.settimeout(5)
+        b.settimeout(5)
+        dec = Decoder(MAX * 2)
+        out: list[wire.Message] = []
+        for m in msgs:
+            parts = [encode_header(m, dec.max_payload)]
+            if isinstance(m, Data):
+                parts.append(m.payload)
+            assert a.sendmsg(parts) == sum(len(p) for p in parts)
+            while dec.buffered or len(out) < msgs.index(m) + 1:
+                dec.feed(b.recv(65536))
+                out.extend(dec)
+        assert out == msgs
+    finally:
+        a.close()
+        b.close()
