@@ -1,0 +1,80 @@
+"""Events the endpoint hands to the proxy (pulled with ``next_event()``)."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from middlebox.tcp.options import Options
+
+if TYPE_CHECKING:
+    from middlebox.tcp.connection import Connection
+
+Key = tuple[bytes, int, bytes, int]
+
+
+@dataclass(slots=True)
+class ConnectionRequested:
+    """A client sent a SYN. ``key`` is (client addr, client port, server addr, server port).
+
+    The proxy calls ``conn.accept()`` (or the table accepts by itself when built with
+    ``auto_accept=True``) or ``conn.abort()`` to refuse with RST.
+    """
+
+    conn: Connection
+    key: Key
+    options: Options
+
+
+@dataclass(slots=True)
+class DataReceived:
+    """In-order bytes from the client; consecutive arrivals are coalesced into one event."""
+
+    conn: Connection
+    data: bytes
+
+
+@dataclass(slots=True)
+class PeerClosed:
+    """The client sent FIN: it will send no more, but may still receive (half close)."""
+
+    conn: Connection
+
+
+@dataclass(slots=True)
+class Reset:
+    """The connection was reset: ``reason`` is 'peer', 'timeout', 'idle' or 'aborted'."""
+
+    conn: Connection
+    reason: str
+
+
+@dataclass(slots=True)
+class ConnectionGone:
+    """All state of the connection is freed; always the last event of a connection."""
+
+    conn: Connection
+
+
+@dataclass(slots=True)
+class _DataMarker:
+    """Placeholder queued when bytes arrive; turned into DataReceived when pulled."""
+
+    conn: Connection
+
+
+def pull(events: deque) -> object | None:
+    """Pop the next event, materialising coalesced bytes as one DataReceived."""
+    while events:
+        e = events.popleft()
+        if type(e) is _DataMarker:
+            c = e.conn
+            c.rx_marked = False
+            if not c.rxbuf:
+                continue
+            data = bytes(c.rxbuf)
+            c.rxbuf.clear()
+            return DataReceived(c, data)
+        return e
+    return None
