@@ -389,12 +389,14 @@ def _feed_hostile(dec: Decoder, stream: bytes, cuts: list[int]) -> None:
     assert dec.buffered <= HEADER_SIZE + dec.max_payload
 
 
+@pytest.mark.timeout(120)
 @SETTINGS
 @given(st.binary(max_size=3000), st.lists(st.integers(0, 1 << 16), max_size=20))
 def test_random_bytes_raise_only_protocol_error(stream: bytes, cuts: list[int]) -> None:
     _feed_hostile(Decoder(MAX), stream, cuts)
 
 
+@pytest.mark.timeout(120)
 @SETTINGS
 @given(st.binary(max_size=200), st.lists(st.integers(0, 1 << 16), max_size=20))
 def test_random_bodies_behind_valid_headers_raise_only_protocol_error(
@@ -405,6 +407,7 @@ def test_random_bodies_behind_valid_headers_raise_only_protocol_error(
         _feed_hostile(Decoder(MAX), header(mtype, len(body)) + body, cuts)
 
 
+@pytest.mark.timeout(120)
 @SETTINGS
 @given(
     st.lists(messages, min_size=1, max_size=6),
@@ -428,6 +431,26 @@ def test_mutated_streams_raise_only_protocol_error(
         elif i < len(stream):
             del stream[i]
     _feed_hostile(Decoder(MAX), bytes(stream), cuts)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.sampled_from(sorted(wire.MESSAGE_TYPES)),
+    st.integers(0, U32),
+    st.binary(max_size=300),
+    st.lists(st.integers(0, 1 << 16), max_size=10),
+)
+def test_any_announced_length_allocates_at_most_the_limit(
+    mtype: int, length: int, body: bytes, cuts: list[int]
+) -> None:
+    dec = Decoder(MAX)
+    tracemalloc.start()
+    try:
+        _feed_hostile(dec, header(mtype, length) + body, cuts)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < HEADER_SIZE + MAX + (16 << 10)  # the body buffer plus small objects
 
 
 def test_huge_announced_length_allocates_nothing() -> None:
