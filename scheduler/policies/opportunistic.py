@@ -48,6 +48,7 @@ class ContextPolicy:
         self._ports = frozenset(cfg.interactive_ports)
         self._scaled = cfg.longterm_variance == "scaled"
         self._lt: dict[str, tuple[float, PredictionLike | None]] = {}
+        self._memo: dict[int, tuple[tuple, tuple[float, float, float, float]]] = {}
         # Bulk fairness: path id -> client -> [decayed bytes, time of last update].
         self._fair: dict[int, dict[str, list[float]]] = {}
         self._last_bulk: dict[str, float] = {}
@@ -67,7 +68,36 @@ class ContextPolicy:
         return pred
 
     def fused(self, p: PathContext, now: float) -> tuple[float, float, float, float]:
-        """(RTT s, BW bytes/s, loss, p_disconnect) of path ``p`` after fusion."""
+        """(RTT s, BW bytes/s, loss, p_disconnect) of path ``p`` after fusion.
+
+        Memoised per path on every input it reads (so a context mutated in place is
+        never served a stale result): a path's statistics change per TCP_INFO sample,
+        far less often than messages arrive.
+        """
+        pred = self.prediction(p.carrier, now) if self.longterm is not None else None
+        key = (
+            pred,
+            p.carrier,
+            p.srtt,
+            p.rttvar,
+            p.rtt_pred,
+            p.rtt_jitter,
+            p.delivery_rate,
+            p.rate_var,
+            p.loss_rate,
+            p.loss_pred,
+            p.loss_var,
+        )
+        hit = self._memo.get(p.path_id)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        result = self._fuse(p, pred)
+        self._memo[p.path_id] = (key, result)
+        return result
+
+    def _fuse(
+        self, p: PathContext, pred: PredictionLike | None
+    ) -> tuple[float, float, float, float]:
         rtt = p.rtt_pred if p.rtt_pred is not None else p.srtt
         if p.rtt_jitter is not None:
             rtt_var = p.rtt_jitter
@@ -77,7 +107,6 @@ class ContextPolicy:
         bw_var = p.rate_var if p.rate_var is not None else INF
         loss = p.loss_pred if p.loss_pred is not None else p.loss_rate
         loss_var = p.loss_var if p.loss_var is not None else INF
-        pred = self.prediction(p.carrier, now) if self.longterm is not None else None
         if pred is None:
             return rtt, bw, loss, 0.0
         conf = pred.confidence

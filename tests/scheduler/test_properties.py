@@ -1,0 +1,94 @@
+"""Rules every policy keeps, on random paths and messages."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scheduler.context import KINDS, ConnectionContext, MessageInfo, PathContext
+from scheduler.longterm import LongTermPrediction, StubSource
+from scheduler.policies import get, names
+
+path_st = st.builds(
+    PathContext,
+    path_id=st.integers(0, 15),
+    carrier=st.sampled_from(["a", "b", "c"]),
+    up=st.booleans(),
+    srtt=st.floats(1e-4, 5.0),
+    rttvar=st.floats(0.0, 1.0),
+    delivery_rate=st.floats(0.0, 1e9),
+    loss_rate=st.floats(0.0, 1.0),
+    cwnd=st.integers(0, 10**7),
+    inflight=st.integers(0, 10**7),
+    queued=st.integers(0, 10**8),
+    mss=st.integers(0, 9000),
+    rtt_pred=st.none() | st.floats(1e-4, 5.0),
+    rtt_jitter=st.none() | st.floats(0.0, 1.0),
+    rate_var=st.none() | st.floats(0.0, 1e18),
+    loss_pred=st.none() | st.floats(0.0, 1.0),
+    loss_var=st.none() | st.floats(0.0, 1.0),
+)
+
+
+def unique_paths(paths):
+    seen, out = set(), []
+    for p in paths:
+        if p.path_id not in seen:
+            seen.add(p.path_id)
+            out.append(p)
+    return out
+
+
+conn_st = st.none() | st.builds(
+    ConnectionContext,
+    conn_id=st.integers(0, 5),
+    client=st.sampled_from(["", "x", "y"]),
+    dst_port=st.sampled_from([0, 22, 443]),
+    bytes_so_far=st.integers(0, 10**8),
+    priority=st.integers(0, 3),
+)
+msg_st = st.builds(
+    MessageInfo,
+    conn_id=st.integers(0, 5),
+    size=st.integers(1, 1 << 20),
+    kind=st.sampled_from(KINDS),
+    priority=st.integers(0, 3),
+    offset=st.integers(0, 10**8),
+    backlog=st.integers(0, 10**8),
+    window=st.none() | st.integers(0, 10**8),
+    conn=conn_st,
+)
+pred_st = st.builds(
+    LongTermPrediction,
+    throughput_mean=st.floats(0, 1e9),
+    throughput_var=st.floats(0, 1e18),
+    rtt_mean=st.floats(0, 5),
+    rtt_var=st.floats(0, 1),
+    loss_mean=st.floats(0, 1),
+    loss_var=st.floats(0, 1),
+    confidence=st.floats(0, 1),
+    p_disconnect=st.floats(0, 1),
+    expected_gap=st.floats(0, 10),
+)
+scenario = st.lists(
+    st.tuples(msg_st, st.lists(path_st, max_size=8).map(unique_paths)), min_size=1, max_size=6
+)
+
+
+def run(name, steps, preds):
+    src = StubSource({c: [(0.0, 1e9, pr)] for c, pr in preds.items()})
+    pol = get(name, longterm=src)
+    return [pol.decide(m, paths, float(i)) for i, (m, paths) in enumerate(steps)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(scenario, st.dictionaries(st.sampled_from(["a", "b"]), pred_st))
+def test_policy_rules(steps, preds):
+    for name in names():
+        decisions = run(name, steps, preds)
+        for (_, paths), chosen in zip(steps, decisions, strict=True):
+            up = {p.path_id for p in paths if p.up}
+            assert set(chosen) <= up, (name, chosen, up)
+            assert len(set(chosen)) == len(chosen), (name, chosen)
+            if up:
+                assert chosen, (name, paths)
+        # deterministic: a fresh policy on the same sequence decides the same
+        assert run(name, steps, preds) == decisions, name
