@@ -274,6 +274,19 @@ class PathConfig:
         min=0.0,
         max=3600.0,
     )
+    stall_min: float = opt(
+        0.5,
+        "Seconds a message may wait for its connection-level ACK before it is sent again "
+        "on another path (longer on slow paths: 3 x (srtt + 4 rttvar) of its path).",
+        min=0.01,
+        max=60.0,
+    )
+    lost_timeout: float = opt(
+        30.0,
+        "Seconds with no path up before every connection is reset on both sides.",
+        min=1.0,
+        max=3600.0,
+    )
 
 
 @dataclass(frozen=True)
