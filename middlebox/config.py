@@ -23,6 +23,7 @@ from typing import Any
 
 from contextdb.config import ContextDBConfig
 from middlebox.errors import UserError
+from middlebox.wire import DATA_FIXED
 from scheduler.config import SchedulerConfig
 
 
@@ -382,10 +383,11 @@ class Config:
             raise ConfigError(
                 f"gateway.carriers: carrier names must be unique (repeated: {', '.join(dupes)})"
             )
-        if self.wire.message_size > self.wire.max_payload:
+        if self.wire.message_size + DATA_FIXED > self.wire.max_payload:
             raise ConfigError(
-                "wire.message_size: must not exceed wire.max_payload "
-                f"({self.wire.message_size} > {self.wire.max_payload})"
+                "wire.message_size: must leave room for the DATA header within "
+                f"wire.max_payload ({self.wire.message_size} + {DATA_FIXED} > "
+                f"{self.wire.max_payload})"
             )
 
 

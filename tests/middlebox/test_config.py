@@ -69,7 +69,7 @@ connect_timeout = 3
             "[[gateway.carriers]]\nname='a'\n[[gateway.carriers]]\nname='a'\n",
             "gateway.carriers: carrier names must be unique",
         ),
-        ("[wire]\nmessage_size = 300000\n", "wire.message_size: must not exceed"),
+        ("[wire]\nmessage_size = 300000\n", "wire.message_size: must leave room"),
         ("[logging]\nlevel = 3\n", "logging.level: must be a string"),
         ("gateway = 5\n", "gateway: must be a table"),
     ],
@@ -133,3 +133,13 @@ def test_help_lists_only_built_commands(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "config" in out and "demo" in out
+
+
+def test_message_size_must_fit_a_data_message(tmp_path):
+    from middlebox.wire import DATA_FIXED
+
+    ok = write(tmp_path, f"[wire]\nmax_payload = 65536\nmessage_size = {65536 - DATA_FIXED}\n")
+    assert config.load(ok).wire.message_size == 65536 - DATA_FIXED
+    bad = write(tmp_path, f"[wire]\nmax_payload = 65536\nmessage_size = {65537 - DATA_FIXED}\n")
+    with pytest.raises(ConfigError, match="must leave room for the DATA header"):
+        config.load(bad)
