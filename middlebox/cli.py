@@ -20,6 +20,7 @@ COMMANDS = [
     "middlebox.cmd_config",
     "middlebox.cmd_pki",
     "bench.demo",
+    "contextdb.cli",
 ]
 
 log = logging.getLogger("mpproxy")

@@ -1,0 +1,248 @@
+"""``mpproxy contextdb import|query|stats|evaluate``.
+
+The only contextdb module that imports middlebox: it reads the gateway's configuration
+file for the ``[contextdb]`` section and turns :class:`ContextDBError` into the CLI's
+one-line ``UserError``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import sys
+
+from middlebox.errors import UserError
+
+EXAMPLE_SPLIT = (
+    "example: mpproxy contextdb evaluate "
+    "--train ../shared/traces/5g-driving/B_2019.12.* "
+    "--test ../shared/traces/5g-driving/B_2020.01.*"
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "contextdb",
+        help="long-term, location-aware history of each carrier",
+        description="Import traces into the context database, query predictions, show "
+        "statistics, and evaluate predictions on held-out runs.",
+    )
+    cmds = p.add_subparsers(dest="contextdb_command", metavar="ACTION", required=True)
+
+    def store_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--config", help="TOML configuration; its [contextdb] section is used")
+        q.add_argument("--db", help="database file (default: contextdb.path)")
+        q.add_argument("--fleet", help="shared store redis://HOST:PORT[/DB] instead of a file")
+        q.add_argument("--line", help="line (route) name in the fleet store")
+
+    q = cmds.add_parser("import", help="import 5G driving CSV files or directories of them")
+    store_args(q)
+    q.add_argument("paths", nargs="+", metavar="PATH", help="CSV files or directories")
+    q.add_argument("--carrier", help="carrier name (default: the file's Operatorname)")
+    q.set_defaults(func=_guard(cmd_import))
+
+    q = cmds.add_parser("query", help="predict one carrier's next seconds")
+    store_args(q)
+    q.add_argument("--carrier", required=True)
+    q.add_argument("--cell", required=True)
+    q.add_argument(
+        "--rsrp", required=True, help="recent RSRP, comma-separated dBm, oldest first: -90,-91,..."
+    )
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=_guard(cmd_query))
+
+    q = cmds.add_parser("stats", help="windows and handovers per carrier and cell")
+    store_args(q)
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=_guard(cmd_stats))
+
+    q = cmds.add_parser(
+        "evaluate",
+        help="train on some runs, test on others, compare with baselines",
+        epilog=EXAMPLE_SPLIT,
+    )
+    q.add_argument("--config", help="TOML configuration; its [contextdb] section is used")
+    q.add_argument("--train", nargs="+", required=True, metavar="PATH")
+    q.add_argument("--test", nargs="+", required=True, metavar="PATH")
+    q.add_argument("--k", type=int, help="override contextdb.k")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=_guard(cmd_evaluate))
+
+
+def _guard(handler):
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        from contextdb.errors import ContextDBError
+
+        try:
+            return handler(args)
+        except ContextDBError as e:
+            raise UserError(str(e)) from None
+
+    return run
+
+
+def _config(args: argparse.Namespace):
+    from contextdb.config import ContextDBConfig
+
+    if getattr(args, "config", None):
+        from middlebox.config import load
+
+        cfg = load(args.config).contextdb
+    else:
+        cfg = ContextDBConfig()
+    changes = {}
+    for name, field in (("db", "path"), ("fleet", "fleet_url"), ("line", "line"), ("k", "k")):
+        value = getattr(args, name, None)
+        if value is not None:
+            changes[field] = value
+    if changes.get("k") is not None and changes["k"] < 1:
+        raise UserError("--k: must be >= 1")
+    return dataclasses.replace(cfg, **changes)
+
+
+def _open(args: argparse.Namespace, readonly: bool):
+    from contextdb.db import ContextDB
+    from contextdb.fleet import open_store
+
+    cfg = _config(args)
+    store = open_store(cfg.path, cfg.fleet_url, cfg.line, readonly=readonly)
+    return ContextDB(store, cfg)
+
+
+def _read(paths: list[str], carrier: str | None = None):
+    from contextdb.traces import expand_paths, read_5g_csv
+
+    return [read_5g_csv(p, carrier) for p in expand_paths(paths)]
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    import time
+
+    runs = _read(args.paths, args.carrier)
+    db = _open(args, readonly=False)
+    try:
+        start = time.perf_counter()
+        rows = 0
+        for run in runs:
+            report = db.ingest(run.samples)
+            rows += run.rows
+            missing = ", ".join(f"{k} {v}" for k, v in sorted(run.missing.items())) or "none"
+            print(
+                f"{run.name}: {run.rows} rows, {report.windows} windows, "
+                f"handovers {dict(sorted(report.events.items()))}, unknown values: {missing}"
+            )
+        elapsed = time.perf_counter() - start
+        print(f"imported {len(runs)} file(s), {rows} rows in {elapsed:.2f} s")
+    finally:
+        db.store.close()
+    return 0
+
+
+def _parse_rsrp(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--rsrp: expected comma-separated numbers (got {text!r})") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise UserError("--rsrp: expected at least one finite number")
+    return values
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    rsrp = _parse_rsrp(args.rsrp)
+    db = _open(args, readonly=True)
+    try:
+        w = db.cfg.window_s
+        if len(rsrp) < w:
+            raise UserError(f"--rsrp: need at least {w} values (the window length)")
+        p = db.predict(args.carrier, args.cell, rsrp)
+    finally:
+        db.store.close()
+    if args.json:
+        print(json.dumps(None if p is None else dataclasses.asdict(p), indent=2))
+        return 0
+    if p is None:
+        print(
+            f"no prediction: carrier {args.carrier!r} has too little history in cell {args.cell!r}"
+        )
+        return 0
+    print(f"carrier {p.carrier} cell {p.cell}, next {db.cfg.lookahead_s} s:")
+    print(
+        f"  throughput  {p.throughput_mean / 1e6:.2f} Mbit/s "
+        f"(sd {math.sqrt(p.throughput_var) / 1e6:.2f})"
+    )
+    print(f"  rtt         {p.rtt_mean * 1e3:.1f} ms (sd {math.sqrt(p.rtt_var) * 1e3:.1f})")
+    print(f"  loss        {p.loss_mean * 100:.2f} % (sd {math.sqrt(p.loss_var) * 100:.2f})")
+    print(
+        f"  confidence  {p.confidence:.2f} ({p.n_neighbors} neighbours, "
+        f"nearest at distance {p.nearest_distance:.1f} dB)"
+    )
+    print(f"  disconnect  p={p.p_disconnect:.2f}, expected gap {p.expected_gap:.1f} s")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    db = _open(args, readonly=True)
+    try:
+        stats = db.stats()
+    finally:
+        db.store.close()
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    params = ", ".join(f"{k}={v}" for k, v in stats["parameters"].items())
+    print(f"parameters: {params}")
+    if not stats["carriers"]:
+        print("empty database")
+    for carrier, cells in stats["carriers"].items():
+        total = sum(c["windows"] for c in cells.values())
+        print(f"carrier {carrier}: {len(cells)} cells, {total} windows")
+        for cell, c in sorted(cells.items(), key=lambda kv: -kv[1]["windows"]):
+            thr = c["throughput_mean_bps"]
+            thr_s = "-" if thr is None or math.isnan(thr) else f"{thr / 1e6:.1f} Mbit/s"
+            h = c["handovers"]
+            gaps = " ".join(
+                f"{k} p50 {g['p50']:.1f}s p90 {g['p90']:.1f}s"
+                for k, g in c["gap_s"].items()
+                if k != "success"
+            )
+            print(
+                f"  cell {cell:>8}: {c['windows']:6d} windows, {thr_s:>14}, handovers "
+                f"{h['success']} ok / {h['failure']} failed / {h['outage']} outage {gaps}"
+            )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from contextdb.evaluate import evaluate
+
+    cfg = _config(args)
+    train = [s for r in _read(args.train) for s in r.samples]
+    test = [s for r in _read(args.test) for s in r.samples]
+    res = evaluate(train, test, cfg)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(res), indent=2))
+        return 0
+    print(
+        f"train {res.train_windows} windows; test {res.test_windows} windows, {res.scored} "
+        f"scored (skipped: {', '.join(f'{k} {v}' for k, v in res.skipped.items())})"
+    )
+    if not res.scored:
+        print("nothing to score: no test window falls in a cell seen in training", file=sys.stderr)
+        return 1
+    la = cfg.lookahead_s
+    print(f"mean absolute error of the {la}-second-ahead throughput (Mbit/s):")
+    for name, v in res.mae_bps.items():
+        conf = res.mae_confident_bps.get(name)
+        extra = f"   (confidence >= 0.5, {res.confident} windows: {conf / 1e6:.2f})" if conf else ""
+        print(f"  {name:<11} {v / 1e6:7.2f}{extra}")
+    b = res.brier
+    print(
+        f"disconnection within {la} s (observed in {b['observed rate']:.1%} of windows), "
+        f"Brier score: contextdb {b['contextdb']:.4f}, cell base rate {b['cell base rate']:.4f}"
+    )
+    return 0

@@ -1,0 +1,259 @@
+"""The context database: ingest into a store, keep per-cell indexes, predict.
+
+``ContextDB.predict(carrier, cell, rsrp_window, now)`` is the long-term source the
+scheduler consumes. Carriers are matched independently: a query only ever looks at
+windows of the same carrier and cell.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from contextdb.codec import decode_chunk, encode_chunk
+from contextdb.config import ContextDBConfig
+from contextdb.errors import ContextDBError
+from contextdb.index import CellIndex
+from contextdb.records import CLASSES, HandoverEvent, Sample
+from contextdb.store import Store
+from contextdb.windows import Windows, process
+
+# Parameters that shape what is stored; a store only accepts data cut the same way.
+META_KEYS = ("window_s", "overlap", "lookahead_s", "fill_gap_s", "success_max_s", "failure_max_s")
+FORMAT = 1
+
+# Variance floors keep a unanimous neighbourhood from claiming infinite certainty when the
+# scheduler weights sources by inverse variance.
+THR_VAR_FLOOR_REL = 0.01  # (1 % of the mean)^2
+THR_VAR_FLOOR = 1e3**2  # (1 kbit/s)^2
+RTT_VAR_FLOOR = 1e-3**2  # (1 ms)^2
+LOSS_VAR_FLOOR = 1e-4
+PRIOR_WEIGHT = 16.0
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a carrier will likely deliver over the next ``lookahead_s`` seconds.
+
+    Units: bit/s, seconds, fraction 0..1. ``confidence`` is N/K: of the K nearest stored
+    windows, the share within the match threshold. When no neighbour measured RTT or
+    loss (the logs ping only every ~13 s), that metric's variance is ``inf`` (weight 0
+    in an inverse-variance fusion) and its mean 0.0, a placeholder to ignore; never
+    ``nan``, which would poison a fused estimate.
+    """
+
+    throughput_mean: float
+    throughput_var: float
+    rtt_mean: float
+    rtt_var: float
+    loss_mean: float
+    loss_var: float
+    confidence: float
+    p_disconnect: float
+    expected_gap: float
+    carrier: str = ""
+    cell: str = ""
+    n_neighbors: int = 0
+    nearest_distance: float = math.nan
+    now: float = 0.0
+
+
+@dataclass
+class IngestReport:
+    samples: int = 0
+    windows: int = 0
+    events: Counter = field(default_factory=Counter)
+    counts: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class _Cell:
+    index: CellIndex
+    events: list[HandoverEvent]
+    loaded: int = 0  # chunks of the store already in memory
+    disconnected: int = 0  # windows followed by a failure or outage
+
+    def add(self, windows: Windows, events: list[HandoverEvent]) -> None:
+        self.index.add(windows)
+        self.events.extend(events)
+        self.disconnected += int((windows.gap > 0).sum())
+        self.loaded += 1
+
+    def base_rate(self) -> float:
+        return self.disconnected / len(self.index) if len(self.index) else 0.0
+
+
+def _mean_var(values: np.ndarray, floor: float) -> tuple[float, float]:
+    v = values[np.isfinite(values)]
+    if len(v) == 0:
+        return 0.0, math.inf
+    mean = float(v.mean())
+    var = float(v.var(ddof=1)) if len(v) > 1 else 0.0
+    return mean, max(var, floor)
+
+
+class ContextDB:
+    def __init__(self, store: Store, cfg: ContextDBConfig | None = None) -> None:
+        self.store = store
+        self.cfg = cfg or ContextDBConfig()
+        self._cells: dict[tuple[str, str], _Cell] = {}
+        want = {"format": FORMAT, **{k: getattr(self.cfg, k) for k in META_KEYS}}
+        have = store.get_meta()
+        if have is None:
+            store.set_meta(want)
+            have = store.get_meta() or want
+        if have != want:
+            diff = ", ".join(
+                f"{k}={have.get(k)!r} (configured {want[k]!r})"
+                for k in want
+                if have.get(k) != want[k]
+            )
+            raise ContextDBError(f"store was built with other parameters: {diff}")
+
+    # -- ingest ----------------------------------------------------------------------
+
+    def ingest(self, samples: list[Sample]) -> IngestReport:
+        """Cut samples (any carriers, one or more runs) into windows and events, store
+        them in one commit and add them to the in-memory indexes."""
+        report = IngestReport(samples=len(samples))
+        for carrier, result in process(samples, self.cfg).items():
+            report.counts.update(result.counts)
+            self.add(carrier, result.windows, result.events, commit=False)
+            report.windows += len(result.windows)
+            report.events.update(e.kind for e in result.events)
+        self.store.commit()
+        return report
+
+    def add(
+        self, carrier: str, windows: Windows, events: list[HandoverEvent], commit: bool = True
+    ) -> None:
+        """Store windows and events of one carrier (grouped into one chunk per cell)."""
+        by_cell = windows.by_cell()
+        ev_by_cell: dict[str, list[HandoverEvent]] = {}
+        for e in events:
+            ev_by_cell.setdefault(e.cell, []).append(e)
+        for cell in sorted(set(by_cell) | set(ev_by_cell)):
+            w = by_cell.get(cell) or Windows.concat([], self.cfg.window_s)
+            ev = ev_by_cell.get(cell, [])
+            entry = self._entry(carrier, cell)  # loads what is stored before appending
+            self.store.append(carrier, cell, encode_chunk(w, ev))
+            entry.add(w, ev)
+        if commit:
+            self.store.commit()
+
+    # -- loading -----------------------------------------------------------------------
+
+    def _entry(self, carrier: str, cell: str) -> _Cell:
+        key = (carrier, cell)
+        entry = self._cells.get(key)
+        if entry is None:
+            entry = self._cells[key] = _Cell(CellIndex(self.cfg.window_s), [])
+            self._load(carrier, cell, entry)
+        return entry
+
+    def _load(self, carrier: str, cell: str, entry: _Cell) -> int:
+        new = self.store.chunks(carrier, cell, entry.loaded)
+        for raw in new:
+            entry.add(*decode_chunk(raw, carrier, cell))
+        return len(new)
+
+    def refresh(self) -> int:
+        """Load every cell and whatever other writers (processes, gateways of the fleet)
+        appended since the last call; returns the number of new chunks. Call it off the
+        data path, e.g. every few tens of seconds."""
+        n = 0
+        for carrier, cell in self.store.cells():
+            if (carrier, cell) not in self._cells:
+                self._entry(carrier, cell)
+                n += self._cells[(carrier, cell)].loaded
+            else:
+                n += self._load(carrier, cell, self._cells[(carrier, cell)])
+        return n
+
+    # -- query -------------------------------------------------------------------------
+
+    def predict(
+        self, carrier: str, cell: str | None, rsrp_window, now: float = 0.0
+    ) -> Prediction | None:
+        """Predict the next ``lookahead_s`` seconds of one carrier, or None when there is
+        nothing to go on: unknown cell, too few stored windows, a window shorter than W
+        or with unknown values. A longer window is cut to its last W seconds."""
+        if cell is None:
+            return None
+        key = (carrier, cell)
+        entry = self._cells.get(key)
+        if entry is None:
+            if self.store.chunk_count(carrier, cell) == 0:
+                return None
+            entry = self._entry(carrier, cell)
+        w = self.cfg.window_s
+        q = np.asarray(rsrp_window, dtype=np.float64)
+        if q.ndim != 1 or len(q) < w or not np.isfinite(q[-w:]).all():
+            return None
+        if len(entry.index) < max(1, self.cfg.min_neighbors):
+            return None
+        dist, perf = entry.index.nearest(q[-w:], self.cfg.k)
+        thr_mean, thr_var = _mean_var(perf["thr"], 0.0)
+        thr_var = max(thr_var, (THR_VAR_FLOOR_REL * thr_mean) ** 2, THR_VAR_FLOOR)
+        rtt_mean, rtt_var = _mean_var(perf["rtt"], RTT_VAR_FLOOR)
+        loss_mean, loss_var = _mean_var(perf["loss"], LOSS_VAR_FLOOR)
+        gaps = perf["gap"]
+        hit = gaps > 0
+        # The share of neighbours followed by a disconnection, shrunk towards the cell's
+        # base rate (a Beta prior worth PRIOR_WEIGHT windows): K is small and
+        # disconnections are rare, so the raw share alone is noisy.
+        p_disc = (hit.sum() + PRIOR_WEIGHT * entry.base_rate()) / (len(gaps) + PRIOR_WEIGHT)
+        return Prediction(
+            throughput_mean=thr_mean,
+            throughput_var=thr_var,
+            rtt_mean=rtt_mean,
+            rtt_var=rtt_var,
+            loss_mean=loss_mean,
+            loss_var=loss_var,
+            confidence=float((dist <= self.cfg.distance_threshold()).sum()) / self.cfg.k,
+            p_disconnect=float(p_disc),
+            expected_gap=float(gaps[hit].mean()) if hit.any() else 0.0,
+            carrier=carrier,
+            cell=cell,
+            n_neighbors=len(dist),
+            nearest_distance=float(dist[0]),
+            now=now,
+        )
+
+    # -- statistics ----------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        """Per carrier and cell: windows, mean look-ahead throughput, handover counts by
+        class and gap percentiles. Loads everything."""
+        self.refresh()
+        out: dict = {"parameters": {k: getattr(self.cfg, k) for k in META_KEYS}, "carriers": {}}
+        for (carrier, cell), entry in sorted(self._cells.items()):
+            perf = entry.index.all_perf()
+            kinds = Counter(e.kind for e in entry.events)
+            gaps = {
+                kind: [e.gap for e in entry.events if e.kind == kind]
+                for kind in CLASSES
+                if kinds[kind]
+            }
+            row = {
+                "windows": len(entry.index),
+                "throughput_mean_bps": float(np.nanmean(perf["thr"])) if len(perf["thr"]) else None,
+                "handovers": {k: kinds[k] for k in CLASSES},
+                "gap_s": {
+                    k: {
+                        "p50": float(np.percentile(g, 50)),
+                        "p90": float(np.percentile(g, 90)),
+                        "max": float(max(g)),
+                    }
+                    for k, g in gaps.items()
+                },
+            }
+            out["carriers"].setdefault(carrier, {})[cell] = row
+        return out
+
+
+def prediction_dict(p: Prediction) -> dict:
+    return asdict(p)

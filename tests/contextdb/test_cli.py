@@ -1,0 +1,106 @@
+import json
+
+import pytest
+
+from middlebox.cli import main
+
+from .test_traces import row, write
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def csv_dir(tmp_path):
+    d = tmp_path / "runs"
+    d.mkdir()
+    rows = [
+        row(s % 60, cell="12", rsrp=str(-90 - s % 7), dl=str(10000 + 100 * s)) for s in range(60)
+    ]
+    rows = [r.replace("10.16.", f"10.{16 + i // 60}.") for i, r in enumerate(rows)]
+    write(d, rows, name="B_2019.12.14_10.16.00.csv")
+    return d
+
+
+def test_import_query_stats(capsys, tmp_path, csv_dir):
+    db = str(tmp_path / "ctx.sqlite")
+    code, out, _ = run(capsys, "contextdb", "import", "--db", db, str(csv_dir))
+    assert code == 0 and "60 rows" in out and "imported 1 file(s)" in out
+    code, out, _ = run(capsys, "contextdb", "stats", "--db", db)
+    assert code == 0 and "carrier B: 1 cells" in out
+    code, out, _ = run(capsys, "contextdb", "stats", "--db", db, "--json")
+    assert json.loads(out)["carriers"]["B"]["12"]["windows"] > 40
+    code, out, _ = run(
+        capsys,
+        "contextdb",
+        "query",
+        "--db",
+        db,
+        "--carrier",
+        "B",
+        "--cell",
+        "12",
+        "--rsrp=-90,-91,-92,-93,-94",
+        "--json",
+    )
+    p = json.loads(out)
+    assert code == 0 and p["cell"] == "12" and 10e6 < p["throughput_mean"] < 20e6
+    code, out, _ = run(
+        capsys,
+        "contextdb",
+        "query",
+        "--db",
+        db,
+        "--carrier",
+        "B",
+        "--cell",
+        "77",
+        "--rsrp=-90,-91,-92,-93,-94",
+    )
+    assert code == 0 and out.startswith("no prediction")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["query", "--carrier", "B", "--cell", "1", "--rsrp=-90,x"], "--rsrp"),
+        (["query", "--carrier", "B", "--cell", "1", "--rsrp=-90,-91"], "at least 5 values"),
+        (["stats"], "no such context database"),
+        (["import", "nowhere.csv"], "no such file"),
+    ],
+)
+def test_user_errors_are_one_line(capsys, tmp_path, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    if argv[0] == "query":
+        run(capsys, "contextdb", "import", str(_one_file(tmp_path)))
+    code, out, err = run(capsys, "contextdb", *argv)
+    assert code == 2
+    assert err.startswith("mpproxy: error:") and message in err and "Traceback" not in err
+
+
+def _one_file(tmp_path):
+    return write(tmp_path, [row(s) for s in range(20)], name="one.csv")
+
+
+def test_malformed_import_names_file_and_line(capsys, tmp_path):
+    bad = write(tmp_path, [row(0), row(1, dl="lots")], name="bad.csv")
+    code, _, err = run(capsys, "contextdb", "import", "--db", str(tmp_path / "x.sqlite"), str(bad))
+    assert code == 2 and "bad.csv:3: column DL_bitrate" in err
+
+
+def test_evaluate_reports_all_baselines(capsys, traces):
+    d = traces / "5g-driving"
+    train = sorted(str(p) for p in d.glob("B_2019.12.16_1*.csv"))
+    test = sorted(str(p) for p in d.glob("B_2020.01.16_12*.csv"))
+    if not train or not test:
+        pytest.skip("expected bundled runs not found")
+    code, out, _ = run(
+        capsys, "contextdb", "evaluate", "--train", *train, "--test", *test, "--json"
+    )
+    res = json.loads(out)
+    assert code == 0 and res["scored"] > 100
+    assert set(res["mae_bps"]) == {"contextdb", "last value", "cell mean", "fused"}
+    assert all(v > 0 for v in res["mae_bps"].values())

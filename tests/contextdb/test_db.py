@@ -1,0 +1,205 @@
+import math
+import multiprocessing
+import time
+
+import numpy as np
+import pytest
+
+from contextdb.config import ContextDBConfig
+from contextdb.db import PRIOR_WEIGHT, ContextDB
+from contextdb.errors import ContextDBError
+from contextdb.live import LiveIngest
+from contextdb.store import MemoryStore, SqliteStore
+
+from .helpers import T0, series
+
+
+def two_regimes(carrier="A", cell="c1", t0=T0, n=200):
+    """Blocks of 20 seconds of strong (-80 dBm) and weak (-110) signal; five seconds after
+    a strong second the carrier delivers 50 Mbit/s, after a weak one 5 Mbit/s. So a
+    window entirely at -80 is always followed by 50 Mbit/s over a 5-second look-ahead."""
+    rsrp = [-80.0 if (i // 20) % 2 == 0 else -110.0 for i in range(n)]
+    dl = [50e6 if rsrp[max(0, i - 5)] == -80.0 else 5e6 for i in range(n)]
+    return series(rsrp, dl, cells=cell, carrier=carrier, t0=t0)
+
+
+def test_prediction_follows_the_matching_signal():
+    db = ContextDB(MemoryStore(), ContextDBConfig(k=8))
+    db.ingest(two_regimes())
+    strong = db.predict("A", "c1", [-80.0] * 5)
+    weak = db.predict("A", "c1", [-110.0] * 5)
+    assert strong.throughput_mean == pytest.approx(50e6)
+    assert weak.throughput_mean == pytest.approx(5e6)
+    assert strong.confidence == 1.0 and strong.n_neighbors == 8
+    assert strong.nearest_distance == 0.0
+    assert strong.throughput_var > 0  # floored: never infinite certainty
+    # no ping in the history: rtt unknown, weight zero
+    assert strong.rtt_mean == 0.0 and strong.rtt_var == math.inf
+    assert 0.0 <= strong.p_disconnect <= 1.0
+
+
+def test_confidence_counts_neighbours_under_the_threshold():
+    cfg = ContextDBConfig(k=10, match_threshold_db=2.0, window_s=5, overlap=0.8)
+    db = ContextDB(MemoryStore(), cfg)
+    db.ingest(two_regimes(n=200))
+    # 1 dB off everywhere: distance sqrt(5) * 1 < threshold sqrt(5) * 2
+    assert db.predict("A", "c1", [-81.0] * 5).confidence == 1.0
+    # 10 dB off: every neighbour beyond the threshold
+    assert db.predict("A", "c1", [-95.0] * 5).confidence == 0.0
+    # a cell with fewer windows than K can only reach N/K < 1
+    db.ingest(series([-70.0] * 12, cells="small", t0=T0 + 10_000))
+    p = db.predict("A", "small", [-70.0] * 5)
+    assert p.n_neighbors == 3 and p.confidence == pytest.approx(3 / 10)
+
+
+def test_no_prediction_cases():
+    db = ContextDB(MemoryStore(), ContextDBConfig(min_neighbors=5))
+    db.ingest(two_regimes())
+    db.ingest(series([-90.0] * 12, cells="tiny", t0=T0 + 10_000))  # 3 windows
+    assert db.predict("A", "unknown-cell", [-80.0] * 5) is None
+    assert db.predict("other-carrier", "c1", [-80.0] * 5) is None
+    assert db.predict("A", None, [-80.0] * 5) is None
+    assert db.predict("A", "tiny", [-90.0] * 5) is None  # under min_neighbors
+    assert db.predict("A", "c1", [-80.0] * 4) is None  # shorter than W
+    assert db.predict("A", "c1", [-80.0, math.nan, -80.0, -80.0, -80.0]) is None
+    # a longer window is cut to its last W seconds
+    p = db.predict("A", "c1", [-110.0] * 3 + [-80.0] * 5)
+    assert p.throughput_mean == pytest.approx(50e6)
+
+
+def test_carriers_are_matched_independently():
+    db = ContextDB(MemoryStore(), ContextDBConfig(k=4))
+    a = series([-80.0] * 30, [10e6] * 30, carrier="A")
+    b = series([-80.0] * 30, [90e6] * 30, carrier="B")
+    db.ingest(a + b)
+    assert db.predict("A", "c1", [-80.0] * 5).throughput_mean == pytest.approx(10e6)
+    assert db.predict("B", "c1", [-80.0] * 5).throughput_mean == pytest.approx(90e6)
+
+
+def test_disconnection_probability_and_gap():
+    cfg = ContextDBConfig(k=5, window_s=5, overlap=0.8, lookahead_s=5)
+    db = ContextDB(MemoryStore(), cfg)
+    # before every 3-second dropout the signal sinks to -115; otherwise it stays at -85
+    rsrp, dl = [], []
+    for _ in range(10):
+        rsrp += [-85.0] * 20 + [-115.0] * 6 + [-85.0] * 3
+        dl += [20e6] * 26 + [0.0] * 3
+    rsrp += [-85.0] * 10
+    dl += [20e6] * 10
+    db.ingest(series(rsrp, dl))
+    falling = db.predict("A", "c1", [-115.0] * 5)
+    steady = db.predict("A", "c1", [-85.0] * 5)
+    base = db._cells[("A", "c1")].base_rate()
+    assert 0 < base < 0.5
+    # every neighbour of the falling window was followed by a dropout, none of the
+    # steady one's; both are shrunk towards the cell's base rate
+    assert falling.p_disconnect > base > steady.p_disconnect
+    assert falling.p_disconnect == pytest.approx((5 + PRIOR_WEIGHT * base) / (5 + PRIOR_WEIGHT))
+    assert falling.expected_gap == pytest.approx(3.0)
+
+
+def test_persistence_across_reopen(tmp_path):
+    path = tmp_path / "ctx.sqlite"
+    db = ContextDB(SqliteStore(path))
+    db.ingest(two_regimes())
+    before = db.predict("A", "c1", [-80.0] * 5)
+    stats = db.stats()
+    db.store.close()
+    again = ContextDB(SqliteStore(path, readonly=True))
+    assert again.predict("A", "c1", [-80.0] * 5) == before
+    assert again.stats() == stats
+    again.store.close()
+    with pytest.raises(ContextDBError, match="other parameters: window_s=5"):
+        ContextDB(SqliteStore(path), ContextDBConfig(window_s=6))
+
+
+def test_readonly_open_of_a_missing_file_is_an_error(tmp_path):
+    with pytest.raises(ContextDBError, match="no such context database"):
+        SqliteStore(tmp_path / "nope.sqlite", readonly=True)
+
+
+def _writer(path: str, rounds: int, started) -> None:
+    db = ContextDB(SqliteStore(path))
+    started.set()
+    for r in range(rounds):
+        db.ingest(two_regimes(t0=T0 + r * 1000, n=60))
+        time.sleep(0.01)
+    db.store.close()
+
+
+def test_concurrent_reader_while_a_writer_ingests(tmp_path):
+    path = str(tmp_path / "ctx.sqlite")
+    ContextDB(SqliteStore(path)).store.close()  # create with metadata
+    ctx = multiprocessing.get_context("spawn")
+    started = ctx.Event()
+    rounds = 40
+    proc = ctx.Process(target=_writer, args=(path, rounds, started))
+    proc.start()
+    try:
+        assert started.wait(30)
+        reader = ContextDB(SqliteStore(path, readonly=True))
+        seen = []
+        deadline = time.monotonic() + 60
+        while proc.is_alive() and time.monotonic() < deadline:
+            reader.refresh()
+            n = sum(len(e.index) for e in reader._cells.values())
+            seen.append(n)
+            p = reader.predict("A", "c1", [-80.0] * 5)
+            if p is not None:
+                assert p.throughput_mean == pytest.approx(50e6)
+        proc.join(30)
+        assert proc.exitcode == 0
+        reader.refresh()
+        final = sum(len(e.index) for e in reader._cells.values())
+        one = ContextDB(MemoryStore())
+        one.ingest(two_regimes(n=60))
+        assert final == rounds * sum(len(e.index) for e in one._cells.values())
+        assert seen == sorted(seen)  # never saw a partial or shrinking state
+        assert len(set(seen)) > 1  # and did read while the writer was writing
+        reader.store.close()
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join(5)
+
+
+def test_live_ingest_stores_what_a_batch_import_stores():
+    cfg = ContextDBConfig()
+    rsrp = list(-90.0 + 10 * np.sin(np.arange(300) / 17.0))
+    dl = [0.0 if 100 <= i < 102 or 200 <= i < 208 else 1e6 + i for i in range(300)]
+    cells = ["c1"] * 150 + ["c2"] * 150
+    samples = series(rsrp, dl, cells)
+    batch = ContextDB(MemoryStore(), cfg)
+    batch.ingest(samples)
+    live_db = ContextDB(MemoryStore(), cfg)
+    live = LiveIngest(live_db)
+    for s in samples:
+        live.feed(s)
+        if int(s.t) % 15 == 0:
+            live.flush(s.t)
+    live.flush(math.inf)
+    assert live_db.stats() == batch.stats()
+
+
+def test_live_reported_disconnections_are_classified_exactly():
+    db = ContextDB(MemoryStore())
+    live = LiveIngest(db)
+    for s in series([-90.0] * 40):
+        live.feed(s)
+    ev = live.disconnection("A", T0 + 20.5, 0.04, "c1", "c2")
+    assert ev.kind == "success"
+    assert live.disconnection("A", T0 + 30.2, 1.3, "c2").kind == "failure"
+    live.flush(math.inf)
+    h = db.stats()["carriers"]["A"]
+    assert h["c1"]["handovers"]["success"] == 1
+    assert h["c2"]["handovers"]["failure"] == 1
+
+
+def test_live_ingest_closes_a_run_after_a_long_silence():
+    db = ContextDB(MemoryStore())
+    live = LiveIngest(db)
+    for s in series([-90.0] * 30) + series([-100.0] * 30, t0=T0 + 3600):
+        live.feed(s)  # the second drive starts an hour later: the first is stored whole
+    assert len(db._cells[("A", "c1")].index) == 21
+    live.flush(math.inf)
+    assert len(db._cells[("A", "c1")].index) == 42

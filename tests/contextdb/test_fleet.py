@@ -1,0 +1,112 @@
+"""The fleet store against a real Redis server started for the test."""
+
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+from contextdb.config import ContextDBConfig
+from contextdb.db import ContextDB
+from contextdb.errors import ContextDBError
+from contextdb.fleet import RedisStore, open_store, parse_url
+from contextdb.resp import RespClient
+
+from .helpers import T0, series
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server not installed (apt-get install redis-server)")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(tmp_path),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                RespClient("127.0.0.1", port, timeout=1).close()
+                break
+            except ContextDBError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def test_parse_url():
+    assert parse_url("redis://10.0.0.1:7000/3") == ("10.0.0.1", 7000, 3)
+    assert parse_url("redis://host") == ("host", 6379, 0)
+    for bad in ("http://x:1", "redis://:1", "redis://h:x", "redis://h:1/db"):
+        with pytest.raises(ContextDBError, match="fleet URL"):
+            parse_url(bad)
+
+
+def test_client_commands_and_errors(redis_url):
+    c = RespClient("127.0.0.1", int(redis_url.split(":")[2].split("/")[0]))
+    assert c.execute("PING") == "PONG"
+    assert c.execute("RPUSH", "l", b"\x00\xff", "b") == 2
+    assert c.execute("LRANGE", "l", 0, -1) == [b"\x00\xff", b"b"]
+    assert c.transaction([("INCR", "n"), ("INCR", "n")]) == [1, 2]
+    with pytest.raises(ContextDBError, match="WRONGTYPE"):
+        c.execute("INCR", "l")
+    assert c.execute("PING") == "PONG"  # still in step after an error
+    c.close()
+
+
+def test_gateways_on_a_line_share_what_they_learn(redis_url):
+    a = ContextDB(RedisStore(redis_url, line="L1"))
+    b = ContextDB(RedisStore(redis_url, line="L1"))
+    other = ContextDB(RedisStore(redis_url, line="L2"))
+    a.ingest(series([-80.0] * 40, [30e6] * 40, carrier="X"))
+    assert other.predict("X", "c1", [-80.0] * 5) is None  # another line
+    p = b.predict("X", "c1", [-80.0] * 5)  # unknown cell to b: loaded on demand
+    assert p is not None and p.throughput_mean == pytest.approx(30e6)
+    # b learns more; a picks up only the new chunk on refresh
+    b.ingest(series([-100.0] * 40, [2e6] * 40, carrier="X", t0=T0 + 5000))
+    assert a.refresh() == 1
+    assert a.predict("X", "c1", [-100.0] * 5).throughput_mean == pytest.approx(2e6)
+    assert a.stats() == b.stats()
+    with pytest.raises(ContextDBError, match="other parameters"):
+        ContextDB(RedisStore(redis_url, line="L1"), ContextDBConfig(lookahead_s=3))
+    for db in (a, b, other):
+        db.store.close()
+
+
+def test_open_store_reports_an_unreachable_server():
+    port = _free_port()
+    with pytest.raises(ContextDBError, match="cannot connect"):
+        open_store("", f"redis://127.0.0.1:{port}")
