@@ -870,10 +870,11 @@ class Mux:
         msg = Data(conn.id, seq, bytes(conn.sbuf[start : start + size]))
         conn.snd_nxt += size
         conn.bytes_sent += size
+        targets = (pid,) if conn.state is ConnState.OPENING else ids
         inf = _Inflight(seq, seq + size, False, pid, now)
+        inf.paths = list(targets)
         conn.inflight[seq] = inf
         self._arm(conn, inf, now)
-        targets = (pid,) if conn.state is ConnState.OPENING else ids
         for p in targets:
             out.append((p, msg))
             self._charge(p, size)
