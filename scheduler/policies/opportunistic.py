@@ -48,7 +48,7 @@ class ContextPolicy:
         self._ports = frozenset(cfg.interactive_ports)
         self._scaled = cfg.longterm_variance == "scaled"
         self._lt: dict[str, tuple[float, PredictionLike | None]] = {}
-        self._memo: dict[int, tuple[tuple, tuple[float, float, float, float]]] = {}
+        self._memo: dict[int, tuple[object, tuple, tuple[float, float, float, float]]] = {}
         # Bulk fairness: path id -> client -> [decayed bytes, time of last update].
         self._fair: dict[int, dict[str, list[float]]] = {}
         self._last_bulk: dict[str, float] = {}
@@ -76,7 +76,6 @@ class ContextPolicy:
         """
         pred = self.prediction(p.carrier, now) if self.longterm is not None else None
         key = (
-            pred,
             p.carrier,
             p.srtt,
             p.rttvar,
@@ -89,10 +88,10 @@ class ContextPolicy:
             p.loss_var,
         )
         hit = self._memo.get(p.path_id)
-        if hit is not None and hit[0] == key:
-            return hit[1]
+        if hit is not None and hit[0] is pred and hit[1] == key:
+            return hit[2]
         result = self._fuse(p, pred)
-        self._memo[p.path_id] = (key, result)
+        self._memo[p.path_id] = (pred, key, result)
         return result
 
     def _fuse(
@@ -117,10 +116,15 @@ class ContextPolicy:
                 v_loss = pred.loss_var / conf if pred.loss_var > 0 else INF
             else:
                 v_rtt = v_bw = v_loss = 1.0 / conf
-            if pred.rtt_mean > 0:
+            # An infinite long-term variance means "not measured" (contextdb then puts a
+            # placeholder mean of 0): the short-term value stands alone, even when its
+            # own variance is unknown too.
+            if v_rtt < INF and pred.rtt_mean > 0:
                 rtt = fuse2(rtt, rtt_var, pred.rtt_mean, v_rtt)[0]
-            bw = fuse2(bw, bw_var, pred.throughput_mean / 8.0, v_bw)[0]
-            loss = fuse2(loss, loss_var, pred.loss_mean, v_loss)[0]
+            if v_bw < INF:
+                bw = fuse2(bw, bw_var, pred.throughput_mean / 8.0, v_bw)[0]
+            if v_loss < INF:
+                loss = fuse2(loss, loss_var, pred.loss_mean, v_loss)[0]
         return rtt, bw, loss, pred.p_disconnect
 
     # -- message classes ---------------------------------------------------------------------

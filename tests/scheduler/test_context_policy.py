@@ -4,6 +4,7 @@ import pytest
 
 from scheduler.config import SchedulerConfig
 from scheduler.context import CONTROL, REINJECTION, ConnectionContext, MessageInfo, PathContext
+from scheduler.fusion import INF
 from scheduler.longterm import LongTermPrediction, StubSource
 from scheduler.policies import get
 from scheduler.policies.opportunistic import ContextPolicy
@@ -235,3 +236,15 @@ def test_memoised_fusion_follows_in_place_changes():
     assert pol.decide(m, paths, 0.0) == (0,)
     paths[0].delivery_rate = 1e6  # a producer that updates its context in place
     assert pol.decide(m, paths, 0.1) == (1,)
+
+
+def test_unmeasured_longterm_metric_is_ignored_not_averaged():
+    # contextdb reports an unmeasured metric as mean 0.0 with infinite variance; the
+    # short-term value (here with unknown variance too) must stand alone.
+    unmeasured = pred(throughput_mean=16e6, rtt_mean=0.0, rtt_var=INF, loss_mean=0.0, loss_var=INF)
+    pol = ContextPolicy(SchedulerConfig(), StubSource({"a": [(0.0, 100.0, unmeasured)]}))
+    p = PathContext(0, "a", srtt=0.08, delivery_rate=1e6, loss_rate=0.04)
+    rtt, bw, loss, _ = pol.fused(p, 0.0)
+    assert rtt == 0.08 and loss == 0.04
+    # the measured throughput (2 MB/s, finite variance) beats a rate of unknown variance
+    assert bw == pytest.approx(2e6)

@@ -98,3 +98,13 @@ def test_every_scheduler_field_is_documented():
 
     for f in dataclasses.fields(SchedulerConfig):
         assert f.metadata.get("doc"), f.name
+
+
+def test_contextdb_prediction_fits_the_longterm_interface():
+    """Contract with the context database: its predictions carry our attribute names."""
+    import dataclasses
+
+    db = pytest.importorskip("contextdb.db")
+    theirs = {f.name for f in dataclasses.fields(db.Prediction)}
+    ours = {f.name for f in dataclasses.fields(LongTermPrediction)}
+    assert ours <= theirs, ours - theirs
