@@ -320,6 +320,7 @@ class Mux:
         self.paths: dict[int, PathState] = {}
         self.conns: dict[int, Conn] = {}
         self._tombs: dict[int, _Tombstone] = {}
+        self._tomb_heap: list[tuple[float, int]] = []  # (expiry, conn id), checked lazily
         self._events: deque[Event] = deque()
         # (conn id, message, on every path that is up)
         self._control: deque[tuple[int, Message, bool]] = deque()
@@ -435,7 +436,7 @@ class Mux:
         self.conns.pop(conn_id, None)
         answer = OpenFail(conn_id, reason)
         self._control.append((conn_id, answer, False))
-        self._tombs[conn_id] = _Tombstone(now + self.params.linger, None, answer)
+        self._bury(conn_id, now + self.params.linger, None, answer)
 
     def send(self, conn_id: int, data: bytes | bytearray | memoryview) -> int:
         """Queue bytes for the peer; returns how many fit (the rest must wait for a
@@ -459,14 +460,18 @@ class Mux:
         """This side's direction ends after the bytes already queued (FIN)."""
         self.conns[conn_id].fin_wanted = True
 
-    def read(self, conn_id: int, max_bytes: int = -1) -> bytes:
-        """Take received bytes out of the connection (this is what opens the window)."""
+    def read(self, conn_id: int, max_bytes: int = -1) -> bytearray:
+        """Take received bytes out of the connection (this is what opens the window).
+        The caller owns the returned buffer."""
         conn = self.conns.get(conn_id)
         if conn is None:
-            return b""
+            return bytearray()
         n = len(conn.rbuf) if max_bytes < 0 else min(max_bytes, len(conn.rbuf))
-        out = bytes(conn.rbuf[:n])
-        del conn.rbuf[:n]
+        if n == len(conn.rbuf):  # all of it: hand the buffer over instead of copying
+            out, conn.rbuf = conn.rbuf, bytearray()
+        else:
+            out = conn.rbuf[:n]
+            del conn.rbuf[:n]
         conn.consumed += n
         edge = conn.consumed + self.params.buffer_bytes
         opened = edge - conn.adv_edge
@@ -483,7 +488,7 @@ class Mux:
         if self.conns.pop(conn_id, None) is None:
             return
         self._send_rst(conn_id, reason)
-        self._tombs[conn_id] = _Tombstone(now + self.params.linger, None, None)
+        self._bury(conn_id, now + self.params.linger, None, None)
 
     def pending(self, conn_id: int) -> bool:
         return conn_id in self.conns
@@ -499,8 +504,8 @@ class Mux:
             times.append(self._stalls[0][0])
         if self._all_down_since is not None and self.conns:
             times.append(self._all_down_since + self.params.paths_lost_timeout)
-        if self._tombs:
-            times.append(min(t.expires for t in self._tombs.values()))
+        if self._tomb_heap:
+            times.append(self._tomb_heap[0][0])
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
@@ -523,8 +528,12 @@ class Mux:
                 for cid in list(self.conns):
                     del self.conns[cid]
                     self._events.append(Reset(cid, RstReason.PATHS_LOST, by_peer=False))
-        for cid in [c for c, t in self._tombs.items() if t.expires <= now]:
-            del self._tombs[cid]
+        heap = self._tomb_heap
+        while heap and heap[0][0] <= now:
+            _, cid = heapq.heappop(heap)
+            tomb = self._tombs.get(cid)
+            if tomb is not None and tomb.expires <= now:
+                del self._tombs[cid]
 
     # -- receiving ---------------------------------------------------------------------
 
@@ -558,7 +567,7 @@ class Mux:
                 self._events.append(Opened(cid))
         elif t is OpenFail and self.side == "gateway":
             del self.conns[cid]
-            self._tombs[cid] = _Tombstone(now + self.params.linger, None, None)
+            self._bury(cid, now + self.params.linger, None, None)
             self._events.append(OpenFailed(cid, msg.reason))  # type: ignore[attr-defined]
         else:
             self._protocol_error(conn, now)
@@ -594,7 +603,7 @@ class Mux:
             self.counters["unknown_connection"] += 1
             self._send_rst(cid, RstReason.UNKNOWN_CONNECTION)
             # one RST per burst of such messages, not one per message
-            self._tombs[cid] = _Tombstone(now + self.params.stall_min, None, None)
+            self._bury(cid, now + self.params.stall_min, None, None)
 
     def _on_data(self, conn: Conn, msg: Data, now: float) -> None:
         seq = msg.seq
@@ -717,8 +726,14 @@ class Mux:
             del self.conns[conn.id]
             final = DataAck(conn.id, conn.ack_value(), 0)
             # the peer may not have our final ACK yet; answer its repeats for a while
-            self._tombs[conn.id] = _Tombstone(self._now + self.params.linger, final, None)
+            self._bury(conn.id, self._now + self.params.linger, final, None)
             self._events.append(Closed(conn.id))
+
+    def _bury(
+        self, cid: int, expires: float, final_ack: DataAck | None, answer: Message | None
+    ) -> None:
+        self._tombs[cid] = _Tombstone(expires, final_ack, answer)
+        heapq.heappush(self._tomb_heap, (expires, cid))
 
     def _protocol_error(self, conn: Conn, now: float) -> None:
         self._reset(conn, RstReason.PROTOCOL_ERROR, now)
@@ -867,7 +882,7 @@ class Mux:
             return False
         seq = conn.snd_nxt
         start = seq - conn.sbase
-        msg = Data(conn.id, seq, bytes(conn.sbuf[start : start + size]))
+        msg = Data(conn.id, seq, conn.sbuf[start : start + size])  # one copy
         conn.snd_nxt += size
         conn.bytes_sent += size
         targets = (pid,) if conn.state is ConnState.OPENING else ids
@@ -917,7 +932,7 @@ class Mux:
             return Fin(conn.id, inf.seq)
         seq = max(inf.seq, conn.sbase)  # the front may have been acknowledged since
         lo, hi = seq - conn.sbase, inf.end - conn.sbase
-        return Data(conn.id, seq, bytes(conn.sbuf[lo:hi]))
+        return Data(conn.id, seq, conn.sbuf[lo:hi])
 
     def _queue_rtx(self, conn: Conn, inf: _Inflight) -> None:
         if not inf.queued:
