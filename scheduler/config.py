@@ -171,7 +171,10 @@ class SchedulerConfig:
         2, "Degree of the least-squares polynomial (seed 003: 2, 3 or 4).", min=0, max=4
     )
     ls_horizon: float = _opt(
-        0.1, "How far ahead (s) delay and loss are extrapolated.", min=0.0, max=10.0
+        0.1,
+        "How far ahead (s) delay and loss are extrapolated; 0: one RTO ahead (seed 003).",
+        min=0.0,
+        max=10.0,
     )
     ls_clamp: float = _opt(
         2.0,

@@ -269,12 +269,15 @@ class PathEstimator:
             value = getattr(sample, name)
             if value is not None:
                 setattr(ctx, name, value)
-        if sample.rtt is not None and sample.rtt > 0:
-            ctx.srtt = self._rtt.update(sample.rtt, now)
+        # An idle path's kernel RTT is stale; an application probe is then the only
+        # fresh delay measurement, so it stands in for the missing one.
+        rtt = sample.rtt if sample.rtt is not None else sample.probe_rtt
+        if rtt is not None and rtt > 0:
+            ctx.srtt = self._rtt.update(rtt, now)
             ctx.rttvar = sample.rttvar if sample.rttvar is not None else math.sqrt(self._rtt.var)
             self._rtt_t.append(now)
-            self._rtt_x.append(sample.rtt)
-            self._track_min(sample.rtt, now)
+            self._rtt_x.append(rtt)
+            self._track_min(rtt, now)
         if sample.delivery_rate is not None and sample.delivery_rate >= 0:
             ctx.delivery_rate = self._rate.update(sample.delivery_rate, now)
             ctx.rate_var = self._rate.var if self._rate.count > 1 else None
@@ -311,7 +314,9 @@ class PathEstimator:
 
     def _derive(self, ctx: PathContext, now: float) -> None:
         cfg = self.cfg
-        at = now + cfg.ls_horizon
+        # Seed 003 extrapolates to "the next moment", one retransmission timeout ahead;
+        # ls_horizon = 0 does that, a positive value fixes the horizon.
+        at = now + (cfg.ls_horizon or (ctx.rto if ctx.rto is not None else cfg.rto_min))
         if self._rtt_x:
             xs = self._rtt_x
             ctx.rtt_pred = extrapolate(self._rtt_t, xs, at, cfg.ls_degree, cfg.ls_clamp)

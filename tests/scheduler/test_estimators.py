@@ -162,3 +162,23 @@ def test_estimator_up_down_and_fresh_objects():
     first = est.context()
     down = est.set_up(False, 2.0)
     assert not down.up and first.up and down is est.context() and down is not first
+
+
+def test_probe_rtt_stands_in_for_a_missing_kernel_rtt():
+    est = PathEstimator(0, "a")
+    est.update(PathSample(rtt=0.05), 0.0)
+    ctx = est.update(PathSample(probe_rtt=0.5), 10.0)  # ten windows later: gain ~1
+    assert ctx.probe_rtt == 0.5 and ctx.srtt == pytest.approx(0.5, rel=1e-3)
+    ctx = est.update(PathSample(rtt=0.05, probe_rtt=0.9), 20.0)  # the kernel's wins
+    assert ctx.srtt == pytest.approx(0.05, rel=1e-3)
+
+
+def test_horizon_zero_extrapolates_one_rto_ahead():
+    ramp = [0.05 + 0.01 * i for i in range(6)]  # 50 ms apart: +0.2 s of delay per second
+    fixed = feed(PathEstimator(0, "a", SchedulerConfig(ls_horizon=0.1, ls_clamp=100)), ramp)
+    assert fixed.rtt_pred == pytest.approx(0.10 + 0.2 * 0.1)
+    est = PathEstimator(0, "a", SchedulerConfig(ls_horizon=0.0, ls_clamp=100))
+    rto = feed(est, ramp[:5]).rto  # the RTO in force when the last sample arrives
+    assert rto >= 0.2
+    last = est.update(PathSample(rtt=ramp[5], delivery_rate=1e6, loss=0.0), 0.25)
+    assert last.rtt_pred == pytest.approx(0.10 + 0.2 * rto)
