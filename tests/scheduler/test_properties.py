@@ -1,9 +1,13 @@
 """Rules every policy keeps, on random paths and messages."""
 
+import math
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scheduler.context import KINDS, ConnectionContext, MessageInfo, PathContext
+from scheduler.config import SchedulerConfig
+from scheduler.context import KINDS, STATES, ConnectionContext, MessageInfo, PathContext
+from scheduler.estimators import PathEstimator, PathSample
 from scheduler.longterm import LongTermPrediction, StubSource
 from scheduler.policies import get, names
 
@@ -92,3 +96,33 @@ def test_policy_rules(steps, preds):
                 assert chosen, (name, paths)
         # deterministic: a fresh policy on the same sequence decides the same
         assert run(name, steps, preds) == decisions, name
+
+
+sample_st = st.builds(
+    PathSample,
+    rtt=st.none() | st.floats(0.0, 10.0),
+    rttvar=st.none() | st.floats(0.0, 5.0),
+    delivery_rate=st.none() | st.floats(0.0, 1e10),
+    loss=st.none() | st.floats(-1.0, 2.0),
+    retrans_total=st.none() | st.integers(0, 10**6),
+    segs_out_total=st.none() | st.integers(0, 10**6),
+    probe_rtt=st.none() | st.floats(0.0, 10.0),
+    up=st.none() | st.booleans(),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(sample_st, st.floats(0.0, 0.5)), max_size=30))
+def test_estimator_outputs_stay_in_range(samples):
+    cfg = SchedulerConfig()
+    est = PathEstimator(0, "a", cfg)
+    now = 0.0
+    for sample, dt in samples:
+        now += dt
+        ctx = est.update(sample, now)
+        assert ctx.state in STATES
+        assert ctx.rto is None or cfg.rto_min <= ctx.rto <= cfg.rto_max
+        assert 0.0 <= ctx.loss_rate <= 1.0
+        assert ctx.loss_pred is None or 0.0 <= ctx.loss_pred <= 1.0
+        for v in (ctx.srtt, ctx.delivery_rate, ctx.rtt_pred, ctx.rtt_jitter, ctx.rate_var):
+            assert v is None or (math.isfinite(v) and v >= 0.0)
