@@ -295,12 +295,21 @@ class Conn:
 
 
 class _Tombstone:
-    __slots__ = ("expires", "final_ack", "answer")
+    """What is left of a connection for ``linger`` seconds after it ended."""
 
-    def __init__(self, expires: float, final_ack: DataAck | None, answer: Message | None) -> None:
+    __slots__ = ("expires", "final_ack", "answer", "reset")
+
+    def __init__(
+        self,
+        expires: float,
+        final_ack: DataAck | None,
+        answer: Message | None,
+        reset: Rst | None = None,
+    ) -> None:
         self.expires = expires
         self.final_ack = final_ack  # answers late DATA / FIN of a cleanly closed connection
         self.answer = answer  # answers a repeated OPEN (OPEN_FAIL)
+        self.reset = reset  # we aborted it: repeated once if the peer still speaks of it
 
 
 # -- the session ---------------------------------------------------------------------------
@@ -488,7 +497,7 @@ class Mux:
         if self.conns.pop(conn_id, None) is None:
             return
         self._send_rst(conn_id, reason)
-        self._bury(conn_id, now + self.params.linger, None, None)
+        self._bury(conn_id, now + self.params.linger, None, None, Rst(conn_id, reason))
 
     def pending(self, conn_id: int) -> bool:
         return conn_id in self.conns
@@ -595,11 +604,22 @@ class Mux:
 
     def _on_unknown(self, cid: int, msg: Message, now: float) -> None:
         tomb = self._tombs.get(cid)
+        t = type(msg)
         if tomb is not None:
-            if tomb.final_ack is not None and type(msg) in (Data, Fin):
+            if tomb.final_ack is not None and t in (Data, Fin):
                 self._control.append((cid, tomb.final_ack, False))
+            elif tomb.reset is not None and t is not Rst:
+                # the peer missed our RST (all its copies lost, or the OPEN overtook
+                # it): say it once more
+                self._control.append((cid, tomb.reset, True))
+                tomb.reset = None
             return
-        if type(msg) in (Data, DataAck, Fin):
+        if t is Rst:
+            # an RST that overtook its OPEN (they may travel on different paths):
+            # remember it, so the late OPEN is ignored instead of connecting
+            self._bury(cid, now + self.params.linger, None, None)
+            return
+        if t in (Data, DataAck, Fin):
             self.counters["unknown_connection"] += 1
             self._send_rst(cid, RstReason.UNKNOWN_CONNECTION)
             # one RST per burst of such messages, not one per message
@@ -730,9 +750,14 @@ class Mux:
             self._events.append(Closed(conn.id))
 
     def _bury(
-        self, cid: int, expires: float, final_ack: DataAck | None, answer: Message | None
+        self,
+        cid: int,
+        expires: float,
+        final_ack: DataAck | None,
+        answer: Message | None,
+        reset: Rst | None = None,
     ) -> None:
-        self._tombs[cid] = _Tombstone(expires, final_ack, answer)
+        self._tombs[cid] = _Tombstone(expires, final_ack, answer, reset)
         heapq.heappush(self._tomb_heap, (expires, cid))
 
     def _protocol_error(self, conn: Conn, now: float) -> None:

@@ -273,6 +273,29 @@ def test_rst_both_ways():
     assert net.kinds("gw", m.Reset)[0].reason is wire.RstReason.SERVER_RESET
 
 
+def test_rst_overtaking_its_open_leaves_nothing_at_the_node():
+    net = Net({1: 0.100, 2: 0.010})
+    net.gw.update_path(1, srtt=0.001)  # the gateway wrongly thinks the slow path is fastest
+    cid = net.gw.open("10.1.0.5", 40000, "198.51.100.7", 443)
+    net.step()  # OPEN leaves on path 1 (100 ms)
+    net.gw.abort(cid, wire.RstReason.CLIENT_RESET, net.now)
+    for _ in range(400):
+        net.step()  # the RST on path 2 arrives first, the OPEN 90 ms later
+    assert not net.kinds("node", m.OpenRequested) and not net.node.conns
+
+
+def test_lost_rst_is_repeated_when_the_node_answers():
+    net = Net({1: 0.010})
+    cid = net.gw.open("10.1.0.5", 40000, "198.51.100.7", 443)
+    net.step()  # OPEN on its way
+    net.gw.abort(cid, wire.RstReason.CLIENT_RESET, net.now)
+    lost = net.gw.messages_to_send(net.now)  # every copy of the RST is lost
+    assert [type(msg) for _, msg in lost] == [wire.Rst]
+    net.run(lambda: net.kinds("node", m.Reset), limit=5)
+    assert net.kinds("node", m.OpenRequested)  # the node did connect...
+    assert not net.node.conns  # ...and was told to let go when it answered OPEN_OK
+
+
 def test_all_paths_down_too_long_resets_both_sides():
     params = MuxParams(paths_lost_timeout=2.0)
     net = Net({1: 0.010, 2: 0.020}, params=params)
