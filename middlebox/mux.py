@@ -502,6 +502,39 @@ class Mux:
     def pending(self, conn_id: int) -> bool:
         return conn_id in self.conns
 
+    def stats(self) -> dict:
+        """A plain snapshot for ``mpproxy status`` and logs: counters, paths, connections."""
+        return {
+            "counters": dict(self.counters),
+            "paths": {
+                p.id: {
+                    "up": p.up,
+                    "srtt": p.srtt,
+                    "room": p.room,
+                    "sent_bytes": p.sent_bytes,
+                    "sent_messages": p.sent_messages,
+                }
+                for p in self.paths.values()
+            },
+            "connections": {
+                c.id: {
+                    "state": c.state.value,
+                    "queued_bytes": c.queued_bytes,
+                    "in_flight": c.snd_nxt - c.sbase,
+                    "received_unread": len(c.rbuf),
+                    "bytes_sent": c.bytes_sent,
+                    "bytes_received": c.rcv_nxt,
+                    "retransmits": c.retransmits,
+                    "duplicates": c.duplicates,
+                }
+                for c in self.conns.values()
+            },
+            "buffered_bytes": sum(
+                len(c.sbuf) + len(c.rbuf) + sum(map(len, c.ooo.values()))
+                for c in self.conns.values()
+            ),
+        }
+
     # -- events and timers -------------------------------------------------------------
 
     def next_event(self) -> Event | None:

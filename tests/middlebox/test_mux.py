@@ -159,6 +159,9 @@ def test_bulk_both_ways_byte_exact_and_closed_cleanly():
     assert bytes(net.received["gw"]) == down
     assert net.kinds("gw", m.Opened) and net.kinds("gw", m.PeerFinished)
     assert not net.gw.conns and not net.node.conns
+    st = net.gw.stats()
+    assert st["connections"] == {} and st["buffered_bytes"] == 0
+    assert sum(p["sent_bytes"] for p in st["paths"].values()) >= len(up)
     used = [p.sent_bytes for p in net.gw.paths.values()]
     assert sum(1 for b in used if b > 0) >= 2  # more than one path carried data
     # messages grew beyond the first size on a long queue (adaptive size)
@@ -223,6 +226,7 @@ def test_flow_control_bound_holds_with_a_slow_reader():
     net.run(done)
     assert bytes(net.received["node"]) == up
     assert net.max_node_held <= params.buffer_bytes
+    assert net.node.stats()["connections"][cid]["bytes_received"] == len(up)
     assert net.max_gw_queued <= params.buffer_bytes
     assert refused  # the sender was told to wait: the client's window would close
     assert net.kinds("gw", m.Writable)
