@@ -516,7 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TcpConfig(
         gso=not args.no_vnet, max_retransmits=args.max_retransmits, rto_max=args.rto_max
     )
-    table = EndpointTable(cfg, buffer_room=4 << 20)
+    # With impairment on, segments are cut at the MSS here so that one loss is one packet.
+    table = EndpointTable(cfg, buffer_room=4 << 20, chunk=0 if args.loss else None)
     if not args.no_drop_rule:
         install_drop(args.netns, args.interface)
     shell = CaptureShell(args.interface, table, args.netns, vnet=not args.no_vnet)

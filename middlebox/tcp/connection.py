@@ -142,6 +142,9 @@ class Connection:
         "close_deadline",
         "stats_retransmits",
         "stats_timeouts",
+        "rtx_round",
+        "tlp_armed",
+        "tlp_sent",
     )
 
     def __init__(
@@ -232,6 +235,9 @@ class Connection:
         self.close_deadline: float | None = None
         self.stats_retransmits = 0
         self.stats_timeouts = 0
+        self.rtx_round = 0.0
+        self.tlp_armed = False
+        self.tlp_sent = False
         self.rcv_right = min(buffer_room, MAX_WINDOW_FIELD)  # a SYN-ACK's window is unscaled
 
     # -- helpers ----------------------------------------------------------------------
@@ -493,9 +499,22 @@ class Connection:
                 self.dupacks >= DUPACK_THRESHOLD
                 or (self.sack_ok and self.sacked_bytes > DUPACK_THRESHOLD * self.mss)
             ):
-                self._enter_recovery("fast")
-        if self.recovery and self.sack_ok and self.sacked:
-            self.lost_end = max(self.lost_end, self.sacked[-1][0])
+                self._enter_recovery("fast", now)
+        if self.sack_ok and self.sacked:
+            if self.recovery:
+                self.lost_end = max(self.lost_end, self.sacked[-1][0])
+                srtt = self.rtt.srtt or 0.0
+                if (
+                    self.rtx_next >= self.lost_end
+                    and now - self.rtx_round > 1.25 * srtt + 0.002
+                    and self.snd_una < self.lost_end
+                ):
+                    # Holes resent a round trip ago and still not SACKed while later
+                    # data is: the retransmissions were lost too (in the spirit of RACK).
+                    self.rtx_next = self.snd_una
+                    self.rtx_round = now
+            elif self.tlp_sent:
+                self._enter_recovery("fast", now)  # the tail probe revealed a hole
         return True
 
     def _new_ack(self, ack_off: int, seg: Segment, now: float) -> None:
@@ -514,6 +533,7 @@ class Connection:
             self.rtt_off = -1
         self.retries = 0
         self.rtt.reset_backoff()
+        self.tlp_sent = False
         if self.sacked:
             self._prune_sacked()
         if self.recovery:
@@ -556,11 +576,12 @@ class Connection:
         elif self.state == LAST_ACK:
             self._gone()
 
-    def _enter_recovery(self, kind: str) -> None:
+    def _enter_recovery(self, kind: str, now: float) -> None:
         if kind == "fast" or self.retries <= 1:  # RFC 5681 (4): not again for the same loss
             self.ssthresh = max((self.snd_nxt - self.snd_una) // 2, 2 * self.mss)
         self.recover = self.snd_nxt + self.fin_sent
         self.rtx_next = self.snd_una
+        self.rtx_round = now
         if kind == "rto":
             self.cwnd = self.mss
             self.lost_end = self.snd_nxt + self.fin_sent
@@ -570,6 +591,7 @@ class Connection:
             self.lost_end = max(top, min(self.snd_una + self.mss, self.snd_nxt + self.fin_sent))
         self.recovery = kind
         self.rtt_off = -1
+        self.tlp_sent = self.tlp_armed = False
 
     def _take_sack(self, blocks: tuple[tuple[int, int], ...]) -> None:
         base = self.iss + 1
@@ -832,7 +854,14 @@ class Connection:
     def _arm_timers(self, now: float) -> None:
         if self.snd_nxt + self.fin_sent > self.snd_una:
             if self.rtx_deadline is None:
-                self.rtx_deadline = now + self.rtt.rto
+                rto = self.rtt.rto
+                srtt = self.rtt.srtt
+                if not self.recovery and not self.tlp_sent and srtt is not None:
+                    # tail loss probe (RFC 8985 7): a lost last segment draws no dupacks
+                    pto = max(2 * srtt, 0.01)
+                    self.tlp_armed = pto < rto
+                    rto = min(rto, pto)
+                self.rtx_deadline = now + rto
             self.persist_deadline = None
         else:
             self.rtx_deadline = None
@@ -876,6 +905,14 @@ class Connection:
             self.persist_deadline = now + self.rtt.rto
 
     def _on_rto(self, now: float) -> None:
+        if self.tlp_armed:
+            self.tlp_armed = False
+            self.tlp_sent = True
+            top = self.snd_nxt + self.fin_sent
+            self._send_range(now, max(self.snd_una, top - self.mss), top)
+            self.stats_retransmits += 1
+            self.rtx_deadline = now + self.rtt.rto
+            return
         self.retries += 1
         self.stats_timeouts += 1
         self.rtx_deadline = None
@@ -887,6 +924,6 @@ class Connection:
         if self.state == SYN_RECEIVED:
             self.synack_due = True
             return
-        self._enter_recovery("rto")
+        self._enter_recovery("rto", now)
         self.sacked, self.sacked_bytes = [], 0  # RFC 2018: the receiver may renege
         self.rtx_deadline = now + self.rtt.rto

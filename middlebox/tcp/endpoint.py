@@ -58,6 +58,8 @@ class EndpointTable:
             "rst_sent": 0,
             "stray_ack_ignored": 0,
             "refused_full": 0,
+            "retransmits": 0,
+            "timeouts": 0,
         }
 
     def __len__(self) -> int:
@@ -146,6 +148,8 @@ class EndpointTable:
             if self.connections.get(conn.key) is conn:
                 del self.connections[conn.key]
                 self.counters["closed"] += 1
+                self.counters["retransmits"] += conn.stats_retransmits
+                self.counters["timeouts"] += conn.stats_timeouts
                 self._closed[conn.key] = now + _RECENTLY_CLOSED_TTL
                 self._closed.move_to_end(conn.key)
                 while len(self._closed) > _RECENTLY_CLOSED_MAX:

@@ -227,7 +227,9 @@ def test_rto_backoff_doubles(sim, make_net, cfg) -> None:
     net.flush()
     net.run(net.now + 30)
     times = [t for t, s in _sent_times(net) if s.payload]
-    gaps = [b - a for a, b in itertools.pairwise(times)]
+    # times[0]: the segment, times[1]: the tail loss probe (2 SRTT later), then RTOs
+    assert times[1] - times[0] < cfg.rto_min
+    gaps = [b - a for a, b in itertools.pairwise(times[1:])]
     assert len(gaps) >= 5
     for a, b in itertools.pairwise(gaps[:6]):
         assert b == pytest.approx(min(2 * a, cfg.rto_max), rel=0.05)
@@ -286,6 +288,34 @@ def test_sack_recovery_repairs_several_holes_in_one_round(sim, make_net) -> None
     assert len(drops) == 4 and conn.stats_timeouts == 0
     for seq in drops:
         assert sum(1 for s in net.to_client if s.seq == seq and s.payload) == 2
+
+
+def test_tail_loss_probe_repairs_a_lost_last_segment(sim, make_net) -> None:
+    net, c, conn = established(sim, make_net, delay=0.01)
+    transfer(net, c, conn, 0, 50_000)  # an RTT sample
+    lost = []
+    net.drop_down = lambda s, r: bool(s.payload) and not lost and not lost.append(s.seq)
+    transfer(net, c, conn, 0, 1000)
+    assert lost and conn.stats_timeouts == 0  # repaired by the probe, not by an RTO
+
+
+def test_lost_retransmission_is_resent_without_timeout(sim, make_net) -> None:
+    drops = []
+
+    def rule(s, r):
+        # drop the 20th data segment and then its first retransmission
+        if s.payload:
+            rule.n += 1
+            if rule.n == 20 or (drops and s.seq == drops[0] and len(drops) == 1):
+                drops.append(s.seq)
+                return True
+        return False
+
+    rule.n = 0
+    net, c, conn = established(sim, make_net, drop_down=rule, delay=0.01)
+    transfer(net, c, conn, 0, 2_000_000)
+    assert len(drops) == 2 and drops[0] == drops[1]
+    assert conn.stats_timeouts == 0
 
 
 def test_congestion_window_halves_on_loss_and_grows(sim, make_net) -> None:
