@@ -1,33 +1,69 @@
 """In-memory nearest-neighbour index of one cell's RSRP windows.
 
-Exact K nearest by Euclidean distance, vectorised with numpy. Windows are kept sorted
-by their mean RSRP: for any two windows of W seconds, sqrt(W) * |mean(x) - mean(q)| <=
-||x - q|| (Cauchy-Schwarz), so once K candidates near the query's mean give a K-th
-distance d, only windows whose mean lies within d / sqrt(W) of the query's can be
-closer. That band is usually a small slice of a large cell, which keeps a query well
-under a millisecond at a million windows. New windows wait in a small unsorted tail
-(searched by brute force) and are merged into the sorted part in batches.
+Exact K nearest by Euclidean distance, vectorised with numpy. Large cells are cut into
+leaves of about LEAF windows by a k-d partition (split at the median of the dimension
+that spreads most), stored contiguously, each with its bounding box. A query computes
+the distance from the query to every box at once (a lower bound for every window in
+the box), then scans leaves in increasing bound order until the next bound exceeds the
+K-th distance found: exact, and at a million windows only a few leaves are touched.
+New windows wait in a small unsorted tail (searched by brute force) and are merged, by
+rebuilding the partition, in batches of TAIL_MAX.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
 from contextdb.windows import Windows
 
 PERF = ("thr", "rtt", "loss", "gap")
-TAIL_MAX = 4096  # windows waiting unsorted before a merge
-BRUTE_MAX = 4096  # below this many sorted windows, no band search
+TAIL_MAX = 4096  # windows waiting unsorted before a rebuild
+BRUTE_MAX = 4096  # up to this many windows, no partition: one vectorised scan
+LEAF = 512  # windows per leaf of the partition
+FIRST = 4  # leaves scanned before the K-th distance bound is known
+
+
+def dct_basis(width: int) -> np.ndarray:
+    """Orthonormal DCT-II basis (rows). RSRP windows lie along the constant direction (the
+    signal level) with smaller slope and wiggle: in these coordinates the k-d boxes fit
+    the data, where boxes along the raw seconds would cut that diagonal badly. The
+    transform is orthonormal, so Euclidean distances are unchanged."""
+    n = np.arange(width)
+    basis = np.cos(np.pi * (n[None, :] + 0.5) * n[:, None] / width)
+    basis[0] *= 1 / np.sqrt(2)
+    return basis * np.sqrt(2 / width)
+
+
+def partition(x: np.ndarray, leaf: int) -> tuple[np.ndarray, np.ndarray]:
+    """A k-d partition of the rows of ``x``: (row order, start of each leaf)."""
+    order = np.arange(len(x))
+    starts = []
+    stack = [(0, len(x))]
+    while stack:
+        s, e = stack.pop()
+        if e - s <= leaf:
+            starts.append(s)
+            continue
+        idx = order[s:e]
+        pts = x[idx]
+        dim = int(np.argmax(pts.max(axis=0) - pts.min(axis=0)))
+        mid = (e - s) // 2
+        order[s:e] = idx[np.argpartition(pts[:, dim], mid)]
+        stack.append((s + mid, e))
+        stack.append((s, s + mid))
+    return order, np.array(sorted(starts), dtype=np.int64)
 
 
 class CellIndex:
     def __init__(self, width: int) -> None:
         self.width = width
-        self.x = np.zeros((0, width), np.float32)
-        self.mean = np.zeros(0, np.float32)
+        self.basis = dct_basis(width)
+        # DCT coordinates in float64: the distance expansion below cancels large terms
+        self.x = np.zeros((0, width))
+        self.norm2 = np.zeros(0)
         self.perf = {k: np.zeros(0) for k in PERF}
+        self.starts = np.zeros(1, np.int64)  # leaf boundaries (with len(x) appended)
+        self.lo = self.hi = np.zeros((0, width))  # leaf bounding boxes
         self._tail: list[Windows] = []
         self._tail_n = 0
 
@@ -42,14 +78,22 @@ class CellIndex:
                 self._merge()
 
     def _merge(self) -> None:
-        xs = [self.x] + [w.rsrp.astype(np.float32) for w in self._tail]
-        x = np.concatenate(xs)
-        mean = x.mean(axis=1, dtype=np.float64).astype(np.float32)
-        order = np.argsort(mean, kind="stable")
-        self.x, self.mean = np.ascontiguousarray(x[order]), mean[order]
-        for k in PERF:
-            v = np.concatenate([self.perf[k]] + [getattr(w, k) for w in self._tail])
-            self.perf[k] = v[order]
+        x = np.concatenate(
+            [self.x] + [w.rsrp.astype(np.float64) @ self.basis.T for w in self._tail]
+        )
+        perf = {
+            k: np.concatenate([self.perf[k]] + [getattr(w, k) for w in self._tail]) for k in PERF
+        }
+        if len(x) > BRUTE_MAX:
+            order, starts = partition(x, LEAF)
+        else:
+            order, starts = np.arange(len(x)), np.zeros(1, np.int64)
+        self.x = np.ascontiguousarray(x[order])
+        self.perf = {k: v[order] for k, v in perf.items()}
+        self.norm2 = (self.x**2).sum(axis=1)
+        self.lo = np.minimum.reduceat(self.x, starts, axis=0)
+        self.hi = np.maximum.reduceat(self.x, starts, axis=0)
+        self.starts = np.append(starts, len(self.x))
         self._tail, self._tail_n = [], 0
 
     def _tail_arrays(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -57,34 +101,56 @@ class CellIndex:
             merged = Windows.concat(self._tail, self.width)
             self._tail = [merged]
         w = self._tail[0]
-        return w.rsrp.astype(np.float32), {k: getattr(w, k) for k in PERF}
+        return w.rsrp.astype(np.float64), {k: getattr(w, k) for k in PERF}
 
-    def _search_sorted(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Indices and squared distances of the k nearest sorted windows (unordered)."""
-        n = len(self.x)
-        if n <= BRUTE_MAX:
-            lo, hi = 0, n
+    def _scan(self, leaves: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Indices and squared distances of every window in the given leaves."""
+        st = self.starts
+        idx = np.concatenate([np.arange(st[i], st[i + 1]) for i in leaves])
+        # |x - q|^2 = |x|^2 - 2 x.q + |q|^2: one matrix-vector product per query
+        d2 = self.norm2[idx] - 2.0 * (np.take(self.x, idx, axis=0) @ q) + float(q @ q)
+        return idx, np.maximum(d2, 0.0)
+
+    def _search_tree(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Indices and squared distances of the k nearest indexed windows (unordered).
+
+        Two vectorised steps: scan the FIRST leaves with the smallest bounds to get an
+        upper bound on the K-th distance, then every other leaf whose bound is within it.
+        """
+        if len(self.lo) <= 1:
+            idx, d2 = np.arange(len(self.x)), self._scan(np.zeros(1, np.int64), q)[1]
         else:
-            mq = float(q.mean(dtype=np.float64))
-            pos = int(np.searchsorted(self.mean, mq))
-            lo, hi = max(0, pos - k), min(n, pos + k)
-            d2 = ((self.x[lo:hi] - q) ** 2).sum(axis=1)
-            kth = float(np.partition(d2, k - 1)[k - 1]) if hi - lo > k else float(d2.max())
-            r = math.sqrt(kth / self.width) * (1 + 1e-6) + 1e-3
-            lo = int(np.searchsorted(self.mean, mq - r, side="left"))
-            hi = int(np.searchsorted(self.mean, mq + r, side="right"))
-        d2 = ((self.x[lo:hi] - q) ** 2).sum(axis=1)
+            # lo <= hi, so at most one of the two differences is positive
+            gap = np.maximum(self.lo - q, q - self.hi)
+            np.maximum(gap, 0.0, out=gap)
+            bound = np.einsum("ij,ij->i", gap, gap)
+            n_first = min(FIRST, len(bound))
+            first = np.argpartition(bound, n_first - 1)[:n_first]
+            idx, d2 = self._scan(first, q)
+            if len(d2) >= k:
+                kth = float(np.partition(d2, k - 1)[k - 1])
+                mask = bound <= kth
+                mask[first] = False
+                more = np.flatnonzero(mask)
+            else:
+                more = np.setdiff1d(np.arange(len(bound)), first)
+            if len(more):
+                i2, e2 = self._scan(more, q)
+                idx, d2 = np.concatenate([idx, i2]), np.concatenate([d2, e2])
         if len(d2) > k:
             part = np.argpartition(d2, k - 1)[:k]
-            return part + lo, d2[part]
-        return np.arange(lo, hi), d2
+            return idx[part], d2[part]
+        return idx, d2
 
     def nearest(self, rsrp: np.ndarray, k: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Distances (ascending) and performance of the k nearest windows (fewer when the
         cell holds fewer)."""
-        q = np.asarray(rsrp, dtype=np.float32)
+        q = np.asarray(rsrp, dtype=np.float64)
         k = min(k, len(self))
-        idx, d2 = self._search_sorted(q, k) if len(self.x) else (np.zeros(0, int), np.zeros(0))
+        if len(self.x):
+            idx, d2 = self._search_tree(q @ self.basis.T, k)
+        else:
+            idx, d2 = np.zeros(0, np.int64), np.zeros(0, np.float32)
         perf = {name: self.perf[name][idx] for name in PERF}
         if self._tail_n:
             tx, tperf = self._tail_arrays()

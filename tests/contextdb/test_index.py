@@ -32,7 +32,7 @@ def check(idx: CellIndex, x: np.ndarray, q: np.ndarray, k: int) -> None:
 
 
 @pytest.mark.parametrize("n", [10, 5000, 60000])
-def test_nearest_matches_brute_force(n, monkeypatch):
+def test_nearest_matches_brute_force(n):
     rng = np.random.default_rng(n)
     # integer dBm like real modems (many ties) plus a drifting trend
     base = rng.integers(-120, -70, size=(n, 1))
@@ -57,11 +57,11 @@ def test_nearest_matches_brute_force(n, monkeypatch):
     st.integers(0, 200),
 )
 def test_nearest_band_search_is_exact(n, k, seed, tail):
-    """Force the band search (tiny brute-force limit) with a tail of unsorted windows."""
+    """Force the partition (tiny brute-force limit and leaves) with an unsorted tail."""
     rng = np.random.default_rng(seed)
     x = rng.integers(-100, -80, size=(n + tail, 4)).astype(np.float32)
-    old = index_mod.BRUTE_MAX, index_mod.TAIL_MAX
-    index_mod.BRUTE_MAX, index_mod.TAIL_MAX = 2, 1000
+    old = index_mod.BRUTE_MAX, index_mod.TAIL_MAX, index_mod.LEAF
+    index_mod.BRUTE_MAX, index_mod.TAIL_MAX, index_mod.LEAF = 2, 1000, 3
     try:
         idx = CellIndex(4)
         idx.add(make_windows(x[:n]))
@@ -70,4 +70,4 @@ def test_nearest_band_search_is_exact(n, k, seed, tail):
         q = rng.normal(-90, 8, 4)
         check(idx, x, q, min(k, n + tail))
     finally:
-        index_mod.BRUTE_MAX, index_mod.TAIL_MAX = old
+        index_mod.BRUTE_MAX, index_mod.TAIL_MAX, index_mod.LEAF = old
