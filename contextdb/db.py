@@ -115,11 +115,14 @@ class ContextDB:
 
     # -- ingest ----------------------------------------------------------------------
 
-    def ingest(self, samples: list[Sample]) -> IngestReport:
+    def ingest(
+        self, samples: list[Sample], events: list[HandoverEvent] | None = None
+    ) -> IngestReport:
         """Cut samples (any carriers, one or more runs) into windows and events, store
-        them in one commit and add them to the in-memory indexes."""
+        them in one commit and add them to the in-memory indexes. ``events``: exactly
+        timed disconnections, used instead of those inferred from the samples."""
         report = IngestReport(samples=len(samples))
-        for carrier, result in process(samples, self.cfg).items():
+        for carrier, result in process(samples, self.cfg, events).items():
             report.counts.update(result.counts)
             self.add(carrier, result.windows, result.events, commit=False)
             report.windows += len(result.windows)

@@ -297,22 +297,32 @@ def _recent_var(dl: np.ndarray, ends: np.ndarray, w: int) -> np.ndarray:
     return out
 
 
-def process(samples: list[Sample], cfg: ContextDBConfig) -> dict[str, RunResult]:
-    """Samples of any carriers and runs -> per carrier windows, events and counters."""
+def process(
+    samples: list[Sample], cfg: ContextDBConfig, events: list[HandoverEvent] | None = None
+) -> dict[str, RunResult]:
+    """Samples of any carriers and runs -> per carrier windows, events and counters.
+
+    ``events``, when given, are disconnections timed by the source itself (a simulator,
+    a gateway's path layer); they replace those inferred from the one-second grid.
+    """
     by_carrier: dict[str, list[Sample]] = {}
     for s in samples:
         by_carrier.setdefault(s.carrier, []).append(s)
     out: dict[str, RunResult] = {}
     for carrier, ss in by_carrier.items():
         counts: Counter = Counter()
-        parts, events = [], []
+        parts, found = [], []
         for run in split_runs(ss):
             grid = to_grid(run, cfg.fill_gap_s, counts)
-            ev = detect_events(grid, cfg)
+            if events is None:
+                ev = detect_events(grid, cfg)
+            else:
+                end = grid.t0 + len(grid)
+                ev = [e for e in events if e.carrier == carrier and grid.t0 <= e.t < end]
             wins = cut_windows(grid, ev, cfg)
             counts["samples"] += len(run)
             counts["windows"] += len(wins)
             parts.append(wins)
-            events.extend(ev)
-        out[carrier] = RunResult(Windows.concat(parts, cfg.window_s), events, counts)
+            found.extend(ev)
+        out[carrier] = RunResult(Windows.concat(parts, cfg.window_s), found, counts)
     return out

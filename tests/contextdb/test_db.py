@@ -203,3 +203,19 @@ def test_live_ingest_closes_a_run_after_a_long_silence():
     assert len(db._cells[("A", "c1")].index) == 21
     live.flush(math.inf)
     assert len(db._cells[("A", "c1")].index) == 42
+
+
+def test_exactly_timed_events_replace_inferred_ones():
+    from contextdb.records import HandoverEvent
+
+    db = ContextDB(MemoryStore())
+    samples = series([-90.0] * 40, [1e6] * 20 + [0.0] * 2 + [1e6] * 18)
+    exact = [
+        HandoverEvent("A", T0 + 20.3, "c1", "c1", 0.05, "success"),
+        HandoverEvent("A", T0 + 30.0, "c1", "c1", 7.5, "outage"),
+        HandoverEvent("A", T0 + 999.0, "c1", "c1", 1.0, "failure"),  # outside the run
+    ]
+    db.ingest(samples, exact)
+    h = db.stats()["carriers"]["A"]["c1"]
+    assert h["handovers"] == {"success": 1, "failure": 0, "outage": 1}
+    assert h["gap_s"]["outage"]["max"] == 7.5
