@@ -1,0 +1,140 @@
+"""One replay, and every policy over the same trace and workload in one call.
+
+A :class:`Scenario` is the input (carriers, workload spec, duration, seed, knobs);
+:func:`run` replays it under one policy (or on one carrier alone); :func:`compare`
+replays it under every named policy and every single-carrier baseline and returns the
+results in a fixed order. The same scenario and seed give the same numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from bench.sim.engine import Engine, ProgressBar
+from bench.sim.links import Carrier, Link, capacity_series
+from bench.sim.metrics import Recorder, summarize
+from bench.sim.transport import Transport, TransportParams
+from bench.sim.workloads import Runtime, parse
+from scheduler import policies
+from scheduler.config import SchedulerConfig
+from scheduler.longterm import LongTermSource
+
+SINGLE = "single:"
+
+# A long-term feed: given the engine and carrier names, returns a fresh source (or None)
+# and schedules its own observations (cell id, RSRP) on the engine.
+LongTermFeed = Callable[[Engine, Sequence[str]], LongTermSource | None]
+
+
+@dataclass
+class Scenario:
+    carriers: list[Carrier]
+    workload: str = "web"
+    duration: float = 300.0
+    seed: int = 1
+    params: TransportParams = field(default_factory=TransportParams)
+    sched: SchedulerConfig = field(default_factory=SchedulerConfig)
+    warmup: float = 0.0  # s excluded from goodput (startup of the congestion control)
+    outage_min: float = 0.5  # s of zero capacity that count as an outage
+    longterm: LongTermFeed | None = None
+    name: str = ""
+
+
+@dataclass
+class RunResult:
+    name: str  # policy name, or "single:<carrier>"
+    summary: dict
+    rec: Recorder
+    carriers: list[str]
+    outages: list[list[tuple[float, float]]]
+    capacity: list[list[float]]  # IP bytes per second per carrier
+
+
+def _links(scn: Scenario, carriers: Sequence[Carrier]) -> list[Link]:
+    return [
+        Link(c, scn.duration, seed=scn.seed * 7919 + i, outage_min=scn.outage_min)
+        for i, c in enumerate(carriers)
+    ]
+
+
+def oracle_bytes(scn: Scenario) -> float:
+    """Integral over the measured span of the sum of every carrier's capacity (IP bytes)."""
+    links = _links(scn, scn.carriers)
+    return sum(lk.capacity_between(scn.warmup, scn.duration) for lk in links)
+
+
+def run(
+    scn: Scenario,
+    policy: str,
+    *,
+    progress: bool = False,
+    oracle: float | None = None,
+) -> RunResult:
+    """Replay ``scn`` under ``policy`` (a scheduler policy name, or ``single:<carrier>``
+    for that carrier alone under min-RTT)."""
+    carriers = scn.carriers
+    name = policy
+    if policy.startswith(SINGLE):
+        wanted = policy[len(SINGLE) :]
+        carriers = [c for c in scn.carriers if c.name == wanted]
+        if not carriers:
+            raise ValueError(f"no carrier named {wanted!r}")
+        policy = "minrtt"
+    engine = Engine()
+    links = _links(scn, carriers)
+    source = scn.longterm(engine, [c.name for c in carriers]) if scn.longterm else None
+    pol = policies.get(policy, scn.sched, longterm=source)
+    rec = Recorder(scn.duration, len(links))
+    transport = Transport(engine, links, pol, rec, scn.params, scn.sched, scn.duration)
+    rt = Runtime(engine, transport, rec, scn.duration, scn.seed)
+    workloads = parse(scn.workload)
+    for i, w in enumerate(workloads):
+        w.begin(rt, i)
+    bar = ProgressBar(scn.duration, f"{scn.name} {name}".strip()) if progress else None
+    t0 = time.perf_counter()
+    engine.run(scn.duration, bar)
+    rec.wall = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    for w in workloads:
+        w.end(scn.duration)
+    rec.events = engine.events
+    if oracle is None:
+        oracle = oracle_bytes(scn)
+    summary = summarize(rec, oracle, scn.warmup)
+    return RunResult(
+        name,
+        summary,
+        rec,
+        [c.name for c in carriers],
+        [lk.outages for lk in links],
+        [capacity_series(lk, scn.duration) for lk in links],
+    )
+
+
+def policy_names(singles: bool, carriers: Sequence[Carrier]) -> list[str]:
+    names = ["context" if n == "context" else n for n in policies.names()]
+    if singles:
+        names += [SINGLE + c.name for c in carriers]
+    return names
+
+
+def compare(
+    scn: Scenario,
+    names: Sequence[str] | None = None,
+    *,
+    progress: bool = False,
+    on_result: Callable[[RunResult], None] | None = None,
+) -> list[RunResult]:
+    """Every policy (default: ours, the baselines, each carrier alone) over ``scn``."""
+    names = list(names) if names is not None else policy_names(True, scn.carriers)
+    oracle = oracle_bytes(scn)
+    out = []
+    for n in names:
+        r = run(scn, n, progress=progress, oracle=oracle)
+        if on_result is not None:
+            on_result(r)
+        out.append(r)
+    return out

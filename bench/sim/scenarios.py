@@ -1,0 +1,139 @@
+"""Where carriers come from: trace specs, the bundled LTE traces, the synthetic rail route,
+and the context database as a long-term source.
+
+Trace files are read by ``netns.traces`` (every format the testbed reads) and the rail
+route is ``netns.rail``'s generator: the simulator replays exactly what the emulated
+testbed would.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.sim.engine import Engine
+from bench.sim.links import Carrier
+from bench.sim.runner import LongTermFeed
+
+LTE_TRACES = (
+    ("att", "ATT-LTE-driving.down"),
+    ("tmobile", "TMobile-LTE-short.down"),
+    ("verizon", "Verizon-LTE-short.down"),
+)
+
+
+class ScenarioError(ValueError):
+    """A trace, route or database the replay cannot use (the CLI turns it into a
+    one-line error)."""
+
+
+def traces_dir() -> Path:
+    """``$MPPROXY_TRACES``, else ``../shared/traces`` from the working directory."""
+    return Path(os.environ.get("MPPROXY_TRACES", "../shared/traces"))
+
+
+def load_trace(spec: str, direction: str = "down"):
+    """A delivery trace from a testbed spec: a Mahimahi file, a 5G CSV, ``<N>mbit`` or
+    ``rail:<seed>:<carrier>``."""
+    from netns.errors import TraceError
+    from netns.traces import load
+
+    try:
+        return load(spec, direction)
+    except TraceError as e:
+        raise ScenarioError(str(e)) from None
+    except ValueError as e:
+        raise ScenarioError(f"{spec}: {e}") from None
+
+
+def carrier_from_spec(spec: str, index: int, **kw: float) -> Carrier:
+    """``[name=]trace-spec``; the name defaults to the file's stem (or ``c<index>``)."""
+    name, eq, rest = spec.partition("=")
+    if not eq or "/" in name or not name:
+        name, rest = "", spec
+    trace = load_trace(rest)
+    if not name:
+        stem = Path(rest).name.split(".")[0]
+        name = (
+            stem if stem and ":" not in rest and not rest.lower().endswith("mbit") else f"c{index}"
+        )
+    return Carrier(name, trace, **kw)  # type: ignore[arg-type]
+
+
+def lte(directory: Path | None = None, **kw: float) -> list[Carrier]:
+    """The three bundled LTE downlink traces (AT&T, T-Mobile, Verizon), one per carrier."""
+    base = (directory or traces_dir()) / "mahimahi"
+    missing = [f for _, f in LTE_TRACES if not (base / f).is_file()]
+    if missing:
+        raise ScenarioError(
+            f"bundled LTE traces not found in {base} (missing {', '.join(missing)}); "
+            "set MPPROXY_TRACES to the traces folder"
+        )
+    return [Carrier(n, load_trace(str(base / f)), **kw) for n, f in LTE_TRACES]  # type: ignore[arg-type]
+
+
+def rail(seed: int, duration: float, carriers: int = 3, **kw: float):
+    """Carriers of a synthetic high-speed rail route, and the route itself (for the
+    per-second cell and RSRP context)."""
+    from netns import rail as railgen
+
+    try:
+        route = railgen.generate(
+            railgen.RailParams(seed=seed, carriers=carriers, duration_s=max(1, int(duration)))
+        )
+    except ValueError as e:
+        raise ScenarioError(f"rail route: {e}") from None
+    out = [
+        Carrier(c.name, route.delivery(k, "down"), **kw)  # type: ignore[arg-type]
+        for k, c in enumerate(route.carriers)
+    ]
+    return out, route
+
+
+def contextdb_feed(db_path: str, route, config_path: str | None = None) -> LongTermFeed:
+    """Long-term predictions from a trained context database, fed with the route's
+    per-second cell id and RSRP (what the modems would report on the train).
+
+    ``route`` is a ``netns.rail.RailRoute`` (the only replayable source that carries
+    cell identities besides 5G drive logs; those could feed it the same way).
+    """
+    from contextdb.db import ContextDB
+    from contextdb.fleet import open_store
+    from scheduler.generators import CarrierTracker
+    from scheduler.longterm import CarrierWindowSource
+
+    if not Path(db_path).exists():
+        raise ScenarioError(f"context database {db_path}: no such file")
+    if config_path:
+        from middlebox.config import load
+
+        cfg = load(config_path).contextdb
+    else:
+        from contextdb.config import ContextDBConfig
+
+        cfg = ContextDBConfig()
+    try:
+        store = open_store(db_path, "", cfg.line, readonly=True)
+    except Exception as e:  # noqa: BLE001 - any failure to open is the user's file
+        raise ScenarioError(f"context database {db_path}: {e}") from None
+    db = ContextDB(store, cfg)
+    per_carrier = {c.name: c.seconds for c in route.carriers}
+
+    def feed(engine: Engine, names: Sequence[str]) -> CarrierWindowSource:
+        source = CarrierWindowSource(db.predict)
+        tracker = CarrierTracker(window=cfg.window_s)
+
+        def second(now: float, t: int) -> None:
+            for name in names:
+                secs = per_carrier.get(name)
+                if secs is not None and t < len(secs):
+                    s = secs[t]
+                    source.observe(tracker.report(name, now, cell_id=str(s.cell_id), rsrp=s.rsrp))
+            if t + 1 < max((len(v) for v in per_carrier.values()), default=0):
+                engine.at(t + 1.0, second, t + 1)
+
+        engine.at(0.0, second, 0)
+        return source
+
+    return feed

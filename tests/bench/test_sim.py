@@ -1,0 +1,228 @@
+"""The replay simulator: links, transport, workloads and metrics on hand-checkable cases."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from bench.sim.links import LINK_FACTOR, Carrier, Link, SteppedTrace, find_outages
+from bench.sim.metrics import percentile, size_class, stream_stalls
+from bench.sim.runner import Scenario, compare, run
+from bench.sim.transport import TransportParams
+from bench.sim.workloads import WorkloadError, parse
+from middlebox.mux import MESSAGE_OVERHEAD
+
+
+def fixed(name: str, mbit: float, delay: float = 0.025, **kw) -> Carrier:
+    return Carrier(name, SteppedTrace.of([mbit * 1e6], 1.0, name), delay=delay, **kw)
+
+
+def payload_rate(mbit: float) -> float:
+    """Payload bytes/s a link of ``mbit`` IP Mbit/s can carry in large messages."""
+    max_msg = TransportParams().max_data
+    return mbit * 1e6 / 8 / LINK_FACTOR * max_msg / (max_msg + MESSAGE_OVERHEAD)
+
+
+# -- links ----------------------------------------------------------------------------------
+
+
+def test_link_cumulative_and_inverse_agree():
+    link = Link(fixed("a", 12.0), duration=10.0)
+    assert link.cumulative(1.0) == pytest.approx(1.5e6, rel=1e-3)
+    for x in (1500.0, 123_456.0, 1.5e6, 7.77e6):
+        assert link.cumulative(link.inverse(x)) == pytest.approx(x, rel=1e-6)
+
+
+def test_link_fifo_queue_and_delay():
+    link = Link(fixed("a", 12.0, delay=0.05), duration=10.0)
+    size = 14480  # ten packets
+    arrival, lost, _ = link.transmit(0.0, size, rtt=0.1)
+    wire_time = size * LINK_FACTOR / 1.5e6
+    assert lost == 0
+    assert arrival == pytest.approx(wire_time + 0.05, abs=2e-3)
+    second, _, _ = link.transmit(0.0, size, rtt=0.1)  # queued behind the first
+    assert second == pytest.approx(2 * wire_time + 0.05, abs=2e-3)
+    assert link.queue_at(0.0) == pytest.approx(2 * size * LINK_FACTOR, rel=0.02)
+
+
+def test_link_drop_tail_costs_a_round_trip():
+    link = Link(fixed("a", 1.2, queue_bytes=3000), duration=10.0)
+    _, lost, _ = link.transmit(0.0, 100_000, rtt=0.2)
+    assert lost > 0 and link.dropped_packets == lost
+
+
+def test_outages_from_trace_and_explicit():
+    trace = SteppedTrace.of([12e6, 0.0, 0.0, 12e6, 12e6, 0.0], 1.0)
+    assert find_outages(trace.counts, 6.0, 0.5) == [(1.0, 3.0), (5.0, 6.0)]
+    slow = SteppedTrace.of([8e6, 0.0, 0.0, 8e6], 1.0)  # 2/3 opportunity per ms: gaps of 1 ms
+    assert find_outages(slow.counts, 4.0, 0.5) == [(pytest.approx(1.0, abs=0.002), 3.0)]
+    link = Link(Carrier("a", SteppedTrace.of([12e6], 1.0), outages=((2.0, 4.5),)), 10.0)
+    assert link.outages == [(2.0, 4.5)]
+    assert link.capacity_between(2.0, 4.5) == 0.0
+    assert link.after_outage(3.0) == 4.5 and link.after_outage(5.0) == 5.0
+
+
+# -- analytical goodput ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["minrtt", "roundrobin", "ecf", "blest"])
+def test_fixed_rate_links_reach_analytical_goodput(policy):
+    carriers = [fixed("a", 10.0, 0.02), fixed("b", 20.0, 0.04)]
+    scn = Scenario(carriers, workload="bulk", duration=40.0, warmup=5.0)
+    s = run(scn, policy).summary
+    analytical = (payload_rate(10.0) + payload_rate(20.0)) * 8 / 1e6
+    assert s["goodput_mbps"] == pytest.approx(analytical, rel=0.05)
+    assert s["goodput_mbps"] <= analytical * 1.001  # never beats physics
+    assert s["oracle_mbps"] == pytest.approx(30.0, rel=1e-3)
+
+
+def test_single_fixed_link_goodput_and_rtt():
+    scn = Scenario([fixed("a", 8.0, 0.03)], workload="bulk", duration=30.0, warmup=5.0)
+    s = run(scn, "minrtt").summary
+    assert s["goodput_mbps"] == pytest.approx(payload_rate(8.0) * 8 / 1e6, rel=0.05)
+    assert s["redundant_fraction"] < 0.02
+
+
+# -- outages --------------------------------------------------------------------------------
+
+
+def outage_scenario(workload: str = "cbr:rate=3") -> Scenario:
+    carriers = [fixed("a", 10.0, 0.02), fixed("b", 10.0, 0.03, outages=((20.0, 30.0),))]
+    return Scenario(carriers, workload=workload, duration=45.0)
+
+
+def test_outage_on_one_carrier_is_visible_and_redundant_does_not_stall():
+    results = {
+        r.name: r for r in compare(outage_scenario(), ["redundant", "roundrobin", "single:b"])
+    }
+    red = results["redundant"]
+    assert red.outages[1] == [(20.0, pytest.approx(30.0, abs=0.002))] and red.outages[0] == []
+    # nothing useful came over b during its outage, while a carried the stream
+    assert sum(red.rec.path_useful[1][21:30]) == 0
+    assert sum(red.rec.path_useful[0][21:30]) > 0.9 * 3e6 / 8 * 9
+    assert red.summary["stalls"] == 0
+    assert red.summary["redundant_fraction"] > 0.3  # copies cost bandwidth
+    # round-robin put messages on b at the outage's start: they had to be reinjected
+    assert results["roundrobin"].summary["reinjections"] > 0
+    # b alone: the player runs dry (2 s startup buffer against a 10 s outage)
+    single = results["single:b"].summary
+    assert single["stalls"] >= 1 and single["stall_time"] >= 6.0
+
+
+# -- determinism ----------------------------------------------------------------------------
+
+
+def _stable(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in ("wall_s", "speedup")}
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers():
+    carriers = [fixed("a", 10.0, 0.02, loss=0.01), fixed("b", 6.0, 0.04, outages=((5.0, 8.0),))]
+    scn = Scenario(carriers, workload="web:clients=4+cbr:rate=1", duration=30.0, seed=7)
+    one, two = run(scn, "context"), run(scn, "context")
+    assert _stable(one.summary) == _stable(two.summary)
+    assert one.rec.flows == two.rec.flows
+    other = run(dataclasses.replace(scn, seed=8), "context")
+    assert other.rec.flows != one.rec.flows
+
+
+# -- workloads on hand-checkable cases -----------------------------------------------------------
+
+
+def test_bulk_finite_completion_time():
+    scn = Scenario([fixed("a", 8.0, 0.025)], workload="bulk:size=2", duration=10.0)
+    s = run(scn, "minrtt")
+    (flow,) = s.rec.flows
+    floor = 2 * 0.025 + 2e6 / payload_rate(8.0)  # request, transfer at line rate, delay
+    assert floor <= flow[3] <= floor + 0.6  # BBR's startup costs a few round trips
+    assert s.summary["fct"][">1MB"]["n"] == 1
+
+
+def test_web_page_of_small_objects_takes_two_round_trips():
+    # one client, one page: a 2 KB main document then 6 objects of 2 KB in parallel
+    spec = (
+        "web:clients=1,think=1e9,stagger=0,objects=6,objects_sigma=0,sigma=0,object_kb=2,main_kb=2"
+    )
+    scn = Scenario([fixed("a", 100.0, 0.025)], workload=spec, duration=20.0)
+    r = run(scn, "minrtt")
+    assert len(r.rec.flows) == 7
+    main, *objects = r.rec.flows
+    assert main[3] == pytest.approx(0.05, abs=0.001)  # one-way request + one-way data
+    # the six objects leave paced: BBR's startup rate is 2.885 x 10 packets per RTT
+    pacing = 2.885 * 14480 / 0.05
+    for _, size, start, fct in objects:
+        assert size == 2000 and start == pytest.approx(main[3])
+        assert 0.05 <= fct <= 0.05 + 6 * (2000 + MESSAGE_OVERHEAD) / pacing + 0.001
+    (page,) = r.rec.pages
+    assert page == pytest.approx(main[3] + max(f[3] for f in objects))
+    assert r.summary["fct"]["<=10KB"]["n"] == 7
+
+
+def test_cbr_stall_matches_the_buffer_arithmetic():
+    carrier = fixed("a", 10.0, 0.02, outages=((20.0, 25.0),))
+    scn = Scenario([carrier], workload="cbr:rate=4,startup=2,resume=1", duration=40.0)
+    r = run(scn, "minrtt")
+    s = r.summary
+    assert s["streams"] == 1
+    # content is live: 2 s buffered takes 2 s of production (+ one chunk and the delay)
+    assert 2.0 <= s["startup_delay"]["p50"] <= 2.3
+    # the 5 s outage eats the 2 s buffer: one stall of about 3 s, plus the refill to 1 s
+    assert s["stalls"] == 1
+    (stall,) = r.rec.stalls
+    assert 21.5 <= stall.start <= 23.5
+    assert 3.0 <= stall.end - stall.start <= 4.8
+
+
+def test_file_resumes_after_every_path_was_lost():
+    carrier = fixed("a", 10.0, 0.02, outages=((5.0, 30.0),))
+    params = TransportParams(user_timeout=2.0, lost_timeout=5.0)
+    scn = Scenario([carrier], workload="file:size=10", duration=60.0, params=params)
+    r = run(scn, "minrtt")
+    s = r.summary
+    assert s["resets"] == 1 and s["resumes"] == 1 and s["path_downs"] >= 1
+    (done,) = s["files_done"]
+    # about 5 s of transfer before, the 25 s outage, reconnection, the rest after
+    assert 30.0 + 10e6 / payload_rate(10.0) - 5.0 < done < 30.0 + 10e6 / payload_rate(10.0)
+    assert sum(r.rec.goodput) == pytest.approx(10e6, abs=1)  # every byte exactly once
+
+
+def test_mixture_with_several_clients():
+    scn = Scenario(
+        [fixed("a", 20.0), fixed("b", 10.0, 0.04)],
+        workload="web:clients=3+bulk:clients=2,size=1+cbr:clients=2,rate=1",
+        duration=20.0,
+    )
+    s = run(scn, "context").summary
+    assert s["streams"] == 2 and s["page_load"]["n"] >= 3
+    assert ">1MB" not in s["fct"] and s["fct"]["100KB-1MB"]["n"] >= 2  # the 1 MB bulk flows
+
+
+def test_parse_rejects_bad_specs():
+    assert [type(w).__name__ for w in parse("web:clients=2+bulk")] == ["Web", "Bulk"]
+    bad_specs = ("", "ftp", "web:clients", "web:color=3", "cbr:rate=x", "web:clients=0")
+    for bad in (*bad_specs, "cbr:chunk=0"):
+        with pytest.raises(WorkloadError):
+            parse(bad)
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+
+def test_stream_stalls_by_hand():
+    rate = 100.0  # bytes/s
+    # 300 bytes (3 s) at t=1, nothing until 300 more at t=6: playing from 1 s (2 s
+    # startup met), dry at 4 s, resume needs 1 s buffered: at 6 s
+    started, stalls = stream_stalls([(1.0, 300), (6.0, 600)], rate, 0.0, 10.0, 2.0, 1.0)
+    assert started == 1.0
+    assert stalls == [(4.0, 6.0), (9.0, 10.0)]
+
+
+def test_percentile_and_classes():
+    assert percentile([], 50) is None
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert size_class(10_000) == "<=10KB" and size_class(10_001) == "10-100KB"
+    assert size_class(5_000_000) == ">1MB"
+    assert math.isclose(float(np.mean([1, 2])), 1.5)
