@@ -68,6 +68,7 @@ _AUX = struct.Struct("=IIIHHHH")
 _ETH_TYPE = struct.Struct("!H")
 _NO_VNET = _VNET.pack(0, 0, 0, 0, 0, 0)
 RECV_BUFFER = 256 << 10
+OFFLOADS = ("aux", "csum", "gso")
 
 
 class CaptureError(UserError):
@@ -180,11 +181,13 @@ class CaptureShell:
         vnet: bool = True,
         batch: int = 256,
         sock: socket.socket | None = None,
+        trust_aux: bool = True,
     ) -> None:
         self.interface = interface
         self.table = table
         self.netns = netns
         self.vnet = vnet
+        self.trust_aux = trust_aux
         self.batch = batch
         self.stats = CaptureStats()
         self.l2: dict[bytes, bytes] = {}  # client IPv4 -> dst MAC + src MAC of replies
@@ -238,7 +241,7 @@ class CaptureShell:
                     aux_ok = False
                 else:
                     size, anc, _flags, _addr = sock.recvmsg_into([buf], 64)
-                    aux_ok = _aux_checked(anc)
+                    aux_ok = self.trust_aux and _aux_checked(anc)
             except (BlockingIOError, InterruptedError):
                 break
             n += 1
@@ -504,7 +507,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--netns", default=None, help="listener namespace (default: current)")
     p.add_argument("--interface", required=True)
     p.add_argument("--app", choices=("test",), default="test")
-    p.add_argument("--no-vnet", action="store_true", help="no PACKET_VNET_HDR/GSO offload")
+    p.add_argument(
+        "--offload",
+        choices=OFFLOADS,
+        default="gso",
+        help="aux: PACKET_AUXDATA on receive, Python checksums and MSS segments on send; "
+        "csum: vnet header, checksum offload on send; gso: vnet header and 64 KiB GSO sends",
+    )
     p.add_argument("--no-drop-rule", action="store_true", help="do not install the nft drop")
     p.add_argument("--loss", type=float, default=0.0, help="test hook: random loss, both ways")
     p.add_argument("--reorder", type=float, default=0.0, help="test hook: reordering")
@@ -513,14 +522,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-retransmits", type=int, default=TcpConfig.max_retransmits)
     p.add_argument("--rto-max", type=float, default=TcpConfig.rto_max)
     args = p.parse_args(argv)
+    vnet = args.offload in ("csum", "gso")
     cfg = TcpConfig(
-        gso=not args.no_vnet, max_retransmits=args.max_retransmits, rto_max=args.rto_max
+        gso=args.offload == "gso",
+        max_retransmits=args.max_retransmits,
+        rto_max=args.rto_max,
     )
     # With impairment on, segments are cut at the MSS here so that one loss is one packet.
     table = EndpointTable(cfg, buffer_room=4 << 20, chunk=0 if args.loss else None)
     if not args.no_drop_rule:
         install_drop(args.netns, args.interface)
-    shell = CaptureShell(args.interface, table, args.netns, vnet=not args.no_vnet)
+    shell = CaptureShell(args.interface, table, args.netns, vnet=vnet)
     if args.loss or args.reorder:
         shell.rx_impair = Impairment(args.loss, args.reorder, seed=1)
         shell.tx_impair = Impairment(args.loss, args.reorder, seed=2)
@@ -554,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
             "connections_left": len(table),
             "completed": app.completed,
             "resets": app.resets,
-            "table": table.counters,
+            "table": table.totals(),
         }
         tmp = args.stats + ".tmp"
         with open(tmp, "w") as f:

@@ -65,6 +65,15 @@ class EndpointTable:
     def __len__(self) -> int:
         return len(self.connections)
 
+    def totals(self) -> dict[str, int]:
+        """Counters, with retransmissions and timeouts of live connections included."""
+        out = dict(self.counters)
+        for conn in self.connections.values():
+            out["retransmits"] += conn.stats_retransmits
+            out["timeouts"] += conn.stats_timeouts
+        out["connections"] = len(self.connections)
+        return out
+
     # -- input -----------------------------------------------------------------------
 
     def receive_segment(self, seg: Segment, now: float) -> None:
