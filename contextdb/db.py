@@ -88,10 +88,11 @@ class _Cell:
 
 def _mean_var(values: np.ndarray, floor: float) -> tuple[float, float]:
     v = values[np.isfinite(values)]
-    if len(v) == 0:
+    n = len(v)
+    if n == 0:
         return 0.0, math.inf
-    mean = float(v.mean())
-    var = float(v.var(ddof=1)) if len(v) > 1 else 0.0
+    mean = float(np.add.reduce(v)) / n
+    var = float(np.add.reduce((v - mean) ** 2)) / (n - 1) if n > 1 else 0.0
     return mean, max(var, floor)
 
 

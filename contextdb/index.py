@@ -4,8 +4,9 @@ Exact K nearest by Euclidean distance, vectorised with numpy. Large cells are cu
 leaves of about LEAF windows by a k-d partition (split at the median of the dimension
 that spreads most), stored contiguously, each with its bounding box. A query computes
 the distance from the query to every box at once (a lower bound for every window in
-the box), then scans leaves in increasing bound order until the next bound exceeds the
-K-th distance found: exact, and at a million windows only a few leaves are touched.
+the box), scans the leaf with the smallest bound for a K-th distance, then only the
+leaves whose bound is within that distance: exact, and at a million windows only a few
+leaves are touched.
 New windows wait in a small unsorted tail (searched by brute force) and are merged, by
 rebuilding the partition, in batches of TAIL_MAX.
 """
@@ -20,7 +21,6 @@ PERF = ("thr", "rtt", "loss", "gap")
 TAIL_MAX = 4096  # windows waiting unsorted before a rebuild
 BRUTE_MAX = 4096  # up to this many windows, no partition: one vectorised scan
 LEAF = 512  # windows per leaf of the partition
-FIRST = 4  # leaves scanned before the K-th distance bound is known
 
 
 def dct_basis(width: int) -> np.ndarray:
@@ -114,29 +114,32 @@ class CellIndex:
     def _search_tree(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Indices and squared distances of the k nearest indexed windows (unordered).
 
-        Two vectorised steps: scan the FIRST leaves with the smallest bounds to get an
-        upper bound on the K-th distance, then every other leaf whose bound is within it.
+        Two vectorised steps: scan the leaf with the smallest bound to get an upper bound
+        on the K-th distance, then every other leaf whose bound is within it, keeping
+        only windows within it too (few, so the final selection is cheap).
         """
         if len(self.lo) <= 1:
-            idx, d2 = np.arange(len(self.x)), self._scan(np.zeros(1, np.int64), q)[1]
+            idx, d2 = self._scan(np.zeros(1, np.int64), q)
         else:
             # lo <= hi, so at most one of the two differences is positive
             gap = np.maximum(self.lo - q, q - self.hi)
             np.maximum(gap, 0.0, out=gap)
             bound = np.einsum("ij,ij->i", gap, gap)
-            n_first = min(FIRST, len(bound))
-            first = np.argpartition(bound, n_first - 1)[:n_first]
-            idx, d2 = self._scan(first, q)
+            first = int(np.argmin(bound))
+            idx, d2 = self._scan(np.array([first]), q)
             if len(d2) >= k:
                 kth = float(np.partition(d2, k - 1)[k - 1])
                 mask = bound <= kth
                 mask[first] = False
                 more = np.flatnonzero(mask)
             else:
-                more = np.setdiff1d(np.arange(len(bound)), first)
+                kth = np.inf
+                more = np.delete(np.arange(len(bound)), first)
             if len(more):
                 i2, e2 = self._scan(more, q)
                 idx, d2 = np.concatenate([idx, i2]), np.concatenate([d2, e2])
+            keep = np.flatnonzero(d2 <= kth)
+            idx, d2 = idx[keep], d2[keep]
         if len(d2) > k:
             part = np.argpartition(d2, k - 1)[:k]
             return idx[part], d2[part]

@@ -264,11 +264,12 @@ def cut_windows(grid: Grid, events: list[HandoverEvent], cfg: ContextDBConfig) -
         return out
 
     gap = np.zeros(len(ends))
-    bad = [(e.t - grid.t0, e.gap) for e in events if e.kind != SUCCESS]
-    for k, e in enumerate(ends):
-        g = [g for off, g in bad if e < off <= e + la]
-        if g:
-            gap[k] = max(g)
+    for ev in events:
+        if ev.kind == SUCCESS:
+            continue
+        off = math.floor(ev.t) - grid.t0  # the second the disconnection starts in
+        lo, hi = np.searchsorted(ends, [off - la, off], side="left")  # off-la <= e < off
+        np.maximum(gap[lo:hi], ev.gap, out=gap[lo:hi])
     return Windows(
         cell=[grid.cell[e] for e in ends],
         t=(grid.t0 + ends).astype(np.float64),
