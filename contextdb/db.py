@@ -76,8 +76,8 @@ class _Cell:
     loaded: int = 0  # chunks of the store already in memory
     disconnected: int = 0  # windows followed by a failure or outage
 
-    def add(self, windows: Windows, events: list[HandoverEvent]) -> None:
-        self.index.add(windows)
+    def add(self, windows: Windows, events: list[HandoverEvent], merge: bool = True) -> None:
+        self.index.add(windows, merge)
         self.events.extend(events)
         self.disconnected += int((windows.gap > 0).sum())
         self.loaded += 1
@@ -161,7 +161,8 @@ class ContextDB:
     def _load(self, carrier: str, cell: str, entry: _Cell) -> int:
         new = self.store.chunks(carrier, cell, entry.loaded)
         for raw in new:
-            entry.add(*decode_chunk(raw, carrier, cell))
+            entry.add(*decode_chunk(raw, carrier, cell), merge=False)
+        entry.index.settle()
         return len(new)
 
     def refresh(self) -> int:

@@ -70,12 +70,19 @@ class CellIndex:
     def __len__(self) -> int:
         return len(self.x) + self._tail_n
 
-    def add(self, windows: Windows) -> None:
+    def add(self, windows: Windows, merge: bool = True) -> None:
+        """Add windows; ``merge=False`` defers the rebuild (bulk loads call
+        :meth:`settle` once at the end instead of rebuilding every TAIL_MAX windows)."""
         if len(windows):
             self._tail.append(windows)
             self._tail_n += len(windows)
-            if self._tail_n > TAIL_MAX:
-                self._merge()
+            if merge:
+                self.settle()
+
+    def settle(self) -> None:
+        """Rebuild the partition if the unsorted tail has grown past TAIL_MAX."""
+        if self._tail_n > TAIL_MAX:
+            self._merge()
 
     def _merge(self) -> None:
         x = np.concatenate(

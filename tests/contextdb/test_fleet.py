@@ -110,3 +110,31 @@ def test_open_store_reports_an_unreachable_server():
     port = _free_port()
     with pytest.raises(ContextDBError, match="cannot connect"):
         open_store("", f"redis://127.0.0.1:{port}")
+
+
+def test_cli_imports_into_and_queries_the_fleet(redis_url, tmp_path, capsys):
+    import json
+
+    from middlebox.cli import main
+
+    from .test_traces import row, write
+
+    csv = write(tmp_path, [row(s, dl=str(20000)) for s in range(40)], name="drive.csv")
+    fleet = ["--fleet", redis_url, "--line", "north"]
+    assert main(["contextdb", "import", *fleet, str(csv)]) == 0
+    capsys.readouterr()
+    argv = [
+        "contextdb",
+        "query",
+        *fleet,
+        "--carrier",
+        "B",
+        "--cell",
+        "12",
+        "--rsrp=-99,-99,-99,-99,-99",
+    ]
+    assert main([*argv, "--json"]) == 0
+    p = json.loads(capsys.readouterr().out)
+    assert p["throughput_mean"] == pytest.approx(20e6)
+    assert main(["contextdb", "stats", "--fleet", redis_url, "--line", "south"]) == 0
+    assert "empty database" in capsys.readouterr().out

@@ -71,3 +71,20 @@ def test_nearest_band_search_is_exact(n, k, seed, tail):
         check(idx, x, q, min(k, n + tail))
     finally:
         index_mod.BRUTE_MAX, index_mod.TAIL_MAX, index_mod.LEAF = old
+
+
+def test_bulk_add_defers_the_rebuild(monkeypatch):
+    rebuilds = []
+    orig = CellIndex._merge
+    monkeypatch.setattr(CellIndex, "_merge", lambda self: (rebuilds.append(1), orig(self)))
+    rng = np.random.default_rng(3)
+    x = rng.integers(-120, -70, size=(3 * index_mod.TAIL_MAX, 5)).astype(np.float32)
+    idx = CellIndex(5)
+    offset = 0
+    for part in np.array_split(x, 300):
+        idx.add(make_windows(part, offset), merge=False)
+        offset += len(part)
+    assert rebuilds == []
+    idx.settle()
+    assert rebuilds == [1] and len(idx) == len(x)
+    check(idx, x, x[7].astype(np.float64), 16)
