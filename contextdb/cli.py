@@ -221,8 +221,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from contextdb.evaluate import evaluate
 
     cfg = _config(args)
-    train = [s for r in _read(args.train) for s in r.samples]
-    test = [s for r in _read(args.test) for s in r.samples]
+    train = [r.samples for r in _read(args.train)]
+    test = [r.samples for r in _read(args.test)]
     res = evaluate(train, test, cfg)
     if args.json:
         print(json.dumps(dataclasses.asdict(res), indent=2))

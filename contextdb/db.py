@@ -121,7 +121,11 @@ class ContextDB:
     ) -> IngestReport:
         """Cut samples (any carriers, one or more runs) into windows and events, store
         them in one commit and add them to the in-memory indexes. ``events``: exactly
-        timed disconnections, used instead of those inferred from the samples."""
+        timed disconnections, used instead of those inferred from the samples.
+
+        One carrier's samples form one timeline: drives of the same carrier logged at
+        overlapping times (two vehicles, two simulations) must be ingested in separate
+        calls, or their seconds are merged."""
         report = IngestReport(samples=len(samples))
         for carrier, result in process(samples, self.cfg, events).items():
             report.counts.update(result.counts)

@@ -51,12 +51,15 @@ def _fuse(short: float, short_var: float, long: float, long_var: float) -> float
 
 
 def evaluate(
-    train: list[Sample], test: list[Sample], cfg: ContextDBConfig | None = None
+    train: list[list[Sample]], test: list[list[Sample]], cfg: ContextDBConfig | None = None
 ) -> EvalResult:
+    """``train`` and ``test`` are lists of runs (one list of samples per drive): runs
+    are cut separately, so two drives logged at overlapping times stay apart."""
     cfg = cfg or ContextDBConfig()
     db = ContextDB(MemoryStore(), cfg)
-    report = db.ingest(train)
-    res = EvalResult(train_windows=report.windows)
+    res = EvalResult()
+    for run in train:
+        res.train_windows += db.ingest(run).windows
     cell_mean: dict[tuple[str, str], float] = {}
     cell_rate: dict[tuple[str, str], float] = {}
     for (carrier, cell), entry in db._cells.items():
@@ -67,7 +70,8 @@ def evaluate(
     # truth, knn, last, cell mean, confidence, disconnected, p, base rate, fused
     rows = []
     unseen = idle = 0
-    for carrier, result in process(test, cfg).items():
+    results = [item for run in test for item in process(run, cfg).items()]
+    for carrier, result in results:
         w = result.windows
         res.test_windows += len(w)
         for i in range(len(w)):
