@@ -234,3 +234,21 @@ def test_evaluate_keeps_overlapping_runs_apart_and_scores_baselines():
     # the signal determines the throughput here: matching beats both baselines
     assert res.mae_bps["contextdb"] < res.mae_bps["cell mean"]
     assert res.mae_bps["contextdb"] < res.mae_bps["last value"]
+
+
+def test_predictions_plug_into_the_schedulers_long_term_source():
+    from scheduler.context import CarrierContext
+    from scheduler.longterm import CarrierWindowSource, LongTermPrediction, LongTermSource
+
+    db = ContextDB(MemoryStore(), ContextDBConfig(k=8))
+    db.ingest(two_regimes())
+    source = CarrierWindowSource(db.predict)
+    assert isinstance(source, LongTermSource)
+    assert source.predict("A", 1.0) is None  # nothing observed yet
+    source.observe(CarrierContext("A", cell_id="c1", rsrp_window=(-80.0,) * 5))
+    p = source.predict("A", 2.0)
+    assert p.throughput_mean == pytest.approx(50e6) and p.now == 2.0
+    # every attribute the scheduler reads is there, as a finite float where it must be
+    for name in LongTermPrediction.__dataclass_fields__:
+        value = getattr(p, name)
+        assert isinstance(value, float) and not math.isnan(value), name
