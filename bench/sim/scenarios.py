@@ -29,8 +29,15 @@ class ScenarioError(ValueError):
 
 
 def traces_dir() -> Path:
-    """``$MPPROXY_TRACES``, else ``../shared/traces`` from the working directory."""
-    return Path(os.environ.get("MPPROXY_TRACES", "../shared/traces"))
+    """``$MPPROXY_TRACES``, else ``../shared/traces`` from the working directory, else
+    the one beside the source checkout."""
+    env = os.environ.get("MPPROXY_TRACES")
+    if env:
+        return Path(env)
+    here = Path("../shared/traces")
+    if here.is_dir():
+        return here
+    return Path(__file__).resolve().parents[3] / "shared" / "traces"
 
 
 def load_trace(spec: str, direction: str = "down"):

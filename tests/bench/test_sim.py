@@ -226,3 +226,47 @@ def test_percentile_and_classes():
     assert size_class(10_000) == "<=10KB" and size_class(10_001) == "10-100KB"
     assert size_class(5_000_000) == ">1MB"
     assert math.isclose(float(np.mean([1, 2])), 1.5)
+
+
+# -- the context database as long-term source ------------------------------------------------
+
+
+def test_trained_context_database_feeds_our_policy(tmp_path):
+    rail = pytest.importorskip("netns.rail")
+    from bench.sim import scenarios
+    from contextdb.config import ContextDBConfig
+    from contextdb.db import ContextDB
+    from contextdb.fleet import open_store
+    from contextdb.traces import read_5g_csv
+
+    route = rail.generate(rail.RailParams(seed=3, duration_s=120))
+    db_path = tmp_path / "ctx.db"
+    db = ContextDB(open_store(str(db_path), "", "default"), ContextDBConfig(path=str(db_path)))
+    for k in range(len(route.carriers)):
+        rail.write_csv(route, k, tmp_path / f"c{k}.csv")
+        db.ingest(read_5g_csv(tmp_path / f"c{k}.csv").samples)
+    db.store.commit()
+    db.store.close()
+
+    feed = scenarios.contextdb_feed(str(db_path), route)
+    answers = []
+
+    def spy(engine, names):
+        source = feed(engine, names)
+        inner = source._predict
+
+        def predict(*a):
+            p = inner(*a)
+            answers.append(p)
+            return p
+
+        source._predict = predict
+        return source
+
+    carriers, _ = scenarios.rail(3, 120)
+    scn = Scenario(carriers, workload="bulk", duration=60.0, longterm=spy)
+    r = run(scn, "context")
+    assert r.summary["goodput_mbps"] > 0
+    assert any(p is not None and p.confidence > 0 for p in answers)
+    with pytest.raises(scenarios.ScenarioError):
+        scenarios.contextdb_feed(str(tmp_path / "missing.db"), route)
