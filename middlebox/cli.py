@@ -21,6 +21,7 @@ COMMANDS = [
     "middlebox.cmd_pki",
     "bench.demo",
     "contextdb.cli",
+    "bench.cli",
 ]
 
 log = logging.getLogger("mpproxy")
