@@ -18,7 +18,7 @@ def _opt(default, doc: str, *, min: float | None = None, max: float | None = Non
 def _check_fleet_url(value: str) -> str | None:
     if value == "" or value.startswith("redis://"):
         return None
-    return f"must be empty or redis://HOST:PORT[/DB] (got {value!r})"
+    return "must be empty or redis://[[USER]:PASSWORD@]HOST:PORT[/DB]"
 
 
 def _check_line(value: str) -> str | None:

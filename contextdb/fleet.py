@@ -10,7 +10,7 @@ commit go in one MULTI/EXEC transaction, so readers see all of an ingest or noth
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from contextdb.codec import decode_json, encode_json
 from contextdb.errors import ContextDBError
@@ -18,8 +18,8 @@ from contextdb.resp import RespClient
 from contextdb.store import SEP, check_name
 
 
-def parse_url(url: str) -> tuple[str, int, int]:
-    """``redis://HOST:PORT[/DB]`` -> (host, port, db)."""
+def parse_url(url: str) -> tuple[str, int, int, str | None, str | None]:
+    """``redis://[[USER]:PASSWORD@]HOST:PORT[/DB]`` -> (host, port, db, user, password)."""
     parts = urlsplit(url)
     try:
         port = parts.port or 6379
@@ -27,16 +27,20 @@ def parse_url(url: str) -> tuple[str, int, int]:
     except ValueError:
         port, db = -1, -1
     if parts.scheme != "redis" or not parts.hostname or port <= 0 or db < 0:
-        raise ContextDBError(f"fleet URL must be redis://HOST:PORT[/DB] (got {url!r})")
-    return parts.hostname, port, db
+        safe = url.split("@")[-1]  # never echo a password
+        raise ContextDBError(
+            f"fleet URL must be redis://[[USER]:PASSWORD@]HOST:PORT[/DB] (got ...{safe!r})"
+        )
+    password = unquote(parts.password) if parts.password else None
+    user = unquote(parts.username) if parts.username else None
+    return parts.hostname, port, db, user, password
 
 
 class RedisStore:
     def __init__(self, url: str, line: str = "default", timeout: float = 5.0) -> None:
         check_name("line", line)
-        host, port, db = parse_url(url)
-        self.url = url
-        self.client = RespClient(host, port, db, timeout)
+        host, port, db, user, password = parse_url(url)
+        self.client = RespClient(host, port, db, timeout, user=user, password=password)
         self.prefix = f"mpctx:{line}:"
         self._pending: list[tuple] = []
 

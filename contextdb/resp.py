@@ -68,15 +68,29 @@ def read_reply(stream: BinaryIO) -> Any:
 class RespClient:
     """One connection to a Redis server; not thread-safe (one per thread)."""
 
-    def __init__(self, host: str, port: int, db: int = 0, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        db: int = 0,
+        timeout: float = 5.0,
+        user: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.address = f"{host}:{port}"
         try:
             self._sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as e:
             raise ContextDBError(f"redis {self.address}: cannot connect: {e}") from None
         self._rfile = self._sock.makefile("rb")
-        if db:
-            self.execute("SELECT", db)
+        try:
+            if password is not None:
+                self.execute("AUTH", *([user] if user else []), password)
+            if db:
+                self.execute("SELECT", db)
+        except ContextDBError:
+            self.close()
+            raise
 
     def pipeline(self, commands: list[tuple]) -> list[Any]:
         """Send all commands, then read all replies; raise the first error reply."""

@@ -1,5 +1,6 @@
 """The fleet store against a real Redis server started for the test."""
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -22,42 +23,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def redis_url(tmp_path):
+@contextlib.contextmanager
+def running_redis(tmp_path, *extra: str):
+    """A redis-server on a free loopback port, data in tmp_path; stopped in any case."""
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.skip("redis-server not installed (apt-get install redis-server)")
     port = _free_port()
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(tmp_path),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "yes",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
+    args += ["--save", "", "--appendonly", "no", *extra]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
         while True:
             try:
-                RespClient("127.0.0.1", port, timeout=1).close()
-                break
-            except ContextDBError:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("redis-server did not start") from None
                 time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield port
     finally:
         proc.terminate()
         try:
@@ -67,12 +53,35 @@ def redis_url(tmp_path):
             proc.wait(5)
 
 
+@pytest.fixture
+def redis_url(tmp_path):
+    with running_redis(tmp_path) as port:
+        yield f"redis://127.0.0.1:{port}/0"
+
+
 def test_parse_url():
-    assert parse_url("redis://10.0.0.1:7000/3") == ("10.0.0.1", 7000, 3)
-    assert parse_url("redis://host") == ("host", 6379, 0)
+    assert parse_url("redis://10.0.0.1:7000/3") == ("10.0.0.1", 7000, 3, None, None)
+    assert parse_url("redis://host") == ("host", 6379, 0, None, None)
+    assert parse_url("redis://:p%40ss@h:1") == ("h", 1, 0, None, "p@ss")
+    assert parse_url("redis://gw:pw@h:1/2") == ("h", 1, 2, "gw", "pw")
     for bad in ("http://x:1", "redis://:1", "redis://h:x", "redis://h:1/db"):
         with pytest.raises(ContextDBError, match="fleet URL"):
             parse_url(bad)
+    with pytest.raises(ContextDBError) as err:
+        parse_url("http://user:secret@h:1")
+    assert "secret" not in str(err.value)
+
+
+def test_password_protected_server(tmp_path):
+    with running_redis(tmp_path, "--requirepass", "s3cret") as port:
+        with pytest.raises(ContextDBError, match="NOAUTH|Authentication required"):
+            ContextDB(RedisStore(f"redis://127.0.0.1:{port}"))
+        with pytest.raises(ContextDBError, match="WRONGPASS|invalid password"):
+            RedisStore(f"redis://:wrong@127.0.0.1:{port}")
+        db = ContextDB(RedisStore(f"redis://:s3cret@127.0.0.1:{port}/1"))
+        db.ingest(series([-80.0] * 20))
+        assert db.predict("A", "c1", [-80.0] * 5) is not None
+        db.store.close()
 
 
 def test_client_commands_and_errors(redis_url):
