@@ -33,33 +33,13 @@ def test_import_query_stats(capsys, tmp_path, csv_dir):
     assert code == 0 and "carrier B: 1 cells" in out
     code, out, _ = run(capsys, "contextdb", "stats", "--db", db, "--json")
     assert json.loads(out)["carriers"]["B"]["12"]["windows"] > 40
-    code, out, _ = run(
-        capsys,
-        "contextdb",
-        "query",
-        "--db",
-        db,
-        "--carrier",
-        "B",
-        "--cell",
-        "12",
-        "--rsrp=-90,-91,-92,-93,-94",
-        "--json",
-    )
+    query = ["contextdb", "query", "--db", db, "--carrier", "B", "--rsrp=-90,-91,-92,-93,-94"]
+    code, out, _ = run(capsys, *query, "--cell", "12", "--json")
     p = json.loads(out)
     assert code == 0 and p["cell"] == "12" and 10e6 < p["throughput_mean"] < 20e6
-    code, out, _ = run(
-        capsys,
-        "contextdb",
-        "query",
-        "--db",
-        db,
-        "--carrier",
-        "B",
-        "--cell",
-        "77",
-        "--rsrp=-90,-91,-92,-93,-94",
-    )
+    code, out, _ = run(capsys, *query, "--cell", "12")
+    assert code == 0 and "confidence" in out and "Mbit/s" in out
+    code, out, _ = run(capsys, *query, "--cell", "77")
     assert code == 0 and out.startswith("no prediction")
 
 
