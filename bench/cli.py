@@ -187,6 +187,36 @@ def _policies(spec: str, scn) -> list[str]:
     return out
 
 
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this replay (for the report)."""
+    parts = ["mpproxy", "bench", "replay"]
+    if args.lte:
+        parts.append("--lte")
+    if args.rail is not None:
+        parts += ["--rail", str(args.rail)]
+    for t in args.trace:
+        parts += ["--trace", t]
+    parts += ["--workload", args.workload, "--duration", f"{args.duration:g}"]
+    parts += ["--seed", str(args.seed)]
+    for flag, value, default in (
+        ("--policies", args.policies, "all"),
+        ("--delay", args.delay, 25.0),
+        ("--queue-bytes", args.queue_bytes, 384_000),
+        ("--loss", args.loss, 0.0),
+        ("--warmup", args.warmup, 0.0),
+        ("--contextdb", args.contextdb, None),
+        ("--config", args.config, None),
+    ):
+        if value != default:
+            parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    for o in args.outage:
+        parts += ["--outage", o]
+    if args.no_singles:
+        parts.append("--no-singles")
+    parts += ["--out", args.out]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from bench.sim import report
     from bench.sim.runner import SINGLE, compare
@@ -209,7 +239,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         out.flush()
 
     results = compare(scn, names, progress=not args.no_progress, on_result=done)
-    command = "mpproxy bench replay " + " ".join(shlex.quote(a) for a in sys.argv[3:])
+    command = _command(args)
     path = report.write(results, scn, args.out, command=command, plots=not args.no_plots)
     out.write("\n" + report.table(results) + "\n\n")
     out.write(f"report: {path}\n")

@@ -27,14 +27,14 @@ def quick_comparison(out_dir: str | Path, progress: bool = False) -> Path:
 
     try:
         carriers = scenarios.lte()
-        label = "bundled LTE traces"
+        label, source = "bundled LTE traces", "--lte"
     except scenarios.ScenarioError:
         carriers, _ = scenarios.rail(1, QUICK_DURATION)
-        label = "synthetic rail route, seed 1"
+        label, source = "synthetic rail route, seed 1", "--rail 1"
     scn = Scenario(carriers, QUICK_WORKLOAD, QUICK_DURATION, seed=1, name=f"quick ({label})")
     results = compare(scn, progress=progress)
     cmd = (
-        f"mpproxy bench replay --lte --workload '{QUICK_WORKLOAD}' "
+        f"mpproxy bench replay {source} --workload '{QUICK_WORKLOAD}' "
         f"--duration {QUICK_DURATION:g} --seed 1 --out {out_dir}"
     )
     return report.write(results, scn, out_dir, command=cmd)

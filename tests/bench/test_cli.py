@@ -48,7 +48,8 @@ def test_replay_writes_table_json_and_report(tmp_path, capsys):
     assert 0 < minrtt["goodput_mbps"] <= minrtt["oracle_mbps"]
     assert data["results"]["single:slow"]["goodput_mbps"] < minrtt["goodput_mbps"]
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "plots skipped (--no-plots)" in md and "mpproxy bench replay" in md
+    assert "plots skipped (--no-plots)" in md
+    assert "mpproxy bench replay --trace fast=12mbit --trace slow=6mbit --workload bulk" in md
 
 
 def test_replay_draws_plots(tmp_path):
