@@ -196,6 +196,7 @@ class CaptureShell:
         self._buf = bytearray(RECV_BUFFER)
         self._mv = memoryview(self._buf)
         self.sock = sock if sock is not None else self._open()
+        self.selector = selectors.DefaultSelector()
         self.csum_mode = CSUM_PARTIAL if vnet else CSUM_FULL
 
     def _open(self) -> socket.socket:
@@ -225,6 +226,7 @@ class CaptureShell:
 
     def close(self) -> None:
         self.sock.close()
+        self.selector.close()
 
     # -- receive --------------------------------------------------------------------
 
@@ -352,24 +354,31 @@ class CaptureShell:
         stop: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """Event loop: wait for frames or the next timer, drain in batches, pump."""
-        sel = selectors.DefaultSelector()
-        sel.register(self.sock, selectors.EVENT_READ)
+        """Event loop: wait for frames, other sockets or the next timer; drain; pump.
+
+        Applications register their own sockets on ``self.selector`` with a callback
+        ``f(mask, now)`` as the key's data.
+        """
+        sel = self.selector
+        sel.register(self.sock, selectors.EVENT_READ, None)
         try:
             while not stop():
                 now = clock()
                 t = self.table.next_timer()
                 timeout = 0.2 if t is None else min(max(t - now, 0.0), 0.2)
-                if self.drain(now) == 0:
-                    sel.select(timeout)
+                busy = self.drain(now) > 0
+                for key, mask in sel.select(0 if busy else timeout):
                     now = clock()
-                    self.drain(now)
+                    if key.data is None:
+                        self.drain(now)
+                    else:
+                        key.data(mask, now)
                 self.pump(now, on_event)
                 if idle is not None:
                     idle(now)
                     self.pump(now, on_event)
         finally:
-            sel.close()
+            sel.unregister(self.sock)
 
 
 def _aux_checked(anc: list) -> bool:
@@ -498,6 +507,140 @@ class TestApp:
                 self.top_up(conn)
 
 
+class _Link:
+    __slots__ = ("conn", "sock", "pending", "connected", "client_fin", "server_eof", "mask")
+
+    def __init__(self, conn, sock: socket.socket) -> None:
+        self.conn, self.sock = conn, sock
+        self.pending = bytearray()  # client bytes not yet taken by the destination
+        self.connected = self.client_fin = self.server_eof = False
+        self.mask = 0
+
+
+class RelayApp:
+    """Relays every captured connection to one kernel-TCP destination (e.g. iperf3).
+
+    A miniature of what the gateway does with the paths, used to run unmodified servers
+    behind the endpoint: the SYN is answered only once the destination accepted (a
+    refused destination refuses the client with RST); a slow destination shrinks the
+    client's window through ``set_buffer_room``; a slow client stops reads from the
+    destination through ``send_queued``. Both buffers are bounded by ``limit``.
+    """
+
+    def __init__(self, shell: CaptureShell, target: tuple[str, int], limit: int = 1 << 20):
+        self.shell, self.target, self.limit = shell, target, limit
+        self.links: dict[object, _Link] = {}
+        self.completed = 0
+        self.resets = 0
+        self.max_pending = 0
+
+    def on_event(self, e: object, now: float) -> None:
+        if isinstance(e, ev.ConnectionRequested):
+            s = socket.socket()
+            s.setblocking(False)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.connect_ex(self.target)
+            link = _Link(e.conn, s)
+            self.links[e.conn] = link
+            self._watch(link, selectors.EVENT_WRITE)
+            return
+        link = self.links.get(e.conn)
+        if link is None:
+            return
+        if isinstance(e, ev.DataReceived):
+            link.pending += e.data
+            self.max_pending = max(self.max_pending, len(link.pending))
+            self._write(link)
+        elif isinstance(e, ev.PeerClosed):
+            link.client_fin = True
+            self._write(link)
+        elif isinstance(e, ev.Reset):
+            self.resets += 1
+            link.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        elif isinstance(e, ev.ConnectionGone):
+            self.completed += 1
+            self._drop(link)
+        if e.conn in self.links:
+            self._update(link)
+
+    def _watch(self, link: _Link, mask: int) -> None:
+        sel = self.shell.selector
+        if mask == link.mask:
+            return
+        if not mask:
+            sel.unregister(link.sock)
+        elif not link.mask:
+            sel.register(link.sock, mask, lambda m, now, link=link: self._ready(link, m))
+        else:
+            sel.modify(link.sock, mask, lambda m, now, link=link: self._ready(link, m))
+        link.mask = mask
+
+    def _update(self, link: _Link) -> None:
+        conn = link.conn
+        if not link.connected:
+            return
+        mask = 0
+        if not link.server_eof and conn.send_queued < self.limit:
+            mask |= selectors.EVENT_READ
+        if link.pending:
+            mask |= selectors.EVENT_WRITE
+        self._watch(link, mask)
+        conn.set_buffer_room(self.limit - len(link.pending))
+
+    def _ready(self, link: _Link, mask: int) -> None:
+        conn = link.conn
+        if not link.connected:
+            err = link.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                conn.abort()  # the destination refused: so does the endpoint
+                return
+            link.connected = True
+            conn.accept()
+        if mask & selectors.EVENT_WRITE:
+            self._write(link)
+        if mask & selectors.EVENT_READ:
+            try:
+                data = link.sock.recv(min(256 << 10, self.limit))
+            except BlockingIOError:
+                data = None
+            except OSError:
+                conn.abort()
+                return
+            if data is not None:
+                if data and conn.state in ("ESTABLISHED", "CLOSE-WAIT") and not conn.fin_queued:
+                    conn.send(data)
+                elif not data:
+                    link.server_eof = True
+                    conn.close()
+        if conn in self.links:
+            self._update(link)
+
+    def _write(self, link: _Link) -> None:
+        if link.pending and link.connected:
+            try:
+                n = link.sock.send(link.pending)
+                del link.pending[:n]
+            except BlockingIOError:
+                pass
+            except OSError:
+                link.conn.abort()
+                return
+        if link.client_fin and not link.pending and link.connected:
+            try:
+                link.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def _drop(self, link: _Link) -> None:
+        self._watch(link, 0)
+        link.sock.close()
+        self.links.pop(link.conn, None)
+
+    def idle(self, now: float) -> None:
+        for link in list(self.links.values()):
+            self._update(link)
+
+
 def _int(b: bytes) -> int:
     return int(b) if b.isdigit() and len(b) < 13 else 0
 
@@ -506,7 +649,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--netns", default=None, help="listener namespace (default: current)")
     p.add_argument("--interface", required=True)
-    p.add_argument("--app", choices=("test",), default="test")
+    p.add_argument("--app", choices=("test", "relay"), default="test")
+    p.add_argument("--relay-to", default="127.0.0.1:5201", help="HOST:PORT for --app relay")
+    p.add_argument("--relay-limit", type=int, default=1 << 20, help="bytes buffered each way")
     p.add_argument(
         "--offload",
         choices=OFFLOADS,
@@ -536,7 +681,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.loss or args.reorder:
         shell.rx_impair = Impairment(args.loss, args.reorder, seed=1)
         shell.tx_impair = Impairment(args.loss, args.reorder, seed=2)
-    app = TestApp()
+    if args.app == "relay":
+        host, _, port = args.relay_to.rpartition(":")
+        app = RelayApp(shell, (host, int(port)), args.relay_limit)
+    else:
+        app = TestApp()
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
@@ -566,6 +715,7 @@ def main(argv: list[str] | None = None) -> int:
             "connections_left": len(table),
             "completed": app.completed,
             "resets": app.resets,
+            "relay_max_pending": getattr(app, "max_pending", 0),
             "table": table.totals(),
         }
         tmp = args.stats + ".tmp"

@@ -9,11 +9,13 @@ only the captured endpoint can answer.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import selectors
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -233,3 +235,105 @@ def test_kernel_in_listener_namespace_never_answers(pair: Pair) -> None:
     s.sendall(b"ECHO\nx")
     assert s.recv(10) == b"x"
     s.close()
+
+
+def _in_ns(ns: str, *cmd: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen(["ip", "netns", "exec", ns, *cmd], **kw)
+
+
+def test_iperf3_through_the_relay_both_directions(pair: Pair) -> None:
+    if not shutil.which("iperf3"):
+        pytest.skip("iperf3 not installed")
+    srv = _in_ns(
+        pair.ens,
+        "iperf3",
+        "-s",
+        "-B",
+        "127.0.0.1",
+        "-p",
+        "5201",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.5)
+        pair.start("--app", "relay", "--relay-to", "127.0.0.1:5201")
+        for reverse in ([], ["-R"]):
+            r = subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    pair.cns,
+                    "iperf3",
+                    "-c",
+                    SERVER,
+                    "-t",
+                    "2",
+                    "-J",
+                    *reverse,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            result = json.loads(r.stdout)
+            assert "error" not in result, result["error"]
+            end = result["end"]
+            assert end["sum_received"]["bytes"] > 10_000_000
+            assert end["sum_sent"]["bytes"] >= end["sum_received"]["bytes"]
+        st = pair.stats()
+        # a control and a data connection per run (iperf3 may end a stream with RST)
+        assert st["table"]["opened"] >= 4 and not st["dropped"]
+    finally:
+        srv.terminate()
+        srv.wait(10)
+
+
+SLOW_READER = """
+import socket, sys, time, hashlib
+srv = socket.create_server(("127.0.0.1", 6000))
+open(sys.argv[1], "w").close()
+conn, _ = srv.accept()
+h = hashlib.sha256(); n = 0
+while True:
+    d = conn.recv(65536)
+    if not d:
+        break
+    h.update(d); n += len(d)
+    time.sleep(0.01)  # about 6 MB/s at most
+conn.sendall(f"{n} {h.hexdigest()}\\n".encode())
+conn.close()
+"""
+
+
+def test_slow_destination_slows_the_client_not_memory(pair: Pair, tmp_path: Path) -> None:
+    ready = tmp_path / "reader-ready"
+    reader = _in_ns(pair.ens, sys.executable, "-c", SLOW_READER, str(ready))
+    try:
+        deadline = time.monotonic() + 10
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        limit = 256 << 10
+        pair.start("--app", "relay", "--relay-to", "127.0.0.1:6000", "--relay-limit", str(limit))
+        s = connect(pair, 60)
+        data = os.urandom(15_000_000)
+        t0 = time.monotonic()
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        reply = s.recv(200)
+        elapsed = time.monotonic() - t0
+        assert reply == f"{len(data)} {hashlib.sha256(data).hexdigest()}\n".encode()
+        assert elapsed > 1.5  # paced by the reader (15 MB at <= 6.5 MB/s), not by the LAN
+        st = pair.stats()
+        # the endpoint never held more than the room it granted, plus one GRO frame
+        assert 0 < st["relay_max_pending"] <= limit + 65536
+    finally:
+        reader.kill()
+        reader.wait(10)
+
+
+def test_refused_destination_refuses_the_client(pair: Pair) -> None:
+    pair.start("--app", "relay", "--relay-to", "127.0.0.1:9")  # nothing listens there
+    with pytest.raises(ConnectionRefusedError):
+        connect(pair)
