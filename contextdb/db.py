@@ -97,7 +97,11 @@ def _mean_var(values: np.ndarray, floor: float) -> tuple[float, float]:
 
 
 class ContextDB:
-    def __init__(self, store: Store, cfg: ContextDBConfig | None = None) -> None:
+    def __init__(
+        self, store: Store, cfg: ContextDBConfig | None = None, preload: bool = True
+    ) -> None:
+        """Open a database on ``store``; ``preload`` loads every cell now (see
+        :meth:`predict`: queries never read the store)."""
         self.store = store
         self.cfg = cfg or ContextDBConfig()
         self._cells: dict[tuple[str, str], _Cell] = {}
@@ -113,6 +117,8 @@ class ContextDB:
                 if have.get(k) != want[k]
             )
             raise ContextDBError(f"store was built with other parameters: {diff}")
+        if preload:
+            self.refresh()
 
     # -- ingest ----------------------------------------------------------------------
 
@@ -189,15 +195,16 @@ class ContextDB:
     ) -> Prediction | None:
         """Predict the next ``lookahead_s`` seconds of one carrier, or None when there is
         nothing to go on: unknown cell, too few stored windows, a window shorter than W
-        or with unknown values. A longer window is cut to its last W seconds."""
+        or with unknown values. A longer window is cut to its last W seconds.
+
+        Only memory is read: the scheduler calls this on the data path, and a fleet
+        store may be a cellular round trip away (or unreachable). What other writers
+        added arrives with :meth:`refresh`."""
         if cell is None:
             return None
-        key = (carrier, cell)
-        entry = self._cells.get(key)
+        entry = self._cells.get((carrier, cell))
         if entry is None:
-            if self.store.chunk_count(carrier, cell) == 0:
-                return None
-            entry = self._entry(carrier, cell)
+            return None
         w = self.cfg.window_s
         q = np.asarray(rsrp_window, dtype=np.float64)
         if q.ndim != 1 or len(q) < w or not np.isfinite(q[-w:]).all():

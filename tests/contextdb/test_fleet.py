@@ -102,8 +102,14 @@ def test_gateways_on_a_line_share_what_they_learn(redis_url):
     other = ContextDB(RedisStore(redis_url, line="L2"))
     a.ingest(series([-80.0] * 40, [30e6] * 40, carrier="X"))
     assert other.predict("X", "c1", [-80.0] * 5) is None  # another line
-    p = b.predict("X", "c1", [-80.0] * 5)  # unknown cell to b: loaded on demand
+    # queries read memory only: b learns of a's cell at its next refresh
+    assert b.predict("X", "c1", [-80.0] * 5) is None
+    assert b.refresh() == 1
+    p = b.predict("X", "c1", [-80.0] * 5)
     assert p is not None and p.throughput_mean == pytest.approx(30e6)
+    # a gateway opened later loads everything at once
+    c = ContextDB(RedisStore(redis_url, line="L1"))
+    assert c.predict("X", "c1", [-80.0] * 5) == p
     # b learns more; a picks up only the new chunk on refresh
     b.ingest(series([-100.0] * 40, [2e6] * 40, carrier="X", t0=T0 + 5000))
     assert a.refresh() == 1
@@ -111,7 +117,7 @@ def test_gateways_on_a_line_share_what_they_learn(redis_url):
     assert a.stats() == b.stats()
     with pytest.raises(ContextDBError, match="other parameters"):
         ContextDB(RedisStore(redis_url, line="L1"), ContextDBConfig(lookahead_s=3))
-    for db in (a, b, other):
+    for db in (a, b, c, other):
         db.store.close()
 
 
