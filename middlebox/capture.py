@@ -83,8 +83,10 @@ def in_netns(name: str | None):
         return
     from pyroute2 import netns
 
+    if not os.path.exists(os.path.join(netns.NETNS_RUN_DIR, name)):
+        raise CaptureError(f"no network namespace {name!r} (see 'ip netns list')")
     try:
-        netns.pushns(name)
+        netns.pushns(name)  # never creates one: checked above
     except OSError as e:
         raise CaptureError(f"cannot enter network namespace {name!r}: {e}") from None
     try:
@@ -645,10 +647,9 @@ def _int(b: bytes) -> int:
     return int(b) if b.isdigit() and len(b) < 13 else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--netns", default=None, help="listener namespace (default: current)")
-    p.add_argument("--interface", required=True)
+    p.add_argument("--interface", required=True, help="interface facing the clients")
     p.add_argument("--app", choices=("test", "relay"), default="test")
     p.add_argument("--relay-to", default="127.0.0.1:5201", help="HOST:PORT for --app relay")
     p.add_argument("--relay-limit", type=int, default=1 << 20, help="bytes buffered each way")
@@ -662,11 +663,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-drop-rule", action="store_true", help="do not install the nft drop")
     p.add_argument("--loss", type=float, default=0.0, help="test hook: random loss, both ways")
     p.add_argument("--reorder", type=float, default=0.0, help="test hook: reordering")
-    p.add_argument("--stats", default=None, help="write counters here on exit (JSON)")
+    p.add_argument("--stats", default=None, help="write counters here every 0.5 s (JSON)")
     p.add_argument("--ready", default=None, help="touch this file once capturing")
     p.add_argument("--max-retransmits", type=int, default=TcpConfig.max_retransmits)
     p.add_argument("--rto-max", type=float, default=TcpConfig.rto_max)
-    args = p.parse_args(argv)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """``mpproxy capture``: the endpoint on one interface with a test or relay app."""
+    p = sub.add_parser(
+        "capture",
+        help="run the user-space TCP endpoint on an interface (testing aid: a test or relay "
+        "application behind it; the gateway that carries connections to the node is not "
+        "built here)",
+    )
+    _add_arguments(p)
+    p.set_defaults(func=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Capture on ``args.interface`` until SIGTERM/SIGINT; CaptureError on setup failures."""
+    if not 0.0 <= args.loss < 1.0 or not 0.0 <= args.reorder < 1.0:
+        raise CaptureError("--loss and --reorder must be in [0, 1)")
+    host, _, port = args.relay_to.rpartition(":")
+    if args.app == "relay" and not (host and port.isdigit() and 0 < int(port) < 65536):
+        raise CaptureError(f"--relay-to must be HOST:PORT (got {args.relay_to!r})")
     vnet = args.offload in ("csum", "gso")
     cfg = TcpConfig(
         gso=args.offload == "gso",
@@ -675,14 +696,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     # With impairment on, segments are cut at the MSS here so that one loss is one packet.
     table = EndpointTable(cfg, buffer_room=4 << 20, chunk=0 if args.loss else None)
+    shell = CaptureShell(args.interface, table, args.netns, vnet=vnet)  # fails early if no such
     if not args.no_drop_rule:
         install_drop(args.netns, args.interface)
-    shell = CaptureShell(args.interface, table, args.netns, vnet=vnet)
     if args.loss or args.reorder:
         shell.rx_impair = Impairment(args.loss, args.reorder, seed=1)
         shell.tx_impair = Impairment(args.loss, args.reorder, seed=2)
     if args.app == "relay":
-        host, _, port = args.relay_to.rpartition(":")
         app = RelayApp(shell, (host, int(port)), args.relay_limit)
     else:
         app = TestApp()
@@ -730,7 +750,18 @@ def main(argv: list[str] | None = None) -> int:
             remove_drop(args.netns, args.interface)
         if args.stats:
             write_stats()
+        shell.close()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    _add_arguments(p)
+    try:
+        return serve(p.parse_args(argv))
+    except UserError as e:
+        print(f"mpproxy capture: error: {e}", file=sys.stderr)
+        return e.exit_code
 
 
 if __name__ == "__main__":

@@ -10,10 +10,8 @@ everywhere. So small buffers use the integer trick and large ones numpy.
 
 from __future__ import annotations
 
-import numpy as np
-
 _NUMPY_ABOVE = 2048
-_U16BE = np.dtype(">u2")
+_np = None  # imported on first use: keeps ``mpproxy --help`` fast
 
 
 def ones_sum(data: bytes | bytearray | memoryview) -> int:
@@ -28,8 +26,12 @@ def ones_sum(data: bytes | bytearray | memoryview) -> int:
         n += 1
     if n <= _NUMPY_ABOVE:
         return int.from_bytes(data, "big") % 65535
-    s = int(np.frombuffer(data, dtype=_U16BE).sum(dtype=np.uint64))
-    return s % 65535
+    global _np
+    if _np is None:
+        import numpy
+
+        _np = numpy
+    return int(_np.frombuffer(data, dtype=">u2").sum(dtype=_np.uint64)) % 65535
 
 
 def checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
