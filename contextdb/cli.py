@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import json
 import math
+import socket
 import sys
 
 from middlebox.errors import UserError
@@ -42,7 +43,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     store_args(q)
     q.add_argument("paths", nargs="+", metavar="PATH", help="CSV files or directories")
     q.add_argument("--carrier", help="carrier name (default: the file's Operatorname)")
+    q.add_argument(
+        "--origin",
+        default=socket.gethostname(),
+        help="name of this gateway in the chunks written (default: host name); "
+        "`sync` pushes the chunks of its own origin",
+    )
     q.set_defaults(func=_guard(cmd_import))
+
+    q = cmds.add_parser(
+        "sync",
+        help="push this gateway's history to the fleet store, pull the others'",
+        description="Exchange history between the local database file and the fleet "
+        "store of a line: chunks this gateway wrote (its --origin) go up, chunks of every "
+        "other gateway come down. Only what is new since the last sync moves.",
+    )
+    q.add_argument("--config", help="TOML configuration; its [contextdb] section is used")
+    q.add_argument("--db", help="local database file (default: contextdb.path)")
+    q.add_argument(
+        "--fleet", help="fleet store redis://HOST:PORT[/DB] (default: contextdb.fleet_url)"
+    )
+    q.add_argument("--line", help="line (route) name in the fleet store")
+    q.add_argument(
+        "--origin", default=socket.gethostname(), help="this gateway's name (default: host name)"
+    )
+    q.set_defaults(func=_guard(cmd_sync))
 
     q = cmds.add_parser("query", help="predict one carrier's next seconds")
     store_args(q)
@@ -110,7 +135,37 @@ def _open(args: argparse.Namespace, readonly: bool):
 
     cfg = _config(args)
     store = open_store(cfg.path, cfg.fleet_url, cfg.line, readonly=readonly)
-    return ContextDB(store, cfg)
+    try:
+        return ContextDB(store, cfg, origin=getattr(args, "origin", ""))
+    except BaseException:
+        store.close()
+        raise
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from contextdb.db import ContextDB
+    from contextdb.fleet import RedisStore
+    from contextdb.store import SqliteStore
+    from contextdb.sync import sync
+
+    cfg = _config(args)
+    if not cfg.fleet_url:
+        raise UserError("sync: no fleet store (give --fleet or set contextdb.fleet_url)")
+    local = SqliteStore(cfg.path)
+    try:
+        ContextDB(local, cfg, preload=False)  # checks or writes the parameters
+        fleet = RedisStore(cfg.fleet_url, cfg.line)
+        try:
+            report = sync(local, fleet, args.origin)
+        finally:
+            fleet.close()
+    finally:
+        local.close()
+    print(
+        f"sync {cfg.path} <-> line {cfg.line!r} as {args.origin!r}: pushed {report.pushed} "
+        f"chunk(s), pulled {report.pulled} chunk(s), {report.cells} cell(s) in the fleet"
+    )
+    return 0
 
 
 def _read(paths: list[str], carrier: str | None = None):

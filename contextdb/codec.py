@@ -18,9 +18,11 @@ from contextdb.records import CLASSES, HandoverEvent
 from contextdb.windows import ARRAY_FIELDS, Windows
 
 
-def encode_chunk(windows: Windows, events: list[HandoverEvent]) -> bytes:
-    """``windows`` and ``events`` must all belong to one carrier and one cell."""
+def encode_chunk(windows: Windows, events: list[HandoverEvent], origin: str = "") -> bytes:
+    """``windows`` and ``events`` must all belong to one carrier and one cell; ``origin``
+    names the gateway that measured them (see :mod:`contextdb.sync`)."""
     arrays = {k: np.ascontiguousarray(getattr(windows, k)) for k in ARRAY_FIELDS}
+    arrays["origin"] = np.array([origin], dtype=str)
     arrays["ev_t"] = np.array([e.t for e in events], dtype=np.float64)
     arrays["ev_gap"] = np.array([e.gap for e in events], dtype=np.float64)
     arrays["ev_kind"] = np.array([CLASSES.index(e.kind) for e in events], dtype=np.uint8)
@@ -45,6 +47,15 @@ def decode_chunk(data: bytes, carrier: str, cell: str) -> tuple[Windows, list[Ha
     except (ValueError, KeyError, OSError, IndexError, TypeError) as e:
         raise ContextDBError(f"corrupt chunk for carrier {carrier!r} cell {cell!r}: {e}") from None
     return windows, events
+
+
+def chunk_origin(data: bytes) -> str:
+    """The gateway that wrote a chunk ("" when unknown); reads only that member."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return str(z["origin"][0]) if "origin" in z.files else ""
+    except (ValueError, KeyError, OSError, IndexError) as e:
+        raise ContextDBError(f"corrupt chunk: {e}") from None
 
 
 def encode_json(value: Any) -> bytes:

@@ -98,11 +98,18 @@ def _mean_var(values: np.ndarray, floor: float) -> tuple[float, float]:
 
 class ContextDB:
     def __init__(
-        self, store: Store, cfg: ContextDBConfig | None = None, preload: bool = True
+        self,
+        store: Store,
+        cfg: ContextDBConfig | None = None,
+        preload: bool = True,
+        origin: str = "",
     ) -> None:
         """Open a database on ``store``; ``preload`` loads every cell now (see
-        :meth:`predict`: queries never read the store)."""
+        :meth:`predict`: queries never read the store). ``origin`` names this gateway in
+        the chunks it writes, so that :func:`contextdb.sync.sync` can tell its own
+        history from what it pulled from the fleet."""
         self.store = store
+        self.origin = origin
         self.cfg = cfg or ContextDBConfig()
         self._cells: dict[tuple[str, str], _Cell] = {}
         want = {"format": FORMAT, **{k: getattr(self.cfg, k) for k in META_KEYS}}
@@ -153,7 +160,7 @@ class ContextDB:
             w = by_cell.get(cell) or Windows.concat([], self.cfg.window_s)
             ev = ev_by_cell.get(cell, [])
             entry = self._entry(carrier, cell)  # loads what is stored before appending
-            self.store.append(carrier, cell, encode_chunk(w, ev))
+            self.store.append(carrier, cell, encode_chunk(w, ev, self.origin))
             entry.add(w, ev)
         if commit:
             self.store.commit()

@@ -56,6 +56,13 @@ class RedisStore:
         # the meta comparison in ContextDB instead of overwriting them.
         self.client.execute("SET", self.prefix + "meta", encode_json(meta), "NX")
 
+    def get_state(self, name: str) -> dict | None:
+        raw = self.client.execute("GET", f"{self.prefix}state:{name}")
+        return None if raw is None else decode_json(raw)
+
+    def set_state(self, name: str, value: dict) -> None:
+        self._pending.append(("SET", f"{self.prefix}state:{name}", encode_json(value)))
+
     def append(self, carrier: str, cell: str, chunk: bytes) -> None:
         check_name("carrier", carrier)
         check_name("cell", cell)

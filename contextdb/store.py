@@ -38,6 +38,11 @@ class Store(Protocol):
 
     def close(self) -> None: ...
 
+    def get_state(self, name: str) -> dict | None: ...
+
+    def set_state(self, name: str, value: dict) -> None:
+        """Bookkeeping (e.g. sync cursors), written with the next :meth:`commit`."""
+
 
 def check_name(kind: str, name: str) -> None:
     if not name or SEP in name:
@@ -51,6 +56,13 @@ class MemoryStore:
         self._meta: dict | None = None
         self._lists: dict[tuple[str, str], list[bytes]] = {}
         self._pending: list[tuple[str, str, bytes]] = []
+        self._state: dict[str, dict] = {}
+
+    def get_state(self, name: str) -> dict | None:
+        return self._state.get(name)
+
+    def set_state(self, name: str, value: dict) -> None:
+        self._state[name] = value
 
     def get_meta(self) -> dict | None:
         return self._meta
@@ -127,6 +139,13 @@ class SqliteStore:
     def set_meta(self, meta: dict) -> None:
         self._db["meta"] = encode_json(meta)
         self._db.commit()
+
+    def get_state(self, name: str) -> dict | None:
+        raw = self._get(f"s{SEP}{name}")
+        return None if raw is None else decode_json(raw)
+
+    def set_state(self, name: str, value: dict) -> None:
+        self._db[f"s{SEP}{name}"] = encode_json(value)
 
     def append(self, carrier: str, cell: str, chunk: bytes) -> None:
         check_name("carrier", carrier)

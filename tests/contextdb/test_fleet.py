@@ -153,3 +153,54 @@ def test_cli_imports_into_and_queries_the_fleet(redis_url, tmp_path, capsys):
     assert p["throughput_mean"] == pytest.approx(20e6)
     assert main(["contextdb", "stats", "--fleet", redis_url, "--line", "south"]) == 0
     assert "empty database" in capsys.readouterr().out
+
+
+def test_sync_pushes_own_history_and_pulls_the_others(redis_url, tmp_path):
+    from contextdb.store import SqliteStore
+    from contextdb.sync import sync
+
+    a = ContextDB(SqliteStore(tmp_path / "a.sqlite"), origin="train-a")
+    b = ContextDB(SqliteStore(tmp_path / "b.sqlite"), origin="train-b")
+    a.ingest(series([-80.0] * 40, [30e6] * 40, carrier="X"))
+    fleet = RedisStore(redis_url, line="L1")
+    r = sync(a.store, fleet, "train-a")
+    assert (r.pushed, r.pulled) == (1, 0)
+    r = sync(b.store, fleet, "train-b")
+    assert (r.pushed, r.pulled) == (0, 1)
+    b.refresh()
+    assert b.predict("X", "c1", [-80.0] * 5).throughput_mean == pytest.approx(30e6)
+    # b's own measurements go up, and only those; a pulls them, not its own back
+    b.ingest(series([-100.0] * 40, [2e6] * 40, carrier="X", t0=T0 + 5000))
+    r = sync(b.store, fleet, "train-b")
+    assert (r.pushed, r.pulled) == (1, 0)
+    r = sync(a.store, fleet, "train-a")
+    assert (r.pushed, r.pulled) == (0, 1)
+    assert fleet.chunk_count("X", "c1") == 2
+    # nothing new: nothing moves
+    for db, name in ((a, "train-a"), (b, "train-b")):
+        r = sync(db.store, fleet, name)
+        assert (r.pushed, r.pulled) == (0, 0)
+    a.refresh()
+    assert a.stats() == b.stats()
+    for db in (a, b):
+        db.store.close()
+    fleet.close()
+
+
+def test_sync_cli_and_unreachable_fleet(redis_url, tmp_path, capsys):
+    from middlebox.cli import main
+
+    from .test_traces import row, write
+
+    csv = write(tmp_path, [row(s) for s in range(40)], name="drive.csv")
+    db = str(tmp_path / "local.sqlite")
+    assert main(["contextdb", "import", "--db", db, "--origin", "gw1", str(csv)]) == 0
+    argv = ["contextdb", "sync", "--db", db, "--line", "L9", "--origin", "gw1"]
+    assert main([*argv, "--fleet", redis_url]) == 0
+    assert "pushed 1 chunk(s), pulled 0" in capsys.readouterr().out
+    dead = f"redis://127.0.0.1:{_free_port()}"
+    assert main([*argv, "--fleet", dead]) == 2
+    err = capsys.readouterr().err
+    assert "cannot connect" in err and "Traceback" not in err
+    assert main(["contextdb", "sync", "--db", db]) == 2
+    assert "no fleet store" in capsys.readouterr().err
