@@ -112,6 +112,7 @@ class ContextDB:
         self.origin = origin
         self.cfg = cfg or ContextDBConfig()
         self._cells: dict[tuple[str, str], _Cell] = {}
+        self._touched: set[tuple[str, str]] = set()
         want = {"format": FORMAT, **{k: getattr(self.cfg, k) for k in META_KEYS}}
         have = store.get_meta()
         if have is None:
@@ -145,7 +146,7 @@ class ContextDB:
             self.add(carrier, result.windows, result.events, commit=False)
             report.windows += len(result.windows)
             report.events.update(e.kind for e in result.events)
-        self.store.commit()
+        self.commit()
         return report
 
     def add(
@@ -159,11 +160,20 @@ class ContextDB:
         for cell in sorted(set(by_cell) | set(ev_by_cell)):
             w = by_cell.get(cell) or Windows.concat([], self.cfg.window_s)
             ev = ev_by_cell.get(cell, [])
-            entry = self._entry(carrier, cell)  # loads what is stored before appending
             self.store.append(carrier, cell, encode_chunk(w, ev, self.origin))
-            entry.add(w, ev)
+            self._touched.add((carrier, cell))
         if commit:
-            self.store.commit()
+            self.commit()
+
+    def commit(self) -> None:
+        """Commit the store, then load the touched cells back from it. The store is the
+        one source of truth: memory holds a prefix of each cell's chunk list, whoever
+        (this process, another writer, another gateway) appended them."""
+        self.store.commit()
+        touched, self._touched = self._touched, set()
+        for carrier, cell in sorted(touched):
+            self._entry(carrier, cell)
+            self._load(carrier, cell, self._cells[(carrier, cell)])
 
     # -- loading -----------------------------------------------------------------------
 

@@ -93,5 +93,5 @@ class LiveIngest:
             cutoff = min(now, st.samples[-1].t) - self.keep_s
             st.samples = [s for s in st.samples if s.t >= cutoff]
             st.reported = [e for e in st.reported if e.t >= cutoff]
-        self.db.store.commit()
+        self.db.commit()
         return stored

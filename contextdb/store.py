@@ -10,6 +10,7 @@ Appends become visible together at :meth:`Store.commit`.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 from pathlib import Path
@@ -96,10 +97,13 @@ class MemoryStore:
 class SqliteStore:
     """The embedded default: one ``sqlitedict`` file per database.
 
-    Write-ahead logging lets one writer and any number of readers (other processes)
-    work at once; a reader opened with ``readonly=True`` never takes the write lock.
-    The chunk count of a cell is written in the same transaction as its chunks, so a
-    reader that reads the count first never asks for a chunk that is not there.
+    Write-ahead logging lets writers and any number of readers (other processes) work
+    at once; a reader opened with ``readonly=True`` never takes a lock. The chunk count
+    of a cell is written in the same transaction as its chunks, so a reader that reads
+    the count first never asks for a chunk that is not there. Writers (the gateway's
+    live ingest, a ``sync`` run, an import) take an exclusive ``flock`` on
+    ``<file>.lock`` from their first write until their commit, and read the counts
+    afresh under it: two writers never pick the same chunk number.
     """
 
     TABLE = "contextdb"
@@ -125,6 +129,21 @@ class SqliteStore:
         except (RuntimeError, sqlite3.Error, OSError) as e:
             raise ContextDBError(f"{self.path}: cannot open context database: {e}") from None
         self._counts: dict[tuple[str, str], int] = {}
+        self._lockfile = None if readonly else open(f"{self.path}.lock", "a+b")
+        self._locked = False
+
+    def _lock(self) -> None:
+        if not self._locked:
+            if self._lockfile is None:
+                raise ContextDBError(f"{self.path}: opened read-only")
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX)
+            self._locked = True
+            self._counts.clear()  # another writer may have appended since
+
+    def _unlock(self) -> None:
+        if self._locked:
+            fcntl.flock(self._lockfile, fcntl.LOCK_UN)
+            self._locked = False
 
     def _get(self, key: str) -> bytes | None:
         try:
@@ -137,19 +156,22 @@ class SqliteStore:
         return None if raw is None else decode_json(raw)
 
     def set_meta(self, meta: dict) -> None:
+        self._lock()
         self._db["meta"] = encode_json(meta)
-        self._db.commit()
+        self.commit()
 
     def get_state(self, name: str) -> dict | None:
         raw = self._get(f"s{SEP}{name}")
         return None if raw is None else decode_json(raw)
 
     def set_state(self, name: str, value: dict) -> None:
+        self._lock()
         self._db[f"s{SEP}{name}"] = encode_json(value)
 
     def append(self, carrier: str, cell: str, chunk: bytes) -> None:
         check_name("carrier", carrier)
         check_name("cell", cell)
+        self._lock()
         key = (carrier, cell)
         if key not in self._counts:
             self._counts[key] = self.chunk_count(carrier, cell)
@@ -159,11 +181,16 @@ class SqliteStore:
         self._db[f"n{SEP}{carrier}{SEP}{cell}"] = str(i + 1).encode()
 
     def commit(self) -> None:
-        known = set(self.cells())
-        new = known | set(self._counts)
-        if new != known:
-            self._db["cells"] = encode_json(sorted(new))
-        self._db.commit()
+        if not self._locked:
+            return  # nothing written since the last commit
+        try:
+            known = set(self.cells())
+            new = known | set(self._counts)
+            if new != known:
+                self._db["cells"] = encode_json(sorted(new))
+            self._db.commit()
+        finally:
+            self._unlock()
 
     def cells(self) -> list[tuple[str, str]]:
         raw = self._get("cells")
@@ -178,4 +205,7 @@ class SqliteStore:
         return [self._db[f"c{SEP}{carrier}{SEP}{cell}{SEP}{i:010d}"] for i in range(start, n)]
 
     def close(self) -> None:
+        self._unlock()  # uncommitted writes are dropped with the connection
         self._db.close()
+        if self._lockfile is not None:
+            self._lockfile.close()

@@ -54,15 +54,17 @@ def sync(local: Store, fleet: Store, origin: str) -> SyncReport:
                 report.pushed += 1
         state["pushed"][key] = start + len(chunks)
     fleet.commit()
+    # fetch everything first: the local write lock is then held only for local writes
+    pulled = []
     for carrier, cell in fleet.cells():
         key = f"{carrier}{SEP}{cell}"
         start = state["pulled"].get(key, 0)
         chunks = fleet.chunks(carrier, cell, start)
-        for raw in chunks:
-            if chunk_origin(raw) != origin:
-                local.append(carrier, cell, raw)
-                report.pulled += 1
+        pulled += [(carrier, cell, raw) for raw in chunks if chunk_origin(raw) != origin]
         state["pulled"][key] = start + len(chunks)
+    for carrier, cell, raw in pulled:
+        local.append(carrier, cell, raw)
+    report.pulled = len(pulled)
     report.cells = len(state["pulled"])
     local.set_state(STATE, state)
     local.commit()

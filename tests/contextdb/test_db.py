@@ -252,3 +252,40 @@ def test_predictions_plug_into_the_schedulers_long_term_source():
     for name in LongTermPrediction.__dataclass_fields__:
         value = getattr(p, name)
         assert isinstance(value, float) and not math.isnan(value), name
+
+
+def _second_writer(path: str, rounds: int, offset: int, started) -> None:
+    db = ContextDB(SqliteStore(path), origin=f"w{offset}")
+    started.set()
+    for r in range(rounds):
+        db.ingest(two_regimes(t0=T0 + (offset + r) * 1000, n=60))
+    db.store.close()
+
+
+def test_two_writers_never_overwrite_each_other(tmp_path):
+    path = str(tmp_path / "ctx.sqlite")
+    ContextDB(SqliteStore(path)).store.close()
+    ctx = multiprocessing.get_context("spawn")
+    rounds = 25
+    events = [ctx.Event(), ctx.Event()]
+    procs = [
+        ctx.Process(target=_second_writer, args=(path, rounds, off, ev))
+        for off, ev in zip((0, 1000), events, strict=True)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join(120)
+            assert p.exitcode == 0
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+            p.join(5)
+    store = SqliteStore(path, readonly=True)
+    assert store.chunk_count("A", "c1") == 2 * rounds
+    db = ContextDB(store)
+    one = ContextDB(MemoryStore())
+    assert len(db._cells[("A", "c1")].index) == 2 * rounds * one.ingest(two_regimes(n=60)).windows
+    store.close()
