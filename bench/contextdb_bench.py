@@ -51,7 +51,7 @@ def build(n: int, cells: int, cfg: ContextDBConfig, rng: np.random.Generator) ->
         thr = rng.uniform(1e6, 1e8, m)
         w = Windows([f"cell{c}"] * m, np.arange(m, dtype=float), z, z, sel, thr, z, z, z, z, z)
         db.add("carrier", w, [], commit=False)
-    db.store.commit()
+    db.commit()
     for entry in db._cells.values():  # merge every tail: measure the steady state
         entry.index._merge()
     return db
