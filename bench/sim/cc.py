@@ -4,8 +4,10 @@ Each carrier path of the real proxy is a kernel TCP connection with BBR. The mod
 what decides how fast a path sends and how much it keeps in flight:
 
 * **Bottleneck bandwidth** ``btlbw``: windowed maximum of the delivery-rate samples over
-  the last max(10 round trips, 1 s). A sample is BBR's: bytes delivered on the path between
-  sending a message and receiving its acknowledgement, over the time that took.
+  the last 10 round trips, counted in data delivered as BBR does (so an outage, where no
+  round trip completes, does not age the estimate out). A sample is BBR's: bytes
+  delivered on the path between sending a message and receiving its acknowledgement,
+  over the time that took.
   Application-limited samples (sent while the path had nothing else to send) only count
   when they raise the estimate, as in BBR.
 * **Round-trip propagation time** ``rtprop``: windowed minimum RTT over 10 s (no ProbeRTT
@@ -35,6 +37,7 @@ PROBE_GAINS = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 MIN_CWND = 4 * MSS
 INITIAL_CWND = 10 * MSS
 RTPROP_WINDOW = 10.0
+BW_ROUNDS = 10
 
 
 class Bbr:
@@ -50,14 +53,15 @@ class Bbr:
         "_rt",
         "_full_bw",
         "_full_count",
-        "_round_end",
+        "rounds",
+        "_next_round",
         "_cycle",
         "_cycle_start",
         "silenced",
     )
 
     def __init__(self, initial_rtt: float = 0.1) -> None:
-        self._bw: deque[tuple[float, float]] = deque()  # (time, rate), decreasing rate
+        self._bw: deque[tuple[int, float]] = deque()  # (round, rate), decreasing rate
         self._rt: deque[tuple[float, float]] = deque()  # (time, rtt), increasing rtt
         self.reset(initial_rtt)
 
@@ -72,7 +76,8 @@ class Bbr:
         self._rt.clear()
         self._full_bw = 0.0
         self._full_count = 0
-        self._round_end = 0.0
+        self.rounds = 0
+        self._next_round = 0
         self._cycle = 0
         self._cycle_start = 0.0
         self.silenced = False
@@ -86,29 +91,42 @@ class Bbr:
         return rate
 
     def on_ack(
-        self, now: float, rtt: float, rate: float, app_limited: bool, inflight: int, acked: int
+        self,
+        now: float,
+        rtt: float,
+        rate: float,
+        app_limited: bool,
+        inflight: int,
+        acked: int,
+        prior_delivered: int,
+        delivered: int,
     ) -> None:
-        """One acknowledged message (``acked`` bytes): its RTT and delivery-rate sample."""
+        """One acknowledged message (``acked`` bytes): its RTT (0: none, e.g. resent after
+        an RTO) and delivery-rate sample; ``prior_delivered`` was the path's delivered
+        count when it was sent, ``delivered`` is it now (they count round trips)."""
         self.silenced = False
-        rt = self._rt
-        while rt and rt[-1][1] >= rtt:
-            rt.pop()
-        rt.append((now, rtt))
-        while rt[0][0] < now - RTPROP_WINDOW:
-            rt.popleft()
-        self.rtprop = rt[0][1]
+        new_round = prior_delivered >= self._next_round
+        if new_round:
+            self.rounds += 1
+            self._next_round = delivered
+        if rtt > 0.0:
+            rt = self._rt
+            while rt and rt[-1][1] >= rtt:
+                rt.pop()
+            rt.append((now, rtt))
+            while rt[0][0] < now - RTPROP_WINDOW:
+                rt.popleft()
+            self.rtprop = rt[0][1]
+        bw = self._bw
         if rate > 0.0 and not (app_limited and rate < self.btlbw):
-            bw = self._bw
             while bw and bw[-1][1] <= rate:
                 bw.pop()
-            bw.append((now, rate))
-        window = max(10.0 * self.rtprop, 1.0)
-        bw = self._bw
-        while bw and bw[0][0] < now - window:
+            bw.append((self.rounds, rate))
+        while bw and bw[0][0] < self.rounds - BW_ROUNDS:
             bw.popleft()
         if bw:
             self.btlbw = bw[0][1]
-        self._advance(now, inflight, app_limited)
+        self._advance(now, inflight, app_limited, new_round)
         # Linux's bbr_set_cwnd: towards the target by the bytes acknowledged; in startup
         # the window only grows (an application-limited start must not shrink it).
         target = int((STARTUP_GAIN if self.mode == "startup" else 2.0) * self.btlbw * self.rtprop)
@@ -118,10 +136,9 @@ class Bbr:
         else:
             self.cwnd = max(MIN_CWND, min(self.cwnd + acked, target))
 
-    def _advance(self, now: float, inflight: int, app_limited: bool) -> None:
+    def _advance(self, now: float, inflight: int, app_limited: bool, new_round: bool) -> None:
         if self.mode == "startup":
-            if now >= self._round_end and not app_limited:
-                self._round_end = now + self.rtprop
+            if new_round and not app_limited:
                 if self.btlbw >= 1.25 * self._full_bw:
                     self._full_bw, self._full_count = self.btlbw, 0
                 else:

@@ -114,6 +114,7 @@ class Conn:
         "avail",
         "app",
         "started",
+        "live",
         "snd_nxt",
         "peer_edge",
         "target",
@@ -134,7 +135,8 @@ class Conn:
         self.total = total  # stream length in bytes (math.inf: endless)
         self.avail = total  # bytes the sending application has produced so far
         self.app = app
-        self.started = ctx.opened
+        self.started = ctx.opened  # the client's request (flow completion times count from it)
+        self.live = False  # the request reached the node: it may send
         self.snd_nxt = base
         self.peer_edge = base + INITIAL_WINDOW
         self.target = 0
@@ -181,7 +183,10 @@ class SimPath:
         "flight",
         "delivered",
         "delivered_time",
-        "pace_next",
+        "pace_last",
+        "pace_bytes",
+        "rto_count",
+        "first_sent",
         "pump_armed",
         "srtt",
         "rttvar",
@@ -208,11 +213,14 @@ class SimPath:
         self.queued = 0
         self.inflight = 0
         # in flight: (msg, wire bytes, sent, delivered at send, delivered time,
-        # app limited, epoch, transmission time)
+        # app limited, epoch, transmission time, RTO count at send, first sent)
         self.flight: deque[tuple] = deque()
         self.delivered = 0
         self.delivered_time = 0.0
-        self.pace_next = 0.0
+        self.pace_last = 0.0  # time and size of the last send, for pacing
+        self.pace_bytes = 0
+        self.rto_count = 0
+        self.first_sent = 0.0  # send time of the message acknowledged last (BBR)
         self.pump_armed = False
         self.srtt = 2 * link.delay or 0.01
         self.rttvar = self.srtt / 2
@@ -296,6 +304,7 @@ class Transport:
     def _start(self, now: float, conn: Conn) -> None:
         if conn.closed:
             return
+        conn.live = True
         self.active[conn.id] = conn
         self._schedule(now)
 
@@ -304,7 +313,7 @@ class Transport:
         if conn.closed:
             return
         conn.avail = min(upto, conn.total)
-        if conn.started <= now:
+        if conn.live:
             self.active[conn.id] = conn
             self._schedule(now)
 
@@ -461,15 +470,18 @@ class Transport:
             # not turn the path into stop-and-wait.
             if path.flight and path.inflight - path.flight[0][1] >= cc.cwnd:
                 break
-            if path.pace_next > now + 1e-9:
+            # pacing: the last send's bytes at the current rate (recomputed, so a rate
+            # that recovers after an outage is not stuck behind an old, slow schedule)
+            due = path.pace_last + path.pace_bytes / cc.pacing_rate
+            if due > now + 1e-9:
                 if not path.pump_armed:
                     path.pump_armed = True
-                    self.engine.at(path.pace_next, self._pump_timer, path)
+                    self.engine.at(due, self._pump_timer, path)
                 break
             notsent.popleft()
             path.queued -= wire
             if path.inflight == 0:
-                path.delivered_time = now
+                path.delivered_time = path.first_sent = now
                 path.last_progress = max(path.last_progress, now)
             arrival, lost, ser = link.transmit(now, wire, path.srtt)
             path.sent_pkts += math.ceil(wire / MSS)
@@ -483,10 +495,12 @@ class Transport:
                 not notsent and not self.active,  # application-limited: nothing waits
                 path.epoch,
                 ser,  # its own transmission time: its last packet left that much later
+                path.rto_count,  # an RTO while it is in flight: resent, no RTT sample
+                path.first_sent,
             )
             path.flight.append(copy)
             path.inflight += wire
-            path.pace_next = max(path.pace_next, now) + wire / cc.pacing_rate
+            path.pace_last, path.pace_bytes = now, wire
             self.engine.at(arrival, self._arrive, (path, copy))
         ctx = path.ctx
         ctx.inflight, ctx.queued, ctx.cwnd = path.inflight, path.queued, cc.cwnd
@@ -559,22 +573,27 @@ class Transport:
                 flight.remove(copy)
             except ValueError:
                 return
-        msg, wire, sent, d_sent, d_time, app_limited, _, ser = copy
+        msg, wire, sent, d_sent, d_time, app_limited, _, ser, rtos, first_sent = copy
         path.inflight -= wire
         path.delivered += wire
         path.acks += 1
         path.last_progress = now
         rtt = now - sent - ser  # per-packet RTT of its last packet, as TCP measures
-        interval = now - d_time  # d_time: when the first byte of the sample was sent
+        # BBR's rate sample: delivered over the longer of the send and the ack intervals
+        # (the send interval keeps ack compression from inflating the estimate)
+        interval = max(now - d_time, sent - first_sent)
         rate = (path.delivered - d_sent) / interval if interval > 0 else 0.0
         path.delivered_time = now
+        path.first_sent = sent
         path.rate_sample = rate if rate > 0 else path.rate_sample
-        if path.has_rtt:
+        if rtos != path.rto_count:
+            rtt = 0.0  # Karn: what a retransmission timeout resent gives no RTT sample
+        elif path.has_rtt:
             path.rttvar = 0.75 * path.rttvar + 0.25 * abs(path.srtt - rtt)
             path.srtt = 0.875 * path.srtt + 0.125 * rtt
         else:
             path.srtt, path.rttvar, path.has_rtt = rtt, rtt / 2, True
-        path.cc.on_ack(now, rtt, rate, app_limited, path.inflight, wire)
+        path.cc.on_ack(now, rtt, rate, app_limited, path.inflight, wire, d_sent, path.delivered)
         conn = msg.conn
         if not msg.acked:
             msg.acked = True
@@ -583,7 +602,7 @@ class Transport:
             edge = ackval + self.p.buffer_bytes
             if edge > conn.peer_edge:
                 conn.peer_edge = edge
-            if conn.snd_nxt < conn.avail and conn.started <= now:
+            if conn.snd_nxt < conn.avail and conn.live:
                 self.active[conn.id] = conn
         self._pump(path, now)
         self._schedule(now)
@@ -601,6 +620,7 @@ class Transport:
                     silent = now - since
                     if silent > path.rto() and not path.cc.silenced:
                         path.cc.on_silence()
+                        path.rto_count += 1
                         path.lost_pkts += math.ceil(path.inflight / MSS)
                     if silent > p.user_timeout:
                         self._path_down(path, now)
@@ -697,7 +717,7 @@ class Transport:
     def _path_up(self, now: float, path: SimPath) -> None:
         path.up = True
         path.cc.reset(initial_rtt=2 * path.link.delay or 0.01)
-        path.pace_next = now
+        path.pace_last, path.pace_bytes = now, 0
         path.last_progress = now
         path.ctx = path.est.update(PathSample(up=True), now)
         self.ctxs[path.id] = path.ctx
