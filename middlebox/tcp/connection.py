@@ -424,15 +424,15 @@ class Connection:
         if not flags & ACK:
             return
         # Acceptability (3.10.7.4): old duplicates, keepalives and segments wholly beyond
-        # the window are answered with an ACK; their ACK field may still be news.
+        # the window are answered with an ACK; their ACK field may still be news. A
+        # reordered older pure ACK is not answered (that would look like a dupack to the
+        # client), except a keepalive (one below the edge), as Linux does.
         has_seq = plen or flags & FIN
         end_off = seq_off + plen + (flags & FIN and 1)
-        if (
-            (has_seq and end_off <= edge)
-            or (not has_seq and seq_off < edge)
-            or seq_off > max(self.rcv_right, edge)
-        ):
-            self.ack_now = True
+        stale_ack = not has_seq and seq_off < edge
+        if stale_ack or (has_seq and end_off <= edge) or seq_off > max(self.rcv_right, edge):
+            if not stale_ack or seq_off == edge - 1:
+                self.ack_now = True
             if self.state != SYN_RECEIVED:
                 self._process_ack(seg, now, seq_off)
             return

@@ -639,3 +639,13 @@ def test_time_wait_reused_by_new_syn(sim, make_net, cfg) -> None:
     assert new is not conn and new.state == C.SYN_RECEIVED
     assert isinstance(net.events[-1], ConnectionRequested)
     assert any(isinstance(e, PeerClosed) for e in net.events)
+
+
+def test_keepalive_is_answered_but_a_reordered_old_ack_is_not(sim, make_net) -> None:
+    net, c, conn, seg = _script(sim, make_net)
+    net.inject(seg(0, b"a" * 1000))
+    net.run(net.now + 1)
+    keepalive = seg(999, b"")
+    assert [s.flags for s in net.inject(keepalive)] == [ACK]
+    old_ack = seg(10, b"")
+    assert net.inject(old_ack) == []
