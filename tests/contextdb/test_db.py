@@ -4,6 +4,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contextdb.config import ContextDBConfig
 from contextdb.db import PRIOR_WEIGHT, ContextDB
@@ -179,6 +181,7 @@ def test_live_ingest_stores_what_a_batch_import_stores():
             live.flush(s.t)
     live.flush(math.inf)
     assert live_db.stats() == batch.stats()
+    assert _content(live_db) == _content(batch)
 
 
 def test_live_reported_disconnections_are_classified_exactly():
@@ -289,3 +292,54 @@ def test_two_writers_never_overwrite_each_other(tmp_path):
     one = ContextDB(MemoryStore())
     assert len(db._cells[("A", "c1")].index) == 2 * rounds * one.ingest(two_regimes(n=60)).windows
     store.close()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(60, 400),
+    st.sampled_from([5, 15, 40]),
+)
+def test_live_equals_batch_on_random_drives(seed, n, flush_every):
+    """Holes, stalls and cell changes anywhere; the live ingester, flushing as it goes
+    and trimming its buffer, must store what a batch import stores."""
+    rng = np.random.default_rng(seed)
+    rsrp = list(np.round(-95 + np.cumsum(rng.normal(0, 2, n))))
+    dl = [0.0 if rng.random() < 0.08 else float(rng.integers(1, 100) * 1e5) for _ in range(n)]
+    cells = []
+    cell = "c0"
+    for _ in range(n):
+        if rng.random() < 0.03:
+            cell = f"c{rng.integers(0, 4)}"
+        cells.append(cell)
+    skip = {i for i in range(1, n - 1) if rng.random() < 0.05}
+    for start in rng.integers(1, n - 1, size=2):  # two longer holes
+        skip |= set(range(int(start), min(n - 1, int(start) + int(rng.integers(3, 9)))))
+    samples = series(rsrp, dl, cells, skip=skip)
+    batch = ContextDB(MemoryStore())
+    batch.ingest(samples)
+    live_db = ContextDB(MemoryStore())
+    live = LiveIngest(live_db)
+    for s in samples:
+        live.feed(s)
+        if int(s.t) % flush_every == 0:
+            live.flush(s.t)
+    live.flush(math.inf)
+    assert live_db.stats() == batch.stats()
+    assert _content(live_db) == _content(batch)
+
+
+def _content(db: ContextDB) -> dict:
+    """Every stored window (its RSRP and what followed) and event, order-free."""
+    out = {}
+    for key, entry in db._cells.items():
+        idx = entry.index
+        if idx._tail_n:
+            idx._merge()
+        rows = np.column_stack([idx.x, *(idx.perf[k] for k in ("thr", "gap"))])
+        rows = np.round(rows, 6)
+        out[key] = (
+            sorted(map(tuple, rows.tolist())),
+            sorted((e.t, e.gap, e.kind, e.cell_to) for e in entry.events),
+        )
+    return out
