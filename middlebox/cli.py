@@ -22,6 +22,7 @@ COMMANDS = [
     "bench.demo",
     "contextdb.cli",
     "bench.cli",
+    "middlebox.capture",
 ]
 
 log = logging.getLogger("mpproxy")
