@@ -191,7 +191,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                 f"handovers {dict(sorted(report.events.items()))}, unknown values: {missing}"
             )
         elapsed = time.perf_counter() - start
-        print(f"imported {len(runs)} file(s), {rows} rows in {elapsed:.2f} s")
+        print(f"imported {len(runs)} file(s), {rows} rows (cut and stored in {elapsed:.2f} s)")
     finally:
         db.store.close()
     return 0

@@ -45,7 +45,10 @@ def decode_chunk(data: bytes, carrier: str, cell: str) -> tuple[Windows, list[Ha
             )
         ]
     except (ValueError, KeyError, OSError, IndexError, TypeError) as e:
-        raise ContextDBError(f"corrupt chunk for carrier {carrier!r} cell {cell!r}: {e}") from None
+        raise ContextDBError(
+            f"unreadable chunk for carrier {carrier!r} cell {cell!r} (corrupt, or another "
+            f"format): {e}"
+        ) from None
     return windows, events
 
 
