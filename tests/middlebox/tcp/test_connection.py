@@ -649,3 +649,16 @@ def test_keepalive_is_answered_but_a_reordered_old_ack_is_not(sim, make_net) -> 
     assert [s.flags for s in net.inject(keepalive)] == [ACK]
     old_ack = seg(10, b"")
     assert net.inject(old_ack) == []
+
+
+def test_rst_in_closing_closes(sim, make_net) -> None:
+    net, c, conn = established(sim, make_net)
+    conn.close()
+    c.close()
+    net.flush()
+    for s in c.poll(net.now):
+        net.inject(s)
+    assert conn.state == C.CLOSING
+    net.inject(c._seg(net.now, RST | ACK, c.snd_nxt + 1))
+    assert conn.state == C.CLOSED and not net.table.connections
+    assert net.kinds()[-2:] == ["Reset", "ConnectionGone"]
