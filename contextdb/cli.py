@@ -90,8 +90,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLE_SPLIT,
     )
     q.add_argument("--config", help="TOML configuration; its [contextdb] section is used")
-    q.add_argument("--train", nargs="+", required=True, metavar="PATH")
-    q.add_argument("--test", nargs="+", required=True, metavar="PATH")
+    q.add_argument("--train", nargs="+", metavar="PATH", help="runs to learn from")
+    q.add_argument("--test", nargs="+", metavar="PATH", help="held-out runs to predict")
+    q.add_argument(
+        "--leave-one-out",
+        nargs="+",
+        metavar="PATH",
+        help="instead of --train/--test: test each run with all the others as training",
+    )
     q.add_argument("--k", type=int, help="override contextdb.k")
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=_guard(cmd_evaluate))
@@ -276,6 +282,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from contextdb.evaluate import evaluate
 
     cfg = _config(args)
+    if args.leave_one_out:
+        if args.train or args.test:
+            raise UserError("evaluate: give --leave-one-out or --train/--test, not both")
+        return _leave_one_out(args, cfg)
+    if not args.train or not args.test:
+        raise UserError(f"evaluate: --train and --test are required ({EXAMPLE_SPLIT})")
     train = [r.samples for r in _read(args.train)]
     test = [r.samples for r in _read(args.test)]
     res = evaluate(train, test, cfg)
@@ -300,4 +312,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"disconnection within {la} s (observed in {b['observed rate']:.1%} of windows), "
         f"Brier score: contextdb {b['contextdb']:.4f}, cell base rate {b['cell base rate']:.4f}"
     )
+    return 0
+
+
+def _leave_one_out(args: argparse.Namespace, cfg) -> int:
+    from contextdb.evaluate import evaluate
+
+    runs = _read(args.leave_one_out)
+    if len(runs) < 2:
+        raise UserError("evaluate: --leave-one-out needs at least two runs")
+    folds = {}
+    for i, held in enumerate(runs):
+        train = [r.samples for j, r in enumerate(runs) if j != i]
+        folds[held.name] = evaluate(train, [held.samples], cfg)
+    if args.json:
+        print(json.dumps({k: dataclasses.asdict(v) for k, v in folds.items()}, indent=2))
+        return 0
+    names = ("contextdb", "last value", "cell mean", "fused")
+    print(f"mean absolute error of the {cfg.lookahead_s}-second-ahead throughput (Mbit/s),")
+    print("each run predicted from all the others:")
+    print(f"{'held-out run':<24} {'scored':>6} " + " ".join(f"{n:>10}" for n in names))
+    total = dict.fromkeys(names, 0.0)
+    scored = 0
+    for name, res in folds.items():
+        if not res.scored:
+            print(f"{name:<24} {0:>6}   (no window in a cell seen in the other runs)")
+            continue
+        scored += res.scored
+        for n in names:
+            total[n] += res.mae_bps[n] * res.scored
+        cols = " ".join(f"{res.mae_bps[n] / 1e6:10.2f}" for n in names)
+        print(f"{name:<24} {res.scored:>6} {cols}")
+    if scored:
+        cols = " ".join(f"{total[n] / scored / 1e6:10.2f}" for n in names)
+        print(f"{'all (window-weighted)':<24} {scored:>6} {cols}")
     return 0

@@ -84,3 +84,15 @@ def test_evaluate_reports_all_baselines(capsys, traces):
     assert code == 0 and res["scored"] > 100
     assert set(res["mae_bps"]) == {"contextdb", "last value", "cell mean", "fused"}
     assert all(v > 0 for v in res["mae_bps"].values())
+
+
+def test_evaluate_leave_one_out_and_argument_errors(capsys, tmp_path):
+    a = write(tmp_path, [row(s, rsrp=str(-90 - s % 5)) for s in range(50)], name="a.csv")
+    b = write(tmp_path, [row(s, rsrp=str(-91 - s % 5)) for s in range(50)], name="b.csv")
+    code, out, _ = run(capsys, "contextdb", "evaluate", "--leave-one-out", str(a), str(b))
+    assert code == 0 and "all (window-weighted)" in out
+    assert out.count("\na ") + out.count("\nb ") == 2
+    code, _, err = run(capsys, "contextdb", "evaluate", "--train", str(a))
+    assert code == 2 and "--train and --test are required" in err
+    code, _, err = run(capsys, "contextdb", "evaluate", "--leave-one-out", str(a))
+    assert code == 2 and "at least two runs" in err
