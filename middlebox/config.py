@@ -196,10 +196,30 @@ class GatewayConfig:
     flow_timeout_closed: float = opt(
         10.0, "Seconds a reset or fully closed flow stays recorded.", min=0.0, max=600.0
     )
+    listener_subnet: str = opt(
+        "169.254.210.0/30",
+        "IPv4 /30 of the veth pair between the gateway's namespace (first address) and the "
+        "listener namespace (second address).",
+        check=lambda v: _check_prefixes([v]),
+    )
+    listener_table: int = opt(
+        210, "Routing table that sends LAN TCP to the listener namespace.", min=1, max=2**31 - 1
+    )
+    listener_priority: int = opt(
+        900,
+        "Priority of the ip rules that steer LAN TCP into the listener (and keep bypass "
+        "prefixes out of it); must come before other rules matching LAN sources.",
+        min=1,
+        max=32765,
+    )
+    control_socket: str = opt(
+        "/run/mpproxy/gateway.sock", "Unix socket 'mpproxy status' reads the gateway's state from."
+    )
 
 
 @dataclass(frozen=True)
 class NodeConfig:
+    id: str = opt("node", "Identity of this node, sent in HELLO_ACK.", check=_check_name)
     listen: str = opt(
         "0.0.0.0:4433",
         "Address the node accepts carrier paths on, HOST:PORT.",
@@ -222,6 +242,9 @@ class NodeConfig:
     )
     buffer_bytes: int = opt(
         4 << 20, "Bytes buffered per connection on the node.", min=64 << 10, max=1 << 30
+    )
+    control_socket: str = opt(
+        "/run/mpproxy/node.sock", "Unix socket 'mpproxy status' reads the node's state from."
     )
 
 
@@ -280,6 +303,19 @@ class PathConfig:
         "Seconds a message may wait for its connection-level ACK before it is sent again "
         "on another path (longer on slow paths: 3 x (srtt + 4 rttvar) of its path).",
         min=0.01,
+        max=60.0,
+    )
+    connect_timeout: float = opt(
+        5.0,
+        "Seconds a gateway allows for a path's TCP connect, TLS handshake and HELLO.",
+        min=0.1,
+        max=120.0,
+    )
+    probe_interval: float = opt(
+        1.0,
+        "Seconds between PROBEs on each path (RTT of idle paths); a path from which nothing "
+        "arrived for paths.user_timeout is closed and dialled again.",
+        min=0.05,
         max=60.0,
     )
     lost_timeout: float = opt(

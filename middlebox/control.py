@@ -1,0 +1,173 @@
+"""The local control socket of gateway and node, and ``mpproxy status`` that reads it.
+
+A process listens on a Unix stream socket (``gateway.control_socket`` /
+``node.control_socket``, mode 0600: the state names passengers' addresses). A client
+sends one line, ``status``, and gets one JSON document back, then the process closes
+the connection. The server side is non-blocking and lives in the process's selector
+loop; a client that does not finish its request within a second is dropped, so a stuck
+``mpproxy status`` never stalls the data path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from middlebox.errors import UserError
+
+REQUEST_MAX = 256
+CLIENT_TIMEOUT = 1.0
+
+
+class ControlError(UserError):
+    """The control socket could not be created or read."""
+
+
+class ControlServer:
+    """Answers ``status`` with ``snapshot()`` as JSON."""
+
+    def __init__(self, path: str, snapshot: Callable[[], dict]) -> None:
+        self.path = path
+        self.snapshot = snapshot
+        self._clients: dict[socket.socket, tuple[bytearray, float]] = {}
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if Path(path).is_socket():
+                os.unlink(path)  # left by a process that died; a live one would answer
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            old = os.umask(0o177)
+            try:
+                self.sock.bind(path)
+            finally:
+                os.umask(old)
+            self.sock.listen(16)
+        except OSError as e:
+            raise ControlError(f"control socket {path}: {e.strerror or e}") from None
+        self.sock.setblocking(False)
+        self.selector: selectors.BaseSelector | None = None
+
+    def register(self, selector: selectors.BaseSelector) -> None:
+        self.selector = selector
+        selector.register(self.sock, selectors.EVENT_READ, self._accept)
+
+    def _accept(self, mask: int, now: float) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        conn.setblocking(False)
+        self._clients[conn] = (bytearray(), now)
+        assert self.selector is not None
+        self.selector.register(conn, selectors.EVENT_READ, lambda m, t, c=conn: self._read(c))
+
+    def _read(self, conn: socket.socket) -> None:
+        buf, _ = self._clients[conn]
+        try:
+            chunk = conn.recv(REQUEST_MAX)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        buf += chunk
+        if b"\n" not in buf and chunk and len(buf) < REQUEST_MAX:
+            return
+        line = bytes(buf).split(b"\n", 1)[0].strip()
+        if line == b"status":
+            try:
+                body = json.dumps(self.snapshot(), default=str, sort_keys=True)
+            except Exception as e:  # never let a status request take the process down
+                body = json.dumps({"error": f"snapshot failed: {e}"})
+        else:
+            body = json.dumps({"error": f"unknown request {line[:32]!r}; try 'status'"})
+        self._drop(conn, (body + "\n").encode())
+
+    def _drop(self, conn: socket.socket, answer: bytes = b"") -> None:
+        self._clients.pop(conn, None)
+        if self.selector is not None:
+            try:
+                self.selector.unregister(conn)
+            except (KeyError, ValueError):
+                pass
+        if answer:
+            try:
+                conn.setblocking(True)
+                conn.settimeout(CLIENT_TIMEOUT)
+                conn.sendall(answer)
+            except OSError:
+                pass
+        conn.close()
+
+    def expire(self, now: float) -> None:
+        for conn, (_, since) in list(self._clients.items()):
+            if now - since > CLIENT_TIMEOUT:
+                self._drop(conn)
+
+    def close(self) -> None:
+        for conn in list(self._clients):
+            self._drop(conn)
+        if self.selector is not None:
+            try:
+                self.selector.unregister(self.sock)
+            except (KeyError, ValueError):
+                pass
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def query(path: str, request: str = "status", timeout: float = 5.0) -> dict:
+    """Ask a running process over its control socket; ControlError when nobody answers."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        s.sendall(request.encode() + b"\n")
+        chunks = []
+        while chunk := s.recv(1 << 16):
+            chunks.append(chunk)
+    except FileNotFoundError:
+        raise ControlError(f"{path}: no control socket (is the process running?)") from None
+    except ConnectionRefusedError:
+        raise ControlError(f"{path}: nobody listening (process gone?)") from None
+    except PermissionError:
+        raise ControlError(f"{path}: permission denied (run as root?)") from None
+    except OSError as e:
+        raise ControlError(f"{path}: {e.strerror or e}") from None
+    finally:
+        s.close()
+    try:
+        return json.loads(b"".join(chunks))
+    except ValueError:
+        raise ControlError(f"{path}: answer is not JSON") from None
+
+
+def render(state: dict) -> str:
+    """A human-readable page of a status snapshot (gateway or node)."""
+    lines = [f"{state.get('role', '?')} {state.get('id', '')}  up {state.get('uptime', 0):.0f} s"]
+    for sess in state.get("sessions", []):
+        lines.append(
+            f"session {sess.get('gateway', '')} {sess.get('session', '')}: "
+            f"{len(sess.get('connections', {}))} connections, "
+            f"{sess.get('buffered_bytes', 0)} bytes buffered"
+        )
+        lines.append("  path                      state  rtt_ms  rate_Mbit/s  lost  queued")
+        for p in sess.get("paths", []):
+            lines.append(
+                f"  {p.get('name', ''):<25} {p.get('state', ''):<6} "
+                f"{p.get('rtt_ms', 0):>6.1f}  {p.get('rate_mbit', 0):>11.2f}  "
+                f"{p.get('lost', 0):>4}  {p.get('queued', 0):>6}"
+            )
+        counters = sess.get("counters", {})
+        if counters:
+            lines.append("  counters: " + " ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+    for key in ("flows", "endpoint", "capture", "counters"):
+        if state.get(key):
+            items = state[key].items()
+            lines.append(f"{key}: " + " ".join(f"{k}={v}" for k, v in sorted(items)))
+    return "\n".join(lines)
