@@ -21,6 +21,7 @@ COMMANDS = [
     "middlebox.cmd_pki",
     "bench.demo",
     "contextdb.cli",
+    "netns.cli",
     "bench.cli",
     "middlebox.capture",
 ]
