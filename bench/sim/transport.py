@@ -17,7 +17,8 @@ defaults (``wire.message_size``, ``wire.max_payload``, ``node.buffer_bytes``,
   the live cwnd/inflight/queued set just before each decision;
 * a message is committed to a path only while that path's not-sent backlog is under
   ``notsent_lowat`` (keep decisions late); when a decision names several paths, copies
-  go on those that can take one now;
+  go on those that can take one now, and the others get theirs once they have room
+  unless a DATA_ACK covered the message meanwhile;
 * every message stays buffered until a DATA_ACK covers it (the first copy to arrive
   wins; later copies are duplicates); DATA_ACKs return on the path the data came in on;
 * a message without a DATA_ACK after max(``stall_min``, 3 x (srtt + 4 rttvar)) of its
