@@ -43,31 +43,77 @@ class NsPair:
     """Client and listener namespaces joined by a veth (10.213.0.2 <-> 10.213.0.1).
 
     The client's default route points at the listener side, so connections to any
-    outside address (the benchmark uses 198.51.100.10) reach the capture shell.
+    outside address (the benchmark uses 198.51.100.10) reach the capture shell. With
+    ``router=True`` a third namespace forwards between them (client 10.213.0.2, router
+    10.213.0.1 / 10.214.0.1, listener 10.214.0.2), where loss can be injected on the
+    forwarding path so that it is real loss for both ends and for any server.
     """
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, router: bool = False) -> None:
         sfx = f"{os.getpid() % 10000}{next(_counter)}"
         self.cns, self.ens = f"mptc{sfx}", f"mpte{sfx}"
+        self.rns = f"mptr{sfx}" if router else None
         self.cif, self.eif = f"tc{sfx}", f"te{sfx}"
+        self.kernel_addr = ("10.214.0.2" if router else "10.213.0.1", KERNEL_PORT)
         self.tmp = Path(tmp)
         self.proc: subprocess.Popen | None = None
         self.stats_path = self.tmp / "stats.json"
         _ip("netns", "add", self.cns)
         try:
             _ip("netns", "add", self.ens)
-            _ip("link", "add", self.cif, "type", "veth", "peer", "name", self.eif)
-            _ip("link", "set", self.cif, "netns", self.cns)
-            _ip("link", "set", self.eif, "netns", self.ens)
-            _ip("-n", self.cns, "addr", "add", "10.213.0.2/24", "dev", self.cif)
-            _ip("-n", self.ens, "addr", "add", "10.213.0.1/24", "dev", self.eif)
-            for ns, dev in ((self.cns, self.cif), (self.ens, self.eif)):
-                _ip("-n", ns, "link", "set", dev, "up")
-                _ip("-n", ns, "link", "set", "lo", "up")
+            if self.rns:
+                self._with_router(sfx)
+            else:
+                self._link(self.cns, self.cif, "10.213.0.2/24", self.ens, self.eif, "10.213.0.1/24")
             _ip("-n", self.cns, "route", "add", "default", "via", "10.213.0.1")
         except BaseException:
             self.close()
             raise
+
+    @staticmethod
+    def _link(ns1: str, if1: str, a1: str, ns2: str, if2: str, a2: str) -> None:
+        _ip("link", "add", if1, "type", "veth", "peer", "name", if2)
+        for ns, dev, addr in ((ns1, if1, a1), (ns2, if2, a2)):
+            _ip("link", "set", dev, "netns", ns)
+            _ip("-n", ns, "addr", "add", addr, "dev", dev)
+            _ip("-n", ns, "link", "set", dev, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+
+    def _with_router(self, sfx: str) -> None:
+        r = self.rns
+        _ip("netns", "add", r)
+        self._link(self.cns, self.cif, "10.213.0.2/24", r, f"rc{sfx}", "10.213.0.1/24")
+        self._link(r, f"re{sfx}", "10.214.0.1/24", self.ens, self.eif, "10.214.0.2/24")
+        subprocess.run(
+            ["ip", "netns", "exec", r, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"],
+            check=True,
+            timeout=20,
+        )
+        _ip("-n", r, "route", "add", "default", "via", "10.214.0.2")
+        _ip("-n", self.ens, "route", "add", "10.213.0.0/24", "via", "10.214.0.1")
+
+    def router_loss(self, rate: float) -> None:
+        """Drop TCP at random on the router's forwarding path, both directions."""
+        assert self.rns, "built without a router"
+        subprocess.run(
+            ["ip", "netns", "exec", self.rns, "nft", "delete", "table", "inet", "mpt_loss"],
+            capture_output=True,
+            timeout=20,
+        )
+        if rate <= 0:
+            return
+        rules = (
+            "table inet mpt_loss {\n  chain lossy { type filter hook forward priority 0;\n"
+            f"    meta l4proto tcp numgen random mod 10000 < {round(rate * 10000)} drop;\n"
+            "  }\n}\n"
+        )
+        subprocess.run(
+            ["ip", "netns", "exec", self.rns, "nft", "-f", "-"],
+            input=rules,
+            text=True,
+            check=True,
+            timeout=20,
+        )
 
     def start(self, *extra: str) -> None:
         """Run ``python -m middlebox.capture`` with the test app in the listener namespace."""
@@ -122,8 +168,9 @@ class NsPair:
 
     def close(self) -> None:
         self.stop()
-        for ns in (self.cns, self.ens):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+        for ns in (self.cns, self.ens, self.rns):
+            if ns:
+                subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
 
     def connect(self, addr: tuple[str, int] = (SERVER, 80), timeout: float = 30.0):
         with in_netns(self.cns):
@@ -132,7 +179,7 @@ class NsPair:
 
 def kernel_server(ready: str) -> int:
     """GET n / PUT over kernel TCP, one connection at a time (the baseline)."""
-    srv = socket.create_server(("10.213.0.1", KERNEL_PORT))
+    srv = socket.create_server(("0.0.0.0", KERNEL_PORT))
     Path(ready).touch()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     block = os.urandom(1 << 20)
@@ -191,7 +238,7 @@ def _upload(sock: socket.socket, n: int) -> float:
 
 def measure(pair: NsPair, n: int, kernel: bool) -> dict[str, tuple[float, float]]:
     """{direction: (Mbit/s, serving-process CPU seconds per MB)}."""
-    addr = ("10.213.0.1", KERNEL_PORT) if kernel else (SERVER, 80)
+    addr = pair.kernel_addr if kernel else (SERVER, 80)
     out = {}
     for name, fn in (("download", _download), ("upload", _upload)):
         cpu0 = pair.cpu_seconds()
@@ -238,6 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=200_000_000, help="bytes per transfer")
     p.add_argument("--offloads", default=",".join(OFFLOADS), help="steps to measure")
     p.add_argument("--checksum-only", action="store_true")
+    p.add_argument(
+        "--loss",
+        default="",
+        help="comma-separated loss rates (e.g. 0.01,0.05): also measure kernel TCP and the "
+        "endpoint with that random loss on the client's side, both directions",
+    )
+    p.add_argument("--loss-size", type=int, default=20_000_000, help="bytes per lossy transfer")
     p.add_argument("--kernel-server", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.kernel_server:
@@ -279,7 +333,39 @@ def main(argv: list[str] | None = None) -> int:
         "\nCPU s/MB is the serving process (the capture shell, or the Python kernel-socket "
         "server); the kernel's own softirq work is not in it. 2 shared cores: noisy."
     )
+    if args.loss:
+        lossy(args.loss_size, [float(x) for x in args.loss.split(",")])
     return 0
+
+
+def lossy(n: int, rates: list[float]) -> None:
+    """Kernel TCP and the endpoint under the same random loss on a router between them.
+
+    Client and listener veths segment at 1500 bytes and the endpoint sends MSS-sized
+    segments (``--offload csum``), so one loss is one packet for both servers.
+    """
+    print(f"\n## With random loss on a router in the path, {n / 1e6:.0f} MB per transfer\n")
+    print("| loss | server | download Mbit/s | upload Mbit/s |")
+    print("| ---: | --- | ---: | ---: |")
+    with tempfile.TemporaryDirectory() as tmp:
+        pair = NsPair(Path(tmp), router=True)
+        try:
+            _ip("-n", pair.cns, "link", "set", pair.cif, "gso_max_size", "1500")
+            _ip("-n", pair.ens, "link", "set", pair.eif, "gso_max_size", "1500")
+            for rate in rates:
+                pair.router_loss(rate)
+                pair.start_kernel_server()
+                k = measure(pair, n, kernel=True)
+                pair.stop()
+                pair.start("--offload", "csum")
+                e = measure(pair, n, kernel=False)
+                pair.stop()
+                for name, r in (("kernel TCP", k), ("endpoint (csum)", e)):
+                    print(
+                        f"| {rate:.0%} | {name} | {r['download'][0]:.0f} | {r['upload'][0]:.0f} |"
+                    )
+        finally:
+            pair.close()
 
 
 if __name__ == "__main__":
