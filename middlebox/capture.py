@@ -68,6 +68,7 @@ _AUX = struct.Struct("=IIIHHHH")
 _ETH_TYPE = struct.Struct("!H")
 _NO_VNET = _VNET.pack(0, 0, 0, 0, 0, 0)
 RECV_BUFFER = 256 << 10
+L2_TABLE_MAX = 65536
 OFFLOADS = ("aux", "csum", "gso")
 
 
@@ -285,9 +286,14 @@ class CaptureShell:
         if seg is None:
             return
         src = seg.src
-        if src not in self.l2:
-            # reply to the client's MAC from the MAC the client addressed
-            self.l2[src] = bytes(mv[off + 6 : off + 12]) + bytes(mv[off : off + 6])
+        # reply to the client's MAC from the MAC the client addressed (refreshed on every
+        # frame: a re-leased address may move to another device)
+        l2 = self.l2
+        macs = bytes(mv[off + 6 : off + 12]) + bytes(mv[off : off + 6])
+        if l2.get(src) != macs:
+            if len(l2) >= L2_TABLE_MAX and src not in l2:
+                del l2[next(iter(l2))]  # spoofed sources must not grow memory
+            l2[src] = macs
         table.receive_segment(seg, now)
 
     def feed(self, frame: bytes, now: float, aux_ok: bool = False) -> None:

@@ -131,3 +131,19 @@ def test_setup_errors_are_one_line_and_exit_2(capsys) -> None:
     assert "mptnosuchif0" in err or "CAP_NET_RAW" in err
     assert main(["--interface", "x", "--app", "relay", "--relay-to", "nohost"]) == 2
     assert "HOST:PORT" in capsys.readouterr().err
+
+
+def test_l2_table_is_bounded(monkeypatch) -> None:
+    import middlebox.capture as cap
+
+    monkeypatch.setattr(cap, "L2_TABLE_MAX", 50)
+    shell, table, _ = _shell(vnet=False)
+    for i in range(200):
+        frame = bytes(
+            Ether(src=CLIENT_MAC, dst=GW_MAC)
+            / IP(src=f"10.2.{i // 250}.{i % 250 + 1}", dst="198.51.100.10")
+            / TCP(sport=1000 + i, dport=80, flags="A", seq=1, ack=1)
+        )
+        shell.feed(frame, 0.0)
+    assert len(shell.l2) == 50
+    assert table.counters["rst_sent"] == 200
