@@ -70,6 +70,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--warmup", type=float, default=0.0, help="seconds left out of goodput")
     r.add_argument("--contextdb", metavar="PATH", help="trained context database (with --rail)")
+    r.add_argument(
+        "--future-context",
+        action="store_true",
+        help="our policy's long-term source knows each carrier's next 3 s (capacity, "
+        "outages): a bound on what the context database can add",
+    )
     r.add_argument("--config", metavar="FILE", help="mpproxy TOML configuration to take knobs from")
     r.add_argument("--out", default="replay-report", help="directory for report.md/.json/.png")
     r.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
@@ -145,6 +151,10 @@ def build(args: argparse.Namespace):
         for c in carriers
     ]
     feed = None
+    if args.contextdb and args.future_context:
+        raise UserError("give --contextdb or --future-context, not both")
+    if args.future_context:
+        feed = scenarios.future_feed(carriers, args.duration)
     if args.contextdb:
         if route is None:
             raise UserError("--contextdb needs --rail (the route supplies cell ids and RSRP)")
@@ -213,6 +223,8 @@ def _command(args: argparse.Namespace) -> str:
         parts += ["--outage", o]
     if args.no_singles:
         parts.append("--no-singles")
+    if args.future_context:
+        parts.append("--future-context")
     parts += ["--out", args.out]
     return " ".join(shlex.quote(p) for p in parts)
 

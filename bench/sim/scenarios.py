@@ -144,3 +144,58 @@ def contextdb_feed(db_path: str, route, config_path: str | None = None) -> LongT
         return source
 
     return feed
+
+
+class _FutureSource:
+    """A long-term source that knows the trace ahead (``LongTermSource``): throughput over
+    the next ``lookahead`` seconds and whether an outage starts within it. Answers are
+    precomputed per 0.25 s and looked up by index."""
+
+    STEP = 0.25
+
+    def __init__(self, links: dict, duration: float, lookahead: float) -> None:
+        from scheduler.longterm import LongTermPrediction
+
+        self._table: dict[str, list] = {}
+        n = int(duration / self.STEP) + 1
+        for name, link in links.items():
+            rows = []
+            for i in range(n):
+                t = i * self.STEP
+                thr = link.capacity_between(t, t + lookahead) * 8 / lookahead
+                gap = 0.0
+                for a, b in link.outages:
+                    if a < t + lookahead and b > t:
+                        gap = b - max(a, t)
+                        break
+                rows.append(
+                    LongTermPrediction(
+                        throughput_mean=thr,
+                        throughput_var=(0.05 * thr) ** 2 + 1.0,
+                        confidence=1.0,
+                        p_disconnect=1.0 if gap > 0 else 0.0,
+                        expected_gap=gap,
+                    )
+                )
+            self._table[name] = rows
+
+    def predict(self, carrier: str, now: float):
+        rows = self._table.get(carrier)
+        if not rows:
+            return None
+        return rows[min(int(now / self.STEP), len(rows) - 1)]
+
+
+def future_feed(carriers: Sequence[Carrier], duration: float, lookahead: float = 3.0):
+    """A long-term feed that knows each carrier's future (capacity and outages over the
+    next ``lookahead`` seconds, confidence 1): the best a context database could do, so
+    a bound on what long-term context can add to our policy."""
+    from bench.sim.links import Link
+
+    by_name = {c.name: c for c in carriers}
+
+    def feed(engine: Engine, names: Sequence[str]) -> _FutureSource:
+        links = {n: Link(by_name[n], duration) for n in names if n in by_name}
+        return _FutureSource(links, duration, lookahead)
+
+    return feed

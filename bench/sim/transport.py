@@ -223,9 +223,10 @@ class SimPath:
         self.rto_count = 0
         self.first_sent = 0.0  # send time of the message acknowledged last (BBR)
         self.pump_armed = False
+        # the kernel's first RTT sample is the handshake's (RFC 6298: rttvar = R/2)
         self.srtt = 2 * link.delay or 0.01
         self.rttvar = self.srtt / 2
-        self.has_rtt = False
+        self.has_rtt = True
         self.rate_sample: float | None = None
         self.last_progress = 0.0
         self.sent_pkts = 0
@@ -266,6 +267,10 @@ class Transport:
         self._next_id = 1
         self._all_down_since: float | None = None
         self._waiting_for_path: list[Callable[[float], None]] = []
+        for p in self.paths:  # connected: TCP_INFO already has the handshake's RTT
+            p.ctx = self.ctxs[p.id] = p.est.update(
+                PathSample(up=True, rtt=p.srtt, rttvar=p.rttvar, cwnd=p.cc.cwnd, mss=MSS), 0.0
+            )
         engine.at(0.0, self._tick)
 
     # -- connections ---------------------------------------------------------------------
@@ -718,9 +723,11 @@ class Transport:
     def _path_up(self, now: float, path: SimPath) -> None:
         path.up = True
         path.cc.reset(initial_rtt=2 * path.link.delay or 0.01)
+        path.srtt = 2 * path.link.delay or 0.01  # the new connection's handshake
+        path.rttvar = path.srtt / 2
         path.pace_last, path.pace_bytes = now, 0
         path.last_progress = now
-        path.ctx = path.est.update(PathSample(up=True), now)
+        path.ctx = path.est.update(PathSample(up=True, rtt=path.srtt, rttvar=path.rttvar), now)
         self.ctxs[path.id] = path.ctx
         self._all_down_since = None
         waiting, self._waiting_for_path = self._waiting_for_path, []

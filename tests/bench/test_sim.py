@@ -270,3 +270,17 @@ def test_trained_context_database_feeds_our_policy(tmp_path):
     assert any(p is not None and p.confidence > 0 for p in answers)
     with pytest.raises(scenarios.ScenarioError):
         scenarios.contextdb_feed(str(tmp_path / "missing.db"), route)
+
+
+def test_future_context_moves_traffic_off_a_carrier_before_its_outage():
+    from bench.sim import scenarios
+
+    carriers = [fixed("a", 10.0, 0.04), fixed("b", 20.0, 0.02, outages=((20.0, 30.0),))]
+    scn = Scenario(carriers, workload="cbr:rate=3", duration=40.0)
+    plain = run(scn, "context")
+    ahead = run(dataclasses.replace(scn, longterm=scenarios.future_feed(carriers, 40.0)), "context")
+    assert sum(plain.rec.path_useful[1][10:20]) > 0.9 * 3e6 / 8 * 10  # b is the better path
+    assert sum(ahead.rec.path_useful[1][18:30]) == 0  # avoided from 3 s before the outage
+    assert sum(ahead.rec.path_useful[1][10:16]) > 0  # and used before that
+    assert ahead.summary["stalls"] == 0
+    assert ahead.summary["reinjections"] <= plain.summary["reinjections"]
