@@ -174,7 +174,12 @@ class Impairment:
 
 
 class CaptureShell:
-    """AF_PACKET socket + EndpointTable + an application callback."""
+    """AF_PACKET socket + EndpointTable + an application callback.
+
+    ``table`` may be anything with the table's five methods (``receive_segment``,
+    ``next_timer``, ``handle_timer``, ``next_event``, ``segments_to_send``): the gateway
+    puts its flow classifier in front of the endpoint that way.
+    """
 
     def __init__(
         self,
@@ -309,7 +314,7 @@ class CaptureShell:
             if macs is None:
                 stats.no_l2_address += 1
                 continue
-            frame = self._build(seg, macs)
+            frame = self.build_frame(seg, macs)
             if self.tx_impair is not None:
                 frames = self.tx_impair.apply(frame)
                 stats.impaired += not frames
@@ -323,7 +328,8 @@ class CaptureShell:
                 except (BlockingIOError, OSError):
                     stats.send_errors += 1  # TCP will retransmit
 
-    def _build(self, seg: Segment, macs: bytes) -> bytes:
+    def build_frame(self, seg: Segment, macs: bytes) -> bytes:
+        """The frame for ``seg`` (vnet header first when enabled); ``macs`` = dst + src."""
         eth = macs + b"\x08\x00"
         if not self.vnet:
             return eth + build_ipv4(seg, CSUM_FULL)
@@ -341,6 +347,8 @@ class CaptureShell:
         return vh + eth + ip
 
     # -- loop -------------------------------------------------------------------------
+
+    _build = build_frame  # older name, kept for callers
 
     def pump(self, now: float, on_event: Callable[[object, float], None] | None) -> None:
         """Timers, events to the application, and everything due out."""
