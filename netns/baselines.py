@@ -43,6 +43,7 @@ class Result:
     bytes: int
     seconds: float
     subflows: int | None = None
+    start: float = 0.0  # CLOCK_MONOTONIC at connect (compare with Testbed.trace_start)
 
     @property
     def goodput_mbit(self) -> float:
@@ -134,7 +135,7 @@ def fetch(
             next_info += 1.0
     elapsed = time.monotonic() - t0
     s.close()
-    return {"bytes": got, "seconds": elapsed, "subflows": subflows}
+    return {"bytes": got, "seconds": elapsed, "subflows": subflows, "start": t0}
 
 
 def _subflows(s: socket.socket) -> int:
@@ -239,7 +240,7 @@ def download(
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     label = f"MPTCP ({cc})" if mptcp else f"carrier {carrier} TCP ({cc})"
     subflows = None if r["subflows"] is None else r["subflows"] + 1
-    return Result(label, r["bytes"], r["seconds"], subflows)
+    return Result(label, r["bytes"], r["seconds"], subflows, r["start"])
 
 
 def probe_rtts(

@@ -37,6 +37,7 @@ class LinkStats:
     received_bytes: int = 0
     delivered: int = 0
     delivered_bytes: int = 0
+    delivered_frames: int = 0  # reads/writes the shell did (a GSO frame is one)
     dropped_queue: int = 0
     dropped_loss: int = 0
     max_queue_packets: int = 0
@@ -212,6 +213,7 @@ class Link:
                         self._queue_bytes -= size
                         st.delivered += segs
                         st.delivered_bytes += size
+                        st.delivered_frames += 1
                         fl.append((t + delay, frame))
                         if q:
                             self._head_left = q[0][1]

@@ -386,6 +386,22 @@ class Testbed:
         self.emulator.send_signal(signal.SIGUSR1)
         return json.loads(_read_line(self.emulator.stdout, 5.0))
 
+    def trace(self, carrier: int, direction: str = "down") -> traces.DeliveryTrace:
+        """The (scaled) delivery trace the emulator plays for a carrier direction."""
+        link = self._links[carrier]
+        return link.down.trace if direction == "down" else link.up.trace
+
+    def capacity_bps(self, carriers: list[int], start: float, seconds: float) -> float:
+        """What the traces offered (IP bits/s, summed over ``carriers``) in a time window.
+
+        ``start`` is on CLOCK_MONOTONIC, like :attr:`trace_start`.
+        """
+        if self.trace_start is None:
+            raise TestbedError("testbed is not up")
+        a = int((start - self.trace_start) * 1000)
+        b = a + max(1, int(seconds * 1000))
+        return sum(self.trace(k).rate_bps(a, b) for k in carriers)
+
     @property
     def carriers(self) -> int:
         return len(self.spec.carriers)

@@ -1,0 +1,36 @@
+"""``mpproxy demo`` runs the baselines on the bundled traces and prints the table."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+
+def test_demo_prints_goodput_per_carrier_and_mptcp(traces):
+    proc = subprocess.run(
+        [sys.executable, "-m", "middlebox.cli", "demo", "--seconds", "3"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = {}
+    for line in proc.stdout.splitlines():
+        m = re.match(r"(.+?)\s+(\d+\.\d+) Mb\s+(\d+\.\d+) Mb\s+(\d+)%\s+(\S+)$", line)
+        if m:
+            rows[m.group(1).strip()] = (float(m.group(2)), float(m.group(3)), m.group(5))
+    assert set(rows) == {
+        "TCP over ATT-LTE-driving",
+        "TCP over TMobile-LTE-short",
+        "TCP over Verizon-LTE-short",
+        "kernel MPTCP, all carriers",
+    }
+    for goodput, offered, _ in rows.values():
+        assert 0 < goodput <= offered * 1.05  # never more than the traces offered
+    assert rows["kernel MPTCP, all carriers"][2] == "3"
+    assert "testbed was removed" in proc.stdout
