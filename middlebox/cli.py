@@ -19,6 +19,7 @@ from middlebox.errors import UserError
 COMMANDS = [
     "middlebox.cmd_config",
     "middlebox.cmd_pki",
+    "middlebox.cmd_run",
     "bench.demo",
     "contextdb.cli",
     "netns.cli",

@@ -113,6 +113,7 @@ class Session:
         self.paths: dict[int, PathConn] = {}
         self.names: dict[int, str] = {}
         self.relays: dict[int, Relay] = {}
+        self.starved: set[int] = set()  # relays not reading: the mux's send buffer was full
         self.next_path_id = 1
         self.started = now
         self.opened = 0
@@ -377,6 +378,12 @@ class Node:
                 self._drop_path(sess, pid, sess.paths[pid], now)
             if not self._events(sess, now):
                 break
+        for cid in list(sess.starved):
+            r = sess.relays.get(cid)
+            if r is None:
+                sess.starved.discard(cid)
+            elif sess.mux.pending(cid) and sess.mux.send_room(cid) > 0:
+                self._watch_relay(sess, r)
         for pc in sess.paths.values():
             self._watch(pc)
         if not sess.paths and not sess.mux.conns and not sess.relays:
@@ -461,6 +468,9 @@ class Node:
         if r.connected and not r.server_eof and sess.mux.pending(r.cid):
             if sess.mux.send_room(r.cid) > 0:
                 mask |= selectors.EVENT_READ
+                sess.starved.discard(r.cid)
+            else:
+                sess.starved.add(r.cid)  # the mux says Writable only after a refused send
         set_interest(
             self.sel, r.sock, mask, lambda m, t, s=sess, r=r: self._relay_ready(s, r, m, t)
         )
