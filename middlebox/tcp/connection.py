@@ -145,6 +145,8 @@ class Connection:
         "rtx_round",
         "tlp_armed",
         "tlp_sent",
+        "rack_deadline",
+        "rack_shift",
     )
 
     def __init__(
@@ -238,6 +240,8 @@ class Connection:
         self.rtx_round = 0.0
         self.tlp_armed = False
         self.tlp_sent = False
+        self.rack_deadline: float | None = None
+        self.rack_shift = 0
         self.rcv_right = min(buffer_room, MAX_WINDOW_FIELD)  # a SYN-ACK's window is unscaled
 
     # -- helpers ----------------------------------------------------------------------
@@ -378,6 +382,7 @@ class Connection:
         self.sndbuf = bytearray()
         self.ooo_starts, self.ooo_data = [], []
         self.rtx_deadline = self.persist_deadline = self.ack_deadline = None
+        self.rack_deadline = None
         self.close_deadline = None
         self.events.append(ev.ConnectionGone(self))
         self._touch()
@@ -534,6 +539,7 @@ class Connection:
         self.retries = 0
         self.rtt.reset_backoff()
         self.tlp_sent = False
+        self.rack_shift = 0
         if self.sacked:
             self._prune_sacked()
         if self.recovery:
@@ -591,6 +597,8 @@ class Connection:
             self.lost_end = max(top, min(self.snd_una + self.mss, self.snd_nxt + self.fin_sent))
         self.recovery = kind
         self.rtt_off = -1
+        if self.tlp_armed:
+            self.rtx_deadline = None  # the probe's short deadline must not become an RTO
         self.tlp_sent = self.tlp_armed = False
 
     def _take_sack(self, blocks: tuple[tuple[int, int], ...]) -> None:
@@ -852,6 +860,19 @@ class Connection:
         return len(payload) + (1 if flags & FIN else 0)
 
     def _arm_timers(self, now: float) -> None:
+        self.rack_deadline = None
+        if (
+            self.recovery == "fast"  # after an RTO nothing is known: its backoff rules
+            and self.rtx_next >= self.lost_end
+            and self.snd_una < self.lost_end
+            and self.rtt.srtt is not None
+        ):
+            # Every hole was resent; if the ACKs stop before they are all repaired, a
+            # retransmission was lost: resend after a round trip (RACK's reordering
+            # timer, RFC 8985 6.2) instead of waiting for the RTO. Backs off while no
+            # new data is acknowledged; the RTO still bounds the whole episode.
+            wait = (1.25 * self.rtt.srtt + 0.002) * (1 << self.rack_shift)
+            self.rack_deadline = self.rtx_round + wait
         if self.snd_nxt + self.fin_sent > self.snd_una:
             if self.rtx_deadline is None:
                 rto = self.rtt.rto
@@ -877,7 +898,13 @@ class Connection:
     def next_timer(self) -> float | None:
         """The earliest deadline of this connection, or None."""
         best = self.idle_deadline
-        for t in (self.rtx_deadline, self.ack_deadline, self.persist_deadline, self.close_deadline):
+        for t in (
+            self.rtx_deadline,
+            self.ack_deadline,
+            self.persist_deadline,
+            self.close_deadline,
+            self.rack_deadline,
+        ):
             if t is not None and t < best:
                 best = t
         return best if self.state != CLOSED else None
@@ -898,6 +925,11 @@ class Connection:
             self.ack_now = True
         if self.rtx_deadline is not None and now >= self.rtx_deadline:
             self._on_rto(now)
+        elif self.rack_deadline is not None and now >= self.rack_deadline:
+            self.rack_deadline = None
+            self.rtx_next = self.snd_una
+            self.rtx_round = now
+            self.rack_shift = min(self.rack_shift + 1, 6)
         if self.persist_deadline is not None and now >= self.persist_deadline:
             # zero-window probe: an old sequence number makes the client send its window
             self._emit(now, self.snd_una - 1, 0)

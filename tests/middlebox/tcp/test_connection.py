@@ -662,3 +662,21 @@ def test_rst_in_closing_closes(sim, make_net) -> None:
     net.inject(c._seg(net.now, RST | ACK, c.snd_nxt + 1))
     assert conn.state == C.CLOSED and not net.table.connections
     assert net.kinds()[-2:] == ["Reset", "ConnectionGone"]
+
+
+def test_lost_retransmission_at_the_tail_is_resent_by_the_rack_timer(sim, make_net) -> None:
+    drops = []
+
+    def rule(s, r):
+        if s.payload:
+            rule.n += 1
+            if rule.n == 30 or (drops and s.seq == drops[0] and len(drops) == 1):
+                drops.append(s.seq)
+                return True
+        return False
+
+    rule.n = 0
+    net, c, conn = established(sim, make_net, drop_down=rule, delay=0.01)
+    transfer(net, c, conn, 0, 100_000)  # the last data segment goes out before the loss is seen
+    assert len(drops) == 2 and drops[0] == drops[1]
+    assert conn.stats_timeouts == 0  # repaired a round trip later, not after an RTO
