@@ -568,7 +568,9 @@ class Mux:
                 self._all_down_since = now
             elif now - self._all_down_since >= self.params.paths_lost_timeout:
                 for cid in list(self.conns):
-                    del self.conns[cid]
+                    # the RST waits for a path: a peer that kept its end (its paths looked
+                    # alive to it) learns of the reset when one comes back
+                    self.abort(cid, RstReason.PATHS_LOST, now)
                     self._events.append(Reset(cid, RstReason.PATHS_LOST, by_peer=False))
         heap = self._tomb_heap
         while heap and heap[0][0] <= now:

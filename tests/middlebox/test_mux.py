@@ -695,3 +695,19 @@ def test_reassembly_property_any_order_overlap_and_duplicates(size, cuts, seed):
         acks(node, 0.001 * i)  # builds DataAck: raises if ranges were malformed
     assert bytes(node.read(7)) == data
     assert node.conns[7].sacks == [] and not node.conns[7].ooo
+
+
+def test_paths_lost_reset_reaches_the_peer_when_a_path_returns():
+    # the peer may still hold the connection (its paths looked alive to it)
+    gw = Mux("gateway", MuxParams(paths_lost_timeout=5.0))
+    gw.path_up(1, 0.0)
+    cid = gw.open("10.0.0.1", 1000, "198.51.100.1", 80)
+    assert gw.messages_to_send(0.0)
+    gw.path_down(1, 1.0)
+    gw.handle_timer(7.0)
+    ev = gw.next_event()
+    assert isinstance(ev, m.Reset) and ev.reason == wire.RstReason.PATHS_LOST
+    assert not gw.pending(cid)
+    gw.path_up(1, 8.0)
+    rsts = [x for _, x in gw.messages_to_send(8.0) if isinstance(x, wire.Rst)]
+    assert [(r.conn_id, r.reason) for r in rsts] == [(cid, wire.RstReason.PATHS_LOST)]
