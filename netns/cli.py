@@ -2,7 +2,8 @@
 
 ``up`` builds a testbed and leaves it running (its emulator detached), recording it in
 ``/run/mpproxy/testbed-<id>.json``; ``down`` removes it from any process; ``status``
-lists what is recorded; ``exec`` runs a command inside one of its namespaces.
+lists what is recorded; ``exec`` runs a command inside one of its namespaces; ``rail``
+writes a synthetic high-speed rail route as 5G-drive CSVs (for the context database).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def default_traces() -> list[str]:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "testbed",
-        help="emulated testbed: namespaces and trace-driven carrier links",
+        help="emulated testbed: namespaces, trace-driven carrier links, rail traces",
         description="Build, inspect and remove the emulated testbed (needs root).",
     )
     tsub = p.add_subparsers(dest="testbed_cmd", metavar="ACTION", required=True)
@@ -67,6 +68,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     down.set_defaults(func=cmd_down)
     st = tsub.add_parser("status", help="list recorded testbeds")
     st.set_defaults(func=cmd_status)
+    rl = tsub.add_parser(
+        "rail",
+        help="write a synthetic high-speed rail route as 5G-drive CSVs (one per carrier)",
+    )
+    rl.add_argument("--seed", type=int, default=1)
+    rl.add_argument("--carriers", type=int, default=3)
+    rl.add_argument("--duration", type=int, default=600, help="seconds")
+    rl.add_argument("--speed", type=float, default=320.0, help="km/h")
+    rl.add_argument("--out", required=True, help="directory for rail<k>.csv")
+    rl.set_defaults(func=cmd_rail)
     ex = tsub.add_parser("exec", help="run a command in a namespace of a testbed")
     ex.add_argument("id")
     ex.add_argument("role", choices=("client", "gateway", "emulator", "node", "server"))
@@ -171,6 +182,34 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"testbed {s['id']}: {state}, {len(s['spec']['carriers'])} carrier(s)")
         for role, name in s["namespaces"].items():
             print(f"  {role:9s} {name}")
+    return 0
+
+
+def cmd_rail(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from netns import rail
+
+    try:
+        params = rail.RailParams(
+            seed=args.seed, carriers=args.carriers, duration_s=args.duration, speed_kmh=args.speed
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        route = rail.generate(params)
+        for k, c in enumerate(route.carriers):
+            path = out / f"{c.name}.csv"
+            rail.write_csv(route, k, path)
+            kinds = Counter(h.kind for h in c.handovers)
+            print(
+                f"{path}: {len(c.seconds)} s, {len({s.cell_id for s in c.seconds})} cells, "
+                + ", ".join(f"{kinds[x]} {x}" for x in rail.HANDOVER_KINDS)
+            )
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror}") from None
     return 0
 
 

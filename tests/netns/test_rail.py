@@ -89,3 +89,17 @@ def test_csv_export_reads_back_as_a_5g_drive(tmp_path):
 def test_bad_rail_parameters(kw):
     with pytest.raises(ValueError):
         rail.RailParams(**kw)
+
+
+def test_cli_writes_one_csv_per_carrier(tmp_path, capsys):
+    from middlebox.cli import main
+
+    assert main(["testbed", "rail", "--seed", "4", "--duration", "60", "--out", str(tmp_path)]) == 0
+    files = sorted(p.name for p in tmp_path.glob("*.csv"))
+    assert files == ["rail0.csv", "rail1.csv", "rail2.csv"]
+    back = tr.read_5g_csv(tmp_path / "rail2.csv")
+    want = rail.generate(rail.RailParams(seed=4, duration_s=60)).carriers[2].seconds
+    assert [s.cell_id for s in back.seconds] == [str(s.cell_id) for s in want]
+    assert "rail0.csv: 60 s" in capsys.readouterr().out
+    assert main(["testbed", "rail", "--carriers", "0", "--out", str(tmp_path)]) == 2
+    assert "carriers must be in 1..8" in capsys.readouterr().err
