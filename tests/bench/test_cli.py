@@ -126,3 +126,29 @@ def test_quick_comparison_for_the_demo(tmp_path):
     text = path.read_text()
     assert path.name == "report.md" and "| context |" in text and "| redundant |" in text
     assert (tmp_path / "quick" / "report.json").is_file()
+
+
+def test_config_file_knobs_and_bad_config(tmp_path, capsys):
+    good = tmp_path / "ok.toml"
+    good.write_text("[paths]\nstall_min = 0.2\n\n[wire]\nmessage_size = 8192\n")
+    assert replay(tmp_path, "--config", str(good), "--policies", "minrtt", "--no-plots") == 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[paths]\nstall_min = -1\n")
+    capsys.readouterr()
+    assert replay(tmp_path, "--config", str(bad), "--policies", "minrtt") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "stall_min" in err[0]
+
+
+def test_engine_runs_ties_in_scheduling_order():
+    from bench.sim.engine import Engine
+
+    eng = Engine()
+    seen = []
+    for tag in "abc":
+        eng.at(1.0, lambda t, x: seen.append((t, x)), tag)
+    eng.at(0.5, lambda t, x: eng.at(1.0, lambda t2, y: seen.append((t2, y)), "d"), None)
+    eng.at(2.5, lambda t, x: seen.append((t, x)), "late")
+    eng.run(2.0)
+    assert seen == [(1.0, "a"), (1.0, "b"), (1.0, "c"), (1.0, "d")]
+    assert eng.now == 2.0
