@@ -307,16 +307,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         conf = res.mae_confident_bps.get(name)
         extra = f"   (confidence >= 0.5, {res.confident} windows: {conf / 1e6:.2f})" if conf else ""
         print(f"  {name:<11} {v / 1e6:7.2f}{extra}")
-    b = res.brier
-    print(
-        f"disconnection within {la} s (observed in {b['observed rate']:.1%} of windows), "
-        f"Brier score: contextdb {b['contextdb']:.4f}, cell base rate {b['cell base rate']:.4f}"
-    )
+    print(_brier_line(la, res.brier))
     return 0
 
 
 def _leave_one_out(args: argparse.Namespace, cfg) -> int:
-    from contextdb.evaluate import evaluate
+    from contextdb.evaluate import PREDICTORS, evaluate
 
     runs = _read(args.leave_one_out)
     if len(runs) < 2:
@@ -328,11 +324,12 @@ def _leave_one_out(args: argparse.Namespace, cfg) -> int:
     if args.json:
         print(json.dumps({k: dataclasses.asdict(v) for k, v in folds.items()}, indent=2))
         return 0
-    names = ("contextdb", "last value", "cell mean", "fused")
+    names = PREDICTORS
     print(f"mean absolute error of the {cfg.lookahead_s}-second-ahead throughput (Mbit/s),")
     print("each run predicted from all the others:")
     print(f"{'held-out run':<24} {'scored':>6} " + " ".join(f"{n:>10}" for n in names))
     total = dict.fromkeys(names, 0.0)
+    brier = dict.fromkeys(BRIER, 0.0)
     scored = 0
     for name, res in folds.items():
         if not res.scored:
@@ -341,9 +338,23 @@ def _leave_one_out(args: argparse.Namespace, cfg) -> int:
         scored += res.scored
         for n in names:
             total[n] += res.mae_bps[n] * res.scored
+        for n in BRIER:
+            brier[n] += res.brier[n] * res.scored
         cols = " ".join(f"{res.mae_bps[n] / 1e6:10.2f}" for n in names)
         print(f"{name:<24} {res.scored:>6} {cols}")
     if scored:
         cols = " ".join(f"{total[n] / scored / 1e6:10.2f}" for n in names)
         print(f"{'all (window-weighted)':<24} {scored:>6} {cols}")
+        print(_brier_line(cfg.lookahead_s, {n: v / scored for n, v in brier.items()}))
     return 0
+
+
+BRIER = ("contextdb", "rsrp only", "cell base rate", "observed rate")
+
+
+def _brier_line(lookahead_s: int, b: dict) -> str:
+    return (
+        f"disconnection within {lookahead_s} s (observed in {b['observed rate']:.1%} of "
+        f"windows), Brier score: contextdb {b['contextdb']:.4f}, rsrp only "
+        f"{b['rsrp only']:.4f}, cell base rate {b['cell base rate']:.4f}"
+    )

@@ -49,7 +49,15 @@ class ContextDBConfig:
         min=1,
         max=60,
     )
-    k: int = _opt(16, "Nearest stored windows K used for a prediction.", min=1, max=1024)
+    k: int = _opt(64, "Nearest stored windows K used for a prediction.", min=1, max=1024)
+    throughput_match_db: float = _opt(
+        100.0,
+        "When the caller passes the carrier's throughput of the last second, stored windows "
+        "are matched on it too: a factor e (2.7) between two throughputs weighs as much as "
+        "this many dB of RSRP difference in one second. 0: match on RSRP only.",
+        min=0.0,
+        max=10000.0,
+    )
     min_neighbors: int = _opt(
         3, "Fewest stored windows a cell needs before it predicts anything.", min=1, max=1024
     )

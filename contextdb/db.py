@@ -16,7 +16,7 @@ import numpy as np
 from contextdb.codec import decode_chunk, encode_chunk
 from contextdb.config import ContextDBConfig
 from contextdb.errors import ContextDBError
-from contextdb.index import CellIndex
+from contextdb.index import CellIndex, throughput_coord
 from contextdb.records import CLASSES, HandoverEvent, Sample
 from contextdb.store import Store
 from contextdb.windows import Windows, process
@@ -31,7 +31,7 @@ THR_VAR_FLOOR_REL = 0.01  # (1 % of the mean)^2
 THR_VAR_FLOOR = 1e3**2  # (1 kbit/s)^2
 RTT_VAR_FLOOR = 1e-3**2  # (1 ms)^2
 LOSS_VAR_FLOOR = 1e-4
-PRIOR_WEIGHT = 16.0
+PRIOR_WEIGHT = 64.0
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,8 @@ class ContextDB:
         key = (carrier, cell)
         entry = self._cells.get(key)
         if entry is None:
-            entry = self._cells[key] = _Cell(CellIndex(self.cfg.window_s), [])
+            index = CellIndex(self.cfg.window_s, self.cfg.throughput_match_db)
+            entry = self._cells[key] = _Cell(index, [])
             self._load(carrier, cell, entry)
         return entry
 
@@ -208,11 +209,23 @@ class ContextDB:
     # -- query -------------------------------------------------------------------------
 
     def predict(
-        self, carrier: str, cell: str | None, rsrp_window, now: float = 0.0
+        self,
+        carrier: str,
+        cell: str | None,
+        rsrp_window,
+        now: float = 0.0,
+        recent_dl_bps: float | None = None,
     ) -> Prediction | None:
         """Predict the next ``lookahead_s`` seconds of one carrier, or None when there is
         nothing to go on: unknown cell, too few stored windows, a window shorter than W
         or with unknown values. A longer window is cut to its last W seconds.
+
+        ``recent_dl_bps``, the throughput the carrier delivered in the last second (bit/s;
+        None or nan when unknown), makes the prediction much better: stored windows are
+        then matched on it as well as on the RSRP, and the throughput predicted is the
+        median of what followed the K nearest. Without it the match is on RSRP alone and
+        the throughput is the neighbours' mean, which on the bundled drives is worse than
+        simply repeating the last value (docs/contextdb.md, "Does the history help?").
 
         Only memory is read: the scheduler calls this on the data path, and a fleet
         store may be a cellular round trip away (or unreachable). What other writers
@@ -228,8 +241,25 @@ class ContextDB:
             return None
         if len(entry.index) < max(1, self.cfg.min_neighbors):
             return None
-        dist, perf = entry.index.nearest(q[-w:], self.cfg.k)
+        recent = None
+        if (
+            recent_dl_bps is not None
+            and math.isfinite(recent_dl_bps)
+            and self.cfg.throughput_match_db > 0
+        ):
+            recent = max(0.0, float(recent_dl_bps))
+        dist, perf = entry.index.nearest(q[-w:], self.cfg.k, recent)
         thr_mean, thr_var = _mean_var(perf["thr"], 0.0)
+        if recent is not None:
+            # The median, not the mean: a few neighbours followed by a burst or a stall
+            # pull the mean far off; on the drives the median has the smaller error.
+            thr_mean = float(np.median(perf["thr"]))
+            # confidence counts RSRP distance only: the throughput term is not a match
+            # of the signal, and it would put nearly every neighbour past the threshold
+            extra = perf["coord"] - throughput_coord(recent, self.cfg.throughput_match_db)
+            rsrp_dist = np.sqrt(np.maximum(dist**2 - extra**2, 0.0))
+        else:
+            rsrp_dist = dist
         thr_var = max(thr_var, (THR_VAR_FLOOR_REL * thr_mean) ** 2, THR_VAR_FLOOR)
         rtt_mean, rtt_var = _mean_var(perf["rtt"], RTT_VAR_FLOOR)
         loss_mean, loss_var = _mean_var(perf["loss"], LOSS_VAR_FLOOR)
@@ -246,7 +276,7 @@ class ContextDB:
             rtt_var=rtt_var,
             loss_mean=loss_mean,
             loss_var=loss_var,
-            confidence=float((dist <= self.cfg.distance_threshold()).sum()) / self.cfg.k,
+            confidence=float((rsrp_dist <= self.cfg.distance_threshold()).sum()) / self.cfg.k,
             p_disconnect=float(p_disc),
             expected_gap=float(gaps[hit].mean()) if hit.any() else 0.0,
             carrier=carrier,

@@ -1,20 +1,23 @@
 """Does the history help? Train on some runs, predict held-out runs, compare baselines.
 
-For every window of the test runs that has a known look-ahead throughput, three
+For every window of the test runs that has a known look-ahead throughput, these
 predictions of that throughput are scored by mean absolute error:
 
-- ``contextdb``: the K-nearest-neighbour prediction (windows of the same carrier and cell
-  in the training runs, matched on RSRP);
+- ``contextdb``: the K-nearest-neighbour prediction as the scheduler gets it when it
+  passes the carrier's last-second throughput (windows of the same carrier and cell in
+  the training runs, matched on RSRP and that throughput; median of what followed);
+- ``rsrp only``: the same query without the recent throughput (matched on RSRP alone,
+  mean of what followed): what the database predicts for a caller that cannot give it;
 - ``last value``: the throughput of the window's last second;
 - ``cell mean``: the mean look-ahead throughput of all training windows of that cell;
 - ``fused``: what the scheduler does with both sources, the minimum-variance (inverse
   variance weighted) mean of the last value (variance: that of the window's own seconds)
   and the contextdb prediction (variance: ``throughput_var``).
 
-Only windows for which all three exist are scored, so the comparison is like for like;
+Only windows for which all exist are scored, so the comparison is like for like;
 how many were skipped (cell unseen in training, idle last second) is reported. The
-disconnection forecast is scored with the Brier score of ``p_disconnect`` against the
-cell's base rate of disconnections in training.
+disconnection forecast is scored with the Brier score of ``p_disconnect`` (both kinds of
+query) against the cell's base rate of disconnections in training.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from contextdb.db import THR_VAR_FLOOR, ContextDB
 from contextdb.records import Sample
 from contextdb.store import MemoryStore
 from contextdb.windows import process
+
+PREDICTORS = ("contextdb", "rsrp only", "last value", "cell mean", "fused")
 
 
 @dataclass
@@ -67,7 +72,6 @@ def evaluate(
         if len(perf["thr"]):
             cell_mean[(carrier, cell)] = float(np.mean(perf["thr"]))
             cell_rate[(carrier, cell)] = float(np.mean(perf["gap"] > 0))
-    # truth, knn, last, cell mean, confidence, disconnected, p, base rate, fused
     rows = []
     unseen = idle = 0
     results = [item for run in test for item in process(run, cfg).items()]
@@ -76,44 +80,46 @@ def evaluate(
         res.test_windows += len(w)
         for i in range(len(w)):
             key = (carrier, w.cell[i])
-            p = db.predict(carrier, w.cell[i], w.rsrp[i], float(w.t[i]))
-            if p is None or key not in cell_mean:
+            if key not in cell_mean or db.predict(carrier, w.cell[i], w.rsrp[i]) is None:
                 unseen += 1
                 continue
             if not np.isfinite(w.last[i]):
                 idle += 1
                 continue
+            p = db.predict(carrier, w.cell[i], w.rsrp[i], float(w.t[i]), float(w.last[i]))
+            r = db.predict(carrier, w.cell[i], w.rsrp[i], float(w.t[i]))
             rows.append(
-                (
-                    w.thr[i],
-                    p.throughput_mean,
-                    w.last[i],
-                    cell_mean[key],
-                    p.confidence,
-                    float(w.gap[i] > 0),
-                    p.p_disconnect,
-                    cell_rate[key],
-                    _fuse(w.last[i], w.recent_var[i], p.throughput_mean, p.throughput_var),
-                )
+                {
+                    "truth": w.thr[i],
+                    "contextdb": p.throughput_mean,
+                    "rsrp only": r.throughput_mean,
+                    "last value": w.last[i],
+                    "cell mean": cell_mean[key],
+                    "fused": _fuse(w.last[i], w.recent_var[i], p.throughput_mean, p.throughput_var),
+                    "confidence": p.confidence,
+                    "disconnected": float(w.gap[i] > 0),
+                    "p contextdb": p.p_disconnect,
+                    "p rsrp only": r.p_disconnect,
+                    "p cell base rate": cell_rate[key],
+                }
             )
     res.skipped = {"cell unseen in training": unseen, "last second idle": idle}
     res.scored = len(rows)
     if not rows:
         return res
-    a = np.array(rows)
-    columns = {"contextdb": 1, "last value": 2, "cell mean": 3, "fused": 8}
+    a = {name: np.array([row[name] for row in rows]) for name in rows[0]}
 
     def mae(sel: np.ndarray) -> dict:
-        return {n: float(np.abs(a[sel, j] - a[sel, 0]).mean()) for n, j in columns.items()}
+        return {n: float(np.abs(a[n][sel] - a["truth"][sel]).mean()) for n in PREDICTORS}
 
-    res.mae_bps = mae(np.ones(len(a), bool))
-    confident = a[:, 4] >= 0.5
+    res.mae_bps = mae(np.ones(len(rows), bool))
+    confident = a["confidence"] >= 0.5
     res.confident = int(confident.sum())
     if confident.any():
         res.mae_confident_bps = mae(confident)
     res.brier = {
-        "contextdb": float(((a[:, 6] - a[:, 5]) ** 2).mean()),
-        "cell base rate": float(((a[:, 7] - a[:, 5]) ** 2).mean()),
-        "observed rate": float(a[:, 5].mean()),
+        n: float(((a["p " + n] - a["disconnected"]) ** 2).mean())
+        for n in ("contextdb", "rsrp only", "cell base rate")
     }
+    res.brier["observed rate"] = float(a["disconnected"].mean())
     return res

@@ -1,12 +1,17 @@
 """In-memory nearest-neighbour index of one cell's RSRP windows.
 
-Exact K nearest by Euclidean distance, vectorised with numpy. Large cells are cut into
-leaves of about LEAF windows by a k-d partition (split at the median of the dimension
-that spreads most), stored contiguously, each with its bounding box. A query computes
-the distance from the query to every box at once (a lower bound for every window in
-the box), scans the leaf with the smallest bound for a K-th distance, then only the
-leaves whose bound is within that distance: exact, and at a million windows only a few
-leaves are touched.
+Each window is a point of W + 1 coordinates: its RSRP window (W seconds, dB) and the
+throughput of its last second on a log scale (:func:`throughput_coord`). A query either
+gives a recent throughput and is matched on all W + 1 coordinates, or gives none and is
+matched on the RSRP coordinates only (the last one is ignored, in the bounds and the
+distances alike). Exact K nearest by Euclidean distance, vectorised with numpy.
+
+Large cells are cut into leaves of about LEAF windows by a k-d partition (split at the
+median of the dimension that spreads most), stored contiguously, each with its bounding
+box. A query computes the distance from the query to every box at once (a lower bound
+for every window in the box), scans the leaf with the smallest bound for a K-th
+distance, then only the leaves whose bound is within that distance: exact, and at a
+million windows only a few leaves are touched.
 New windows wait in a small unsorted tail (searched by brute force) and are merged, by
 rebuilding the partition, in batches of TAIL_MAX.
 """
@@ -21,6 +26,20 @@ PERF = ("thr", "rtt", "loss", "gap")
 TAIL_MAX = 4096  # windows waiting unsorted before a rebuild
 BRUTE_MAX = 4096  # up to this many windows, no partition: one vectorised scan
 LEAF = 512  # windows per leaf of the partition
+MBIT = 1e6
+# Throughput coordinate of a window whose last second was idle (throughput unknown): far
+# from any query that gives a throughput (which lie within 0 .. ~1,000), ignored by
+# RSRP-only queries.
+MISSING = 1e4
+
+
+def throughput_coord(bps, scale_db: float) -> np.ndarray:
+    """``scale_db * ln(1 + bps / 1 Mbit/s)``: a factor e between two throughputs is as far
+    apart as ``scale_db`` dB of RSRP in one second. Logarithmic, so one scale suits a
+    30 Mbit/s carrier and a 300 Mbit/s one; unknown (nan) -> MISSING."""
+    b = np.asarray(bps, dtype=np.float64)
+    out = scale_db * np.log1p(np.maximum(np.nan_to_num(b, nan=0.0), 0.0) / MBIT)
+    return np.where(np.isfinite(b), out, MISSING)
 
 
 def dct_basis(width: int) -> np.ndarray:
@@ -55,20 +74,33 @@ def partition(x: np.ndarray, leaf: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class CellIndex:
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, throughput_scale_db: float = 0.0) -> None:
         self.width = width
+        self.scale = throughput_scale_db
         self.basis = dct_basis(width)
-        # DCT coordinates in float64: the distance expansion below cancels large terms
-        self.x = np.zeros((0, width))
-        self.norm2 = np.zeros(0)
+        # DCT coordinates of the RSRP, then the throughput coordinate; float64: the
+        # distance expansion below cancels large terms
+        self.x = np.zeros((0, width + 1))
+        self.norm2 = np.zeros(0)  # over all W + 1 coordinates
+        self.norm2_rsrp = np.zeros(0)  # over the W RSRP coordinates
         self.perf = {k: np.zeros(0) for k in PERF}
         self.starts = np.zeros(1, np.int64)  # leaf boundaries (with len(x) appended)
-        self.lo = self.hi = np.zeros((0, width))  # leaf bounding boxes
+        self.lo = self.hi = np.zeros((0, width + 1))  # leaf bounding boxes
         self._tail: list[Windows] = []
         self._tail_n = 0
+        self._tail_x: np.ndarray | None = None  # coordinates of the tail (raw RSRP seconds)
 
     def __len__(self) -> int:
         return len(self.x) + self._tail_n
+
+    def coords(self, windows: Windows, rotate: bool = True) -> np.ndarray:
+        """(n, W + 1) points: RSRP (DCT coordinates, or raw seconds when not ``rotate``)
+        and the throughput coordinate of the last second."""
+        x = np.empty((len(windows), self.width + 1))
+        r = windows.rsrp.astype(np.float64)
+        x[:, : self.width] = r @ self.basis.T if rotate else r
+        x[:, self.width] = throughput_coord(windows.last, self.scale)
+        return x
 
     def add(self, windows: Windows, merge: bool = True) -> None:
         """Add windows; ``merge=False`` defers the rebuild (bulk loads call
@@ -76,6 +108,7 @@ class CellIndex:
         if len(windows):
             self._tail.append(windows)
             self._tail_n += len(windows)
+            self._tail_x = None
             if merge:
                 self.settle()
 
@@ -85,9 +118,7 @@ class CellIndex:
             self._merge()
 
     def _merge(self) -> None:
-        x = np.concatenate(
-            [self.x] + [w.rsrp.astype(np.float64) @ self.basis.T for w in self._tail]
-        )
+        x = np.concatenate([self.x] + [self.coords(w) for w in self._tail])
         perf = {
             k: np.concatenate([self.perf[k]] + [getattr(w, k) for w in self._tail]) for k in PERF
         }
@@ -98,28 +129,37 @@ class CellIndex:
         self.x = np.ascontiguousarray(x[order])
         self.perf = {k: v[order] for k, v in perf.items()}
         self.norm2 = (self.x**2).sum(axis=1)
+        self.norm2_rsrp = (self.x[:, : self.width] ** 2).sum(axis=1)
         self.lo = np.minimum.reduceat(self.x, starts, axis=0)
         self.hi = np.maximum.reduceat(self.x, starts, axis=0)
         self.starts = np.append(starts, len(self.x))
-        self._tail, self._tail_n = [], 0
+        self._tail, self._tail_n, self._tail_x = [], 0, None
 
     def _tail_arrays(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if len(self._tail) > 1:
             merged = Windows.concat(self._tail, self.width)
             self._tail = [merged]
         w = self._tail[0]
-        return w.rsrp.astype(np.float64), {k: getattr(w, k) for k in PERF}
+        if self._tail_x is None:
+            self._tail_x = self.coords(w, rotate=False)
+        return self._tail_x, {k: getattr(w, k) for k in PERF}
 
     def _scan(self, leaves: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Indices and squared distances of every window in the given leaves."""
+        """Indices and squared distances of every window in the given leaves, over the
+        first ``len(q)`` coordinates (W: RSRP only; W + 1: with the throughput)."""
         st = self.starts
         idx = np.concatenate([np.arange(st[i], st[i + 1]) for i in leaves])
+        rows = np.take(self.x, idx, axis=0)
         # |x - q|^2 = |x|^2 - 2 x.q + |q|^2: one matrix-vector product per query
-        d2 = self.norm2[idx] - 2.0 * (np.take(self.x, idx, axis=0) @ q) + float(q @ q)
+        if len(q) == self.width:
+            d2 = self.norm2_rsrp[idx] - 2.0 * (rows[:, : self.width] @ q) + float(q @ q)
+        else:
+            d2 = self.norm2[idx] - 2.0 * (rows @ q) + float(q @ q)
         return idx, np.maximum(d2, 0.0)
 
     def _search_tree(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Indices and squared distances of the k nearest indexed windows (unordered).
+        """Indices and squared distances of the k nearest indexed windows (unordered),
+        over the first ``len(q)`` coordinates.
 
         Two vectorised steps: scan the leaf with the smallest bound to get an upper bound
         on the K-th distance, then every other leaf whose bound is within it, keeping
@@ -128,8 +168,9 @@ class CellIndex:
         if len(self.lo) <= 1:
             idx, d2 = self._scan(np.zeros(1, np.int64), q)
         else:
+            d = len(q)
             # lo <= hi, so at most one of the two differences is positive
-            gap = np.maximum(self.lo - q, q - self.hi)
+            gap = np.maximum(self.lo[:, :d] - q, q - self.hi[:, :d])
             np.maximum(gap, 0.0, out=gap)
             bound = np.einsum("ij,ij->i", gap, gap)
             first = int(np.argmin(bound))
@@ -152,21 +193,30 @@ class CellIndex:
             return idx[part], d2[part]
         return idx, d2
 
-    def nearest(self, rsrp: np.ndarray, k: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def nearest(
+        self, rsrp: np.ndarray, k: int, recent_bps: float | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Distances (ascending) and performance of the k nearest windows (fewer when the
-        cell holds fewer)."""
+        cell holds fewer). With ``recent_bps`` (the throughput of the query's last
+        second) the match includes the throughput coordinate; without, RSRP only. The
+        performance includes ``coord``, each neighbour's throughput coordinate."""
         q = np.asarray(rsrp, dtype=np.float64)
+        if recent_bps is not None:
+            q = np.append(q, throughput_coord(recent_bps, self.scale))
         k = min(k, len(self))
         if len(self.x):
-            idx, d2 = self._search_tree(q @ self.basis.T, k)
+            qr = q[: self.width] @ self.basis.T
+            idx, d2 = self._search_tree(np.append(qr, q[self.width :]), k)
         else:
             idx, d2 = np.zeros(0, np.int64), np.zeros(0, np.float32)
         perf = {name: self.perf[name][idx] for name in PERF}
+        perf["coord"] = self.x[idx, self.width]
         if self._tail_n:
             tx, tperf = self._tail_arrays()
-            td2 = ((tx - q) ** 2).sum(axis=1)
+            td2 = ((tx[:, : len(q)] - q) ** 2).sum(axis=1)
             d2 = np.concatenate([d2, td2])
-            perf = {name: np.concatenate([perf[name], tperf[name]]) for name in PERF}
+            tperf = {**tperf, "coord": tx[:, self.width]}
+            perf = {name: np.concatenate([perf[name], tperf[name]]) for name in perf}
         order = np.argsort(d2, kind="stable")[:k]
         return np.sqrt(d2[order].astype(np.float64)), {n: v[order] for n, v in perf.items()}
 

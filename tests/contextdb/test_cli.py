@@ -82,7 +82,7 @@ def test_evaluate_reports_all_baselines(capsys, traces):
     )
     res = json.loads(out)
     assert code == 0 and res["scored"] > 100
-    assert set(res["mae_bps"]) == {"contextdb", "last value", "cell mean", "fused"}
+    assert set(res["mae_bps"]) == {"contextdb", "rsrp only", "last value", "cell mean", "fused"}
     assert all(v > 0 for v in res["mae_bps"].values())
 
 

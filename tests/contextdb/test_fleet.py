@@ -96,10 +96,14 @@ def test_client_commands_and_errors(redis_url):
     c.close()
 
 
+SMALL_K = ContextDBConfig(k=8)
+
+
 def test_gateways_on_a_line_share_what_they_learn(redis_url):
-    a = ContextDB(RedisStore(redis_url, line="L1"))
-    b = ContextDB(RedisStore(redis_url, line="L1"))
-    other = ContextDB(RedisStore(redis_url, line="L2"))
+    # K below the ~30 windows of each drive, so a query at -100 dBm sees only those
+    a = ContextDB(RedisStore(redis_url, line="L1"), SMALL_K)
+    b = ContextDB(RedisStore(redis_url, line="L1"), SMALL_K)
+    other = ContextDB(RedisStore(redis_url, line="L2"), SMALL_K)
     a.ingest(series([-80.0] * 40, [30e6] * 40, carrier="X"))
     assert other.predict("X", "c1", [-80.0] * 5) is None  # another line
     # queries read memory only: b learns of a's cell at its next refresh
@@ -108,7 +112,7 @@ def test_gateways_on_a_line_share_what_they_learn(redis_url):
     p = b.predict("X", "c1", [-80.0] * 5)
     assert p is not None and p.throughput_mean == pytest.approx(30e6)
     # a gateway opened later loads everything at once
-    c = ContextDB(RedisStore(redis_url, line="L1"))
+    c = ContextDB(RedisStore(redis_url, line="L1"), SMALL_K)
     assert c.predict("X", "c1", [-80.0] * 5) == p
     # b learns more; a picks up only the new chunk on refresh
     b.ingest(series([-100.0] * 40, [2e6] * 40, carrier="X", t0=T0 + 5000))
