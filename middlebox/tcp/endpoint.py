@@ -106,18 +106,14 @@ class EndpointTable:
             return
         key = seg.key
         self._closed.pop(key, None)
-        digest = hashlib.blake2s(
-            b"%b%d%b%d" % (key[0], key[1], key[2], key[3]), key=self._secret, digest_size=8
-        ).digest()
-        # RFC 6528: a clock plus a keyed hash of the 4-tuple.
-        iss = (int(now * 250_000) + int.from_bytes(digest[:4], "big")) & SEQ_MASK
+        iss, ts_offset = self.initial_numbers(key, now)
         conn = Connection(
             seg,
             now,
             iss,
             self.cfg,
             self.buffer_room,
-            ts_offset=int.from_bytes(digest[4:], "big"),
+            ts_offset=ts_offset,
             conn_id=next(self._ids),
             events=self.events,
             dirty=self._dirty,
@@ -129,6 +125,14 @@ class EndpointTable:
         if self.auto_accept:
             conn.accept()
         self._dirty.add(conn)
+
+    def initial_numbers(self, key: Key, now: float) -> tuple[int, int]:
+        """ISN and timestamp offset: RFC 6528, a 4 us clock plus a keyed hash of the tuple."""
+        digest = hashlib.blake2s(
+            b"%b%d%b%d" % (key[0], key[1], key[2], key[3]), key=self._secret, digest_size=8
+        ).digest()
+        iss = (int(now * 250_000) + int.from_bytes(digest[:4], "big")) & SEQ_MASK
+        return iss, int.from_bytes(digest[4:], "big")
 
     def _reset_stranger(self, seg: Segment) -> None:
         """RST for a segment of no known connection (RFC 9293 3.10.7.1)."""

@@ -680,3 +680,23 @@ def test_lost_retransmission_at_the_tail_is_resent_by_the_rack_timer(sim, make_n
     transfer(net, c, conn, 0, 100_000)  # the last data segment goes out before the loss is seen
     assert len(drops) == 2 and drops[0] == drops[1]
     assert conn.stats_timeouts == 0  # repaired a round trip later, not after an RTO
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.03])
+def test_sequence_numbers_wrap_on_both_sides(sim, make_net, monkeypatch, loss) -> None:
+    monkeypatch.setattr(
+        EndpointTable, "initial_numbers", lambda self, key, now: (SEQ_MASK - 50_000, SEQ_MASK - 5)
+    )
+    rule = lambda s, r: not s.flags & SYN and r.random() < loss  # noqa: E731
+    net = make_net(drop_down=rule, drop_up=rule)
+    c = sim.SimClient()
+    c.iss = SEQ_MASK - 30_000
+    c.snd_una = c.snd_nxt = c.iss + 1
+    net.add(c)
+    net.run(5.0, lambda: c.established)
+    conn = net.table.connections[(sim.CLIENT, KEY_PORT, sim.SERVER, 80)]
+    net.run(5.0, lambda: conn.state == C.ESTABLISHED)
+    transfer(net, c, conn, 200_000, 200_000)
+    net.run(net.now + 2)
+    assert conn.snd_una == 200_000 and conn.rcv_nxt == 200_000
+    assert (conn.iss + 1 + conn.snd_una) >> 32 and (conn.irs + 1 + conn.rcv_nxt) >> 32
