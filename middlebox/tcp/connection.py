@@ -30,6 +30,7 @@ from middlebox.tcp.constants import (
     DEFAULT_MSS,
     DUPACK_THRESHOLD,
     FIN,
+    HANDSHAKE_TIMEOUT,
     MAX_GSO_PAYLOAD,
     MAX_WINDOW_FIELD,
     MAX_WSCALE,
@@ -233,7 +234,8 @@ class Connection:
         self.retries = 0
         self.persist_deadline: float | None = None
         self.synack_due = False
-        self.idle_deadline = now + cfg.idle_timeout
+        # until the handshake completes, the connection-establishment limit applies
+        self.idle_deadline = now + min(cfg.idle_timeout, HANDSHAKE_TIMEOUT)
         self.close_deadline: float | None = None
         self.stats_retransmits = 0
         self.stats_timeouts = 0
@@ -441,7 +443,6 @@ class Connection:
             if self.state != SYN_RECEIVED:
                 self._process_ack(seg, now, seq_off)
             return
-        self.idle_deadline = now + self.cfg.idle_timeout
         if self.ts_ok and o.tsval is not None and seq_off <= self.rcv_nxt:
             self.ts_recent = o.tsval
         if self.state == SYN_RECEIVED:
@@ -464,6 +465,7 @@ class Connection:
             return
         if self.state == CLOSED:
             return
+        self.idle_deadline = now + self.cfg.idle_timeout
         if (plen or flags & FIN) and self.state in _CAN_RECEIVE:
             self._receive_data(seg, seq_off, now)
 

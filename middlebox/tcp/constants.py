@@ -46,3 +46,4 @@ RTO_INITIAL = 1.0  # RFC 6298 2.1
 RTO_MAX = 60.0  # RFC 6298 2.5 allows a maximum of at least 60 s
 RTO_G = 0.001  # clock granularity used in RTO = SRTT + max(G, 4*RTTVAR)
 MAX_GSO_PAYLOAD = 65535 - IPV4_HEADER - TCP_HEADER - 40
+HANDSHAKE_TIMEOUT = 75.0  # connection-establishment limit (RFC 1122 4.2.3.5, BSD's 75 s)

@@ -700,3 +700,15 @@ def test_sequence_numbers_wrap_on_both_sides(sim, make_net, monkeypatch, loss) -
     net.run(net.now + 2)
     assert conn.snd_una == 200_000 and conn.rcv_nxt == 200_000
     assert (conn.iss + 1 + conn.snd_una) >> 32 and (conn.irs + 1 + conn.rcv_nxt) >> 32
+
+
+def test_unaccepted_connection_expires_after_the_handshake_limit(sim, cfg) -> None:
+    table = EndpointTable(cfg, auto_accept=False, secret=b"h" * 16)
+    net = sim.Net(table)
+    c = sim.SimClient()
+    net.add(c)
+    net.run(1.0)
+    assert len(table) == 1
+    net.run(200.0, lambda: not table.connections)
+    assert not table.connections and 74 < net.now < 76
+    assert net.kinds()[-2:] == ["Reset", "ConnectionGone"] and net.events[-2].reason == "idle"
