@@ -1,8 +1,9 @@
 """``mpproxy bench``: replay traces through the simulator and compare schedulers.
 
 ``mpproxy bench replay`` is built. ``mpproxy bench emulate`` (the same workloads on the
-emulated testbed with the real gateway and node) is not built yet: it needs the gateway
-and node processes, which do not exist yet; it is therefore not offered as a command.
+emulated testbed with the real gateway and node, and the simulator-versus-emulation
+calibration) is not built yet, so it is not offered as a command: it was left for after
+the gateway and node processes, which were only being assembled when the replay landed.
 """
 
 from __future__ import annotations
