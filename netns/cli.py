@@ -52,8 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--outage",
         action="append",
         default=[],
-        metavar="START:END",
-        help="seconds after start with no delivery on every carrier (repeatable)",
+        metavar="[K@]START:END",
+        help="seconds after start with no delivery, on carrier K or on every carrier (repeatable)",
     )
     up.add_argument(
         "--clients", type=int, default=0, help="client addresses (min: one per carrier)"
@@ -94,16 +94,22 @@ def _floats(text: str, what: str) -> list[float]:
         ) from None
 
 
-def _outages(items: list[str]) -> tuple[tuple[float, float], ...]:
+def _outages(items: list[str], carrier: int) -> tuple[tuple[float, float], ...]:
+    """Outages for one carrier from ``[K@]START:END`` items (no ``K@``: every carrier)."""
     out = []
     for item in items:
-        a, sep, b = item.partition(":")
+        target, at, window = item.rpartition("@")
+        a, sep, b = window.partition(":")
         try:
+            if at and int(target) != carrier:
+                continue
             out.append((float(a), float(b)))
         except ValueError:
-            raise UserError(f"--outage takes START:END in seconds (got {item!r})") from None
+            raise UserError(
+                f"--outage takes [CARRIER@]START:END in seconds (got {item!r})"
+            ) from None
         if not sep:
-            raise UserError(f"--outage takes START:END in seconds (got {item!r})")
+            raise UserError(f"--outage takes [CARRIER@]START:END in seconds (got {item!r})")
     return tuple(sorted(out))
 
 
@@ -119,7 +125,7 @@ def spec_from_args(args: argparse.Namespace) -> TestbedSpec:
             delay_ms=delays[k % len(delays)],
             queue_packets=args.queue,
             loss=args.loss,
-            outages=_outages(args.outage),
+            outages=_outages(args.outage, k),
         )
         for k in range(max(n, 0))
     )

@@ -102,6 +102,7 @@ class Emulator:
         self._by_fd: dict[int, tuple[socket.socket, Link, socket.socket]] = {}
         self._cores: list[tuple[str, Link, socket.socket]] = []
         self.send_errors = 0
+        self.recv_errors = 0
         self._fds: list[int] = []
         for c in carriers:
             g, n = _packet_socket(c.gw_if), _packet_socket(c.node_if)
@@ -115,7 +116,7 @@ class Emulator:
 
     def stats(self) -> dict[str, dict[str, int]]:
         out = {name: link.stats.as_dict() for name, link, _ in self._cores}
-        out["_emulator"] = {"send_errors": self.send_errors}
+        out["_emulator"] = {"send_errors": self.send_errors, "recv_errors": self.recv_errors}
         return out
 
     def run(self) -> None:
@@ -145,6 +146,9 @@ class Emulator:
                     try:
                         frame = sock.recv(70000)
                     except BlockingIOError:
+                        break
+                    except OSError:  # e.g. the interface went down: keep serving the others
+                        self.recv_errors += 1
                         break
                     size, segs = wire_size(frame)
                     link.receive(frame, size, clock(), segs)
