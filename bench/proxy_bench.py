@@ -329,34 +329,68 @@ def goodput(bed: ProxyBed, direction: str, nbytes: int, src: str | None = None) 
     return nbytes * 8 / float(secs) / 1e6
 
 
+LTE_TRACES = ("ATT-LTE-driving.down", "TMobile-LTE-short.down", "Verizon-LTE-short.down")
+
+
+def compare(bed: ProxyBed, nbytes: int, cc: str = "bbr") -> dict:
+    """Download ``nbytes`` over each single carrier and kernel MPTCP (proxy stopped), then
+    through the proxy, with the same server program on the same testbed."""
+    from netns import baselines
+
+    out: dict = {}
+    srv = baselines.start_server(bed.tb)
+    try:
+        singles = [
+            baselines.download(bed.tb, k, nbytes=nbytes, cc=cc) for k in range(bed.tb.carriers)
+        ]
+        out["single_mbit"] = [round(r.goodput_mbit, 2) for r in singles]
+        out["best_single_mbit"] = max(out["single_mbit"])
+        mp = baselines.download(bed.tb, None, nbytes=nbytes, cc=cc)
+        out["mptcp_mbit"] = round(mp.goodput_mbit, 2)
+        out["mptcp_subflows"] = mp.subflows
+        bed.start_node()
+        bed.start_gateway()
+        bed.wait_paths(bed.tb.carriers)
+        t0 = time.monotonic()
+        px = baselines.download(bed.tb, 0, nbytes=nbytes, cc=cc)  # captured by the gateway
+        out["proxy_mbit"] = round(px.goodput_mbit, 2)
+        out["offered_mbit"] = round(
+            bed.tb.capacity_bps(list(range(bed.tb.carriers)), t0, px.seconds) / 1e6, 2
+        )
+        st = bed.status()
+        out["proxy_paths_received_mb"] = [
+            round(p["bytes_in"] / 1e6, 1) for p in st["sessions"][0]["paths"]
+        ]
+    finally:
+        srv.terminate()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=float, default=20.0, help="Mbit/s per fixed-rate carrier")
-    ap.add_argument("--bytes", type=int, default=40 << 20, help="bytes per transfer")
-    ap.add_argument("--traces", action="store_true", help="also the bundled LTE traces")
+    ap.add_argument("--bytes", type=int, default=60 << 20, help="bytes per download")
+    ap.add_argument("--cases", default="fixed,lte", help="fixed, lte or both")
     ap.add_argument("--plaintext", action="store_true", help="paths without TLS")
+    ap.add_argument("--policy", default=None, help="scheduler policy (default: configuration)")
     ap.add_argument("--workdir", default="/tmp/mpproxy-bench")
     args = ap.parse_args(argv)
-    from netns import baselines
-
-    cases = [("fixed", tuple(CarrierSpec(f"{args.rate:g}mbit", delay_ms=20) for _ in range(3)))]
-    if args.traces:
-        tdir = ROOT.parent / "shared" / "traces"
-        lte = sorted(tdir.rglob("*LTE*.down")) or sorted(tdir.rglob("*.down"))
-        cases.append(("lte", tuple(CarrierSpec(str(p), delay_ms=20) for p in lte[:3])))
-    for name, carriers in cases:
-        spec = TestbedSpec(carriers=carriers, clients=3)
-        with ProxyBed(spec, Path(args.workdir) / name, plaintext=args.plaintext) as bed:
-            servers = [
-                start_ready(bed, "server", SOURCE, ["0.0.0.0", "5001"]),
-                start_ready(bed, "server", SINK, ["0.0.0.0", "5002"]),
-            ]
-            row = {"case": name}
-            for d in ("down", "up"):
-                row[f"proxy_{d}"] = goodput(bed, d, args.bytes)
-            print(json.dumps(row), flush=True)
-            del servers
-        _ = baselines  # baselines are measured by netns.baselines in the same testbed
+    traces = ROOT.parent / "shared" / "traces" / "mahimahi"
+    cases = {
+        "fixed": tuple(CarrierSpec(f"{args.rate:g}mbit", delay_ms=20) for _ in range(3)),
+        "lte": tuple(CarrierSpec(str(traces / t), delay_ms=20) for t in LTE_TRACES),
+    }
+    print("# bulk download goodput, Mbit/s; same testbed, same server; 2 shared cores: noisy")
+    for name in args.cases.split(","):
+        spec = TestbedSpec(carriers=cases[name], clients=3)
+        with ProxyBed(
+            spec, Path(args.workdir) / name, plaintext=args.plaintext, policy=args.policy,
+            start=False,
+        ) as bed:  # fmt: skip
+            row = {"case": name, "bytes": args.bytes, **compare(bed, args.bytes)}
+        if name == "fixed":
+            row["proxy_share_of_sum"] = round(row["proxy_mbit"] / (3 * args.rate), 3)
+        print(json.dumps(row), flush=True)
     return 0
 
 

@@ -38,6 +38,7 @@ log = logging.getLogger("mpproxy.listener")
 
 OUTER_IF = "mpl-out"
 INNER_IF = "mpl-in"
+NFT_TABLE = "mpproxy_gateway"
 
 
 class ListenerError(CaptureError):
@@ -65,10 +66,11 @@ def _sysctl(key: str, value: str | None = None) -> str | None:
     return value
 
 
-def local_prefixes() -> list[str]:
-    """The prefixes of this namespace's own addresses (flows to them are never proxied)."""
+def local_prefixes(interface: str | None = None) -> list[str]:
+    """The prefixes of this namespace's own IPv4 addresses (of one interface if named)."""
     out = []
-    for link in json.loads(_ip(["-j", "addr", "show"]) or "[]"):
+    args = ["-j", "addr", "show"] + (["dev", interface] if interface else [])
+    for link in json.loads(_ip(args) or "[]"):
         for a in link.get("addr_info", []):
             if a.get("family") == "inet":
                 net = ipaddress.ip_network(f"{a['local']}/{a['prefixlen']}", strict=False)
@@ -94,6 +96,7 @@ class Listener:
         self.made_veth = False
         self.made_route = False
         self.drop = False
+        self.untracked = False
         self.old_forward: str | None = None
         self.old_rp: str | None = None
 
@@ -154,6 +157,7 @@ class Listener:
         self.old_forward = _sysctl("net.ipv4.ip_forward")
         if self.old_forward != "1":
             _sysctl("net.ipv4.ip_forward", "1")
+        self._untrack()
         install_drop(ns, INNER_IF)
         self.drop = True
         log.info(
@@ -163,6 +167,35 @@ class Listener:
             table,
             len(self.rules) - 1,
         )
+
+    def _untrack(self) -> None:
+        """Keep proxied traffic out of the gateway's connection tracking.
+
+        Every captured packet crosses the gateway namespace twice (LAN to listener, and
+        the listener's answers back to the LAN). Tracked, each proxied connection would
+        hold conntrack entries, and a bypassed flow would be tracked on its way into the
+        listener without NAT; when the listener writes it back out, the packet would
+        match that entry and leave a carrier un-NATed. So TCP from the LAN (except the
+        routing-level bypass prefixes) and the listener's answers to the LAN are not
+        tracked; what the listener writes back out toward servers (bypass) is.
+        """
+        lan = [p for p in local_prefixes(self.gw.lan_interface)]
+        keep = self.bypass_rules()
+        skip = f" ip daddr != {{ {', '.join(keep)} }}" if keep else ""
+        answers = (
+            f'    iifname "{OUTER_IF}" ip daddr {{ {", ".join(lan)} }} notrack\n' if lan else ""
+        )
+        ruleset = (
+            f"table inet {NFT_TABLE} {{}}\ndelete table inet {NFT_TABLE}\n"
+            f"table inet {NFT_TABLE} {{\n"
+            f"  chain pre {{ type filter hook prerouting priority raw; policy accept;\n"
+            f'    iifname "{self.gw.lan_interface}" meta l4proto tcp{skip} notrack\n'
+            f"{answers}  }}\n}}\n"
+        )
+        r = subprocess.run(["nft", "-f", "-"], input=ruleset, capture_output=True, text=True)
+        if r.returncode:
+            raise ListenerError(f"nft (gateway namespace): {r.stderr.strip()}")
+        self.untracked = True
 
     def _rule(self, spec: list[str]) -> None:
         _ip(["rule", "add", *spec])
@@ -182,6 +215,9 @@ class Listener:
             except ListenerError:
                 pass
         self.old_forward = None
+        if self.untracked:
+            subprocess.run(["nft", "delete", "table", "inet", NFT_TABLE], capture_output=True)
+            self.untracked = False
         if self.drop:
             remove_drop(self.ns, INNER_IF)
             self.drop = False

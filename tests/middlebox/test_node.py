@@ -361,3 +361,26 @@ def test_status_over_control_socket(pair, echo, tmp_path):
     assert st["role"] == "node" and st["sessions"][0]["gateway"] == "train-1"
     assert len(st["sessions"][0]["paths"]) == 2
     assert "train-1" in control.render(st)
+
+
+def test_download_larger_than_the_buffers_keeps_flowing(pair):
+    # the server only sends: the node must go back to reading it once the gateway's
+    # DATA_ACKs free the mux's send buffer (256 KiB here), without any other event
+    node, gw, _ = pair(buffer_bytes=256 << 10)
+    gw.run_until(lambda: gw.paths_up() == 2)
+    data = os.urandom(3 << 20)
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        c, _ = srv.accept()
+        c.sendall(data)
+        c.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        cid = gw.open(srv.getsockname()[1], b"", shutdown=True)
+        gw.run_until(lambda: not gw.mux.pending(cid), 30)
+        assert bytes(gw.conns[cid]["got"]) == data
+    finally:
+        srv.close()
