@@ -147,7 +147,16 @@ class NsPair:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stats(self) -> dict:
-        time.sleep(0.7)  # the shell rewrites its counters every half second
+        """Counters from a snapshot written after this call (every half second)."""
+        asked = time.time()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                if self.stats_path.stat().st_mtime > asked + 0.05:
+                    break
+            except FileNotFoundError:
+                pass
+            time.sleep(0.05)
         return json.loads(self.stats_path.read_text())
 
     def stop(self) -> dict | None:
