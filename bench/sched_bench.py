@@ -9,12 +9,15 @@ the cost measured is the scheduler's, not contextdb's, whose answers are cached 
 data, interactive first bytes, bulk and reinjections. Each figure is the best of R
 repeats of N decisions (the machine is shared, so the minimum is the least noisy
 statistic); the median is printed too, and a no-op call with the same arguments is
-measured in the same run as the floor of any Python policy.
+measured in the same run as the floor of any Python policy. Last, the cost of one
+``PathEstimator.update`` (closed-form fit, the default degree 2) against degree 3 (the
+general Gaussian elimination, which every degree used before).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -91,6 +94,32 @@ def time_policy(policy, paths, msgs, n: int, repeats: int) -> tuple[float, float
     return min(per_round), statistics.median(per_round)
 
 
+def time_estimator(cfg: SchedulerConfig, n: int, repeats: int) -> float:
+    """Best microseconds per ``PathEstimator.update`` over a varying busy-path series."""
+    samples = [
+        PathSample(
+            rtt=0.05 + 0.001 * (k % 7),
+            rttvar=0.005,
+            delivery_rate=1e6 + 1e4 * (k % 5),
+            loss=0.001 * (k % 3),
+            cwnd=100_000,
+            inflight=50_000,
+            queued=0,
+            up=True,
+            mss=1448,
+        )
+        for k in range(64)
+    ]
+    best = math.inf
+    for _ in range(repeats):
+        est = PathEstimator(0, "a", cfg)
+        t0 = time.perf_counter()
+        for i in range(n):
+            est.update(samples[i & 63], i * 0.2)
+        best = min(best, (time.perf_counter() - t0) / n * 1e6)
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m bench.sched_bench", description=__doc__.split("\n")[0]
@@ -131,6 +160,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<12} {mix:<5} {cells[0]:>18} {cells[1]:>18}")
     verdict = "meets" if ours_3 is not None and ours_3 <= TARGET_US else "MISSES"
     print(f"context, 3 paths, data: {ours_3:.2f} us -> {verdict} the {TARGET_US:.0f} us target")
+    n_est = max(1, args.messages // 4)
+    fast = time_estimator(cfg, n_est, args.repeats)
+    general = time_estimator(SchedulerConfig(ls_degree=3), n_est, args.repeats)
+    print(
+        f"estimator update per sample, best of {args.repeats} x {n_est}: {fast:.1f} us "
+        f"(degree {cfg.ls_degree}, closed form); {general:.1f} us with degree 3 "
+        "(general least squares, the old code path for every degree)"
+    )
     return 0
 
 

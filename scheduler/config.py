@@ -164,6 +164,13 @@ class SchedulerConfig:
         min=0.001,
         max=600.0,
     )
+    loss_decay: float = _opt(
+        5.0,
+        "Time constant (s) with which a path's loss estimate decays towards 0 while no loss "
+        "sample arrives (an idle path: nothing is sent that could measure it).",
+        min=0.01,
+        max=3600.0,
+    )
     ls_samples: int = _opt(
         6, "Samples in the least-squares extrapolation of delay and loss.", min=2, max=64
     )

@@ -92,7 +92,10 @@ class MessageInfo:
 
     ``backlog`` (bytes of the same connection still waiting behind this message) and
     ``window`` (connection-level send window still open at the peer, bytes; None when
-    unknown) are what ECF and BLEST need.
+    unknown) are what ECF and BLEST need. ``avoid`` names the paths that carry or
+    carried this message already (a reinjection, or a copy of a message a path lost):
+    every policy uses them only when no other path is up, since a second copy on the
+    same path shares the fate of the first.
     """
 
     conn_id: int
@@ -103,3 +106,4 @@ class MessageInfo:
     backlog: int = 0
     window: int | None = None
     conn: ConnectionContext | None = field(default=None)
+    avoid: tuple[int, ...] = ()  # path ids the message used already

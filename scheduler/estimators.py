@@ -22,6 +22,7 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 from scheduler.config import SchedulerConfig
 from scheduler.context import CONGESTED, INTERFERED, NORMAL, STABLE, PathContext
@@ -123,17 +124,78 @@ def extrapolate(
     below 0 when every sample is >= 0): a quadratic through six noisy RTTs extrapolated
     ahead must not predict a negative or a tenfold delay.
     """
-    coef, t0 = polyfit(ts, xs, degree)
-    dt = at - t0
-    y = 0.0
-    for c in reversed(coef):
-        y = y * dt + c
+    lo, hi = min(xs), max(xs)
+    if lo == hi:
+        return lo  # a constant series (a loss-free path) fits exactly, at any degree
+    if degree <= 2:
+        y = fit_at(ts, xs, at, degree)
+    else:
+        coef, t0 = polyfit(ts, xs, degree)
+        dt = at - t0
+        y = 0.0
+        for c in reversed(coef):
+            y = y * dt + c
     if clamp > 0.0:
-        lo, hi = min(xs), max(xs)
         lo = lo / clamp if lo >= 0 else lo * clamp
         hi = hi * clamp if hi >= 0 else hi / clamp
         y = min(max(y, lo), hi)
     return y
+
+
+def fit_at(ts: Sequence[float], xs: Sequence[float], at: float, degree: int) -> float:
+    """:func:`polyfit` evaluated at ``at`` for degree <= 2, in closed form.
+
+    The estimator refits six samples per update; Gaussian elimination in Python cost
+    ~100 us per fit. Here one pass gathers the power sums of the centred, scaled times
+    and Cramer's rule solves the 2x2 or 3x3 normal equations (same centring, scaling and
+    degree lowering as :func:`polyfit`, so the results agree to rounding).
+    """
+    n = len(ts)
+    if n == 0 or n != len(xs):
+        raise ValueError("need as many times as values, at least one")
+    q0 = 0.0
+    for x in xs:
+        q0 += x
+    d = min(degree, n - 1)
+    if d <= 0:
+        return q0 / n
+    t0 = 0.0
+    for t in ts:
+        t0 += t
+    t0 /= n
+    span = 0.0
+    for t in ts:
+        a = t - t0 if t >= t0 else t0 - t
+        if a > span:
+            span = a
+    if span == 0.0:
+        return q0 / n
+    s1 = s2 = s3 = s4 = q1 = q2 = 0.0
+    for t, x in zip(ts, xs, strict=True):
+        u = (t - t0) / span
+        u2 = u * u
+        s1 += u
+        s2 += u2
+        s3 += u2 * u
+        s4 += u2 * u2
+        q1 += x * u
+        q2 += x * u2
+    v = (at - t0) / span
+    if d >= 2:
+        m0 = s2 * s4 - s3 * s3
+        m1 = s1 * s4 - s3 * s2
+        m2 = s1 * s3 - s2 * s2
+        det = n * m0 - s1 * m1 + s2 * m2
+        if abs(det) > 1e-12:
+            c0 = (q0 * m0 - s1 * (q1 * s4 - s3 * q2) + s2 * (q1 * s3 - s2 * q2)) / det
+            c1 = (n * (q1 * s4 - q2 * s3) - q0 * m1 + s2 * (s1 * q2 - q1 * s2)) / det
+            c2 = (n * (s2 * q2 - q1 * s3) - s1 * (s1 * q2 - q1 * s2) + q0 * m2) / det
+            return c0 + v * (c1 + v * c2)
+    det = n * s2 - s1 * s1
+    if abs(det) > 1e-12:
+        c1 = (n * q1 - s1 * q0) / det
+        return (q0 - c1 * s1) / n + c1 * v
+    return q0 / n
 
 
 def classify(
@@ -229,12 +291,21 @@ class PathSample:
         )
 
 
+_CONTEXT_FIELDS = attrgetter(*PathContext.__slots__)
+
+
 class PathEstimator:
     """Short-term estimator of one path: raw samples in, :class:`PathContext` out.
 
     Keeps time-windowed EWMAs of RTT, delivery rate and loss, the last ``ls_samples``
     delays and losses for the least-squares extrapolation and jitter, and the minimum
     RTT over the last max(10 s, 10 EWMA windows) as the uncongested baseline.
+
+    Loss is only measured while a path carries data. An idle path's loss therefore
+    comes from :meth:`probe` (an answered PROBE is a loss-free sample) and, between
+    samples, decays towards 0 with the time constant ``loss_decay``: otherwise a path
+    that lost packets once (an outage) would look lossy for ever, since nothing is sent
+    on it that could correct the estimate.
     """
 
     def __init__(self, path_id: int, carrier: str = "", config: SchedulerConfig | None = None):
@@ -250,6 +321,8 @@ class PathEstimator:
         self._loss_x: deque[float] = deque(maxlen=n)
         self._min_rtt: deque[tuple[float, float]] = deque()  # (time, rtt), increasing rtt
         self._counters: tuple[int, int] | None = None
+        # (time, loss_rate, loss_pred, loss_var) at the last loss sample: what decays.
+        self._loss_at: tuple[float, float, float | None, float | None] | None = None
 
     def context(self) -> PathContext:
         """The current context (a fresh object per update; do not mutate it)."""
@@ -258,10 +331,19 @@ class PathEstimator:
     def set_up(self, up: bool, now: float) -> PathContext:
         return self.update(PathSample(up=up), now)
 
+    def probe(self, rtt: float, now: float, idle: bool = True) -> PathContext:
+        """An application PROBE came back after ``rtt`` seconds.
+
+        It is a delay sample (an idle path's TCP_INFO RTT is stale) and, when the path
+        carries no data (``idle``), a loss-free loss sample: the probe got through, and
+        nothing else measures loss there. On a busy path the kernel's counters measure
+        loss, so ``idle=False`` adds the delay only.
+        """
+        return self.update(PathSample(probe_rtt=rtt, loss=0.0 if idle else None), now)
+
     def update(self, sample: PathSample, now: float) -> PathContext:
         """Fold in one sample taken at ``now``; returns the new context."""
-        old = self._ctx
-        ctx = PathContext(**{name: getattr(old, name) for name in PathContext.__slots__})
+        ctx = PathContext(*_CONTEXT_FIELDS(self._ctx))
         ctx.updated = now
         if sample.up is not None:
             ctx.up = sample.up
@@ -286,7 +368,7 @@ class PathEstimator:
             ctx.loss_rate = self._loss.update(loss, now)
             self._loss_t.append(now)
             self._loss_x.append(loss)
-        self._derive(ctx, now)
+        self._derive(ctx, now, loss is not None)
         self._ctx = ctx
         return ctx
 
@@ -312,23 +394,32 @@ class PathEstimator:
         while window[0][0] < now - horizon:
             window.popleft()
 
-    def _derive(self, ctx: PathContext, now: float) -> None:
+    def _derive(self, ctx: PathContext, now: float, loss_sampled: bool) -> None:
         cfg = self.cfg
         # Seed 003 extrapolates to "the next moment", one retransmission timeout ahead;
         # ls_horizon = 0 does that, a positive value fixes the horizon.
         at = now + (cfg.ls_horizon or (ctx.rto if ctx.rto is not None else cfg.rto_min))
-        if self._rtt_x:
-            xs = self._rtt_x
+        xs = self._rtt_x
+        n = len(xs)
+        if n:
             ctx.rtt_pred = extrapolate(self._rtt_t, xs, at, cfg.ls_degree, cfg.ls_clamp)
-            ctx.rtt_jitter = variance(xs) if len(xs) > 1 else None
+            mean = sum(xs) / n
+            ctx.rtt_jitter = sum((x - mean) * (x - mean) for x in xs) / n if n > 1 else None
             ctx.min_rtt = self._min_rtt[0][1]
-        if self._loss_x:
-            xs = self._loss_x
-            pred = extrapolate(self._loss_t, xs, at, cfg.ls_degree, cfg.ls_clamp)
+        if loss_sampled:
+            lx = self._loss_x
+            pred = extrapolate(self._loss_t, lx, at, cfg.ls_degree, cfg.ls_clamp)
             ctx.loss_pred = min(max(pred, 0.0), 1.0)
-            ctx.loss_var = variance(xs) if len(xs) > 1 else None
+            ctx.loss_var = variance(lx) if len(lx) > 1 else None
+            self._loss_at = (now, ctx.loss_rate, ctx.loss_pred, ctx.loss_var)
+        elif self._loss_at is not None and now > self._loss_at[0]:
+            # No loss sample: decay from the values at the last one (not compounding).
+            t, rate, pred, var = self._loss_at
+            k = math.exp(-(now - t) / cfg.loss_decay)
+            ctx.loss_rate = rate * k
+            ctx.loss_pred = pred * k if pred is not None else None
+            ctx.loss_var = var * k * k if var is not None else None
         if ctx.rtt_pred is not None and ctx.min_rtt is not None:
-            mean = sum(self._rtt_x) / len(self._rtt_x)
             loss = ctx.loss_pred if ctx.loss_pred is not None else ctx.loss_rate
             ctx.state = classify(ctx.rtt_pred, ctx.min_rtt, mean, ctx.rtt_jitter or 0.0, loss, cfg)
             base = ctx.srtt + 4.0 * ctx.rttvar

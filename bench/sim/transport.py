@@ -23,7 +23,8 @@ defaults (``wire.message_size``, ``wire.max_payload``, ``node.buffer_bytes``,
   wins; later copies are duplicates); DATA_ACKs return on the path the data came in on;
 * a message without a DATA_ACK after max(``stall_min``, 3 x (srtt + 4 rttvar)) of its
   path (doubling per try) is reinjected: offered to the policy as a ``reinjection``
-  message over the paths it has not used yet;
+  message whose ``avoid`` names the paths it has used (policies use those only when no
+  other path is up);
 * a path with data unacknowledged for ``user_timeout`` is dropped (the kernel's
   TCP_USER_TIMEOUT); what it carried is reinjected; it reconnects when its carrier works
   again (``reconnect_initial`` later, one handshake round trip);
@@ -411,12 +412,15 @@ class Transport:
         return 1 if left > 0 else 0
 
     def _reinject(self, conn: Conn, msg: Msg, now: float) -> int:
-        fresh = [c for c in self.ctxs if c.path_id not in msg.paths and c.up]
-        cands = fresh if fresh else self.ctxs
         info = MessageInfo(
-            conn.id, msg.size, REINJECTION, offset=msg.seq - conn.base, conn=conn.ctx
+            conn.id,
+            msg.size,
+            REINJECTION,
+            offset=msg.seq - conn.base,
+            conn=conn.ctx,
+            avoid=tuple(msg.paths),
         )
-        ids, ready = self._usable(self.policy.decide(info, cands, now))
+        ids, ready = self._usable(self.policy.decide(info, self.ctxs, now))
         if not ready:
             return -1
         conn.rtx.popleft()

@@ -5,7 +5,8 @@
 long-term predictions), so a decision depends on the sequence of calls; the same
 sequence of inputs always gives the same sequence of decisions. Rules every policy
 keeps (property tests check them): never name a path that is down; never return an
-empty tuple while some path is up; return each path id at most once.
+empty tuple while some path is up; return each path id at most once; name a path in
+``message.avoid`` only when no other path is up.
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ class Policy(Protocol):
     def decide(
         self, message: MessageInfo, paths: Sequence[PathContext], now: float
     ) -> tuple[int, ...]: ...
+
+
+def offered(message: MessageInfo, paths: Sequence[PathContext]) -> Sequence[PathContext]:
+    """The paths a policy may choose from: those not in ``message.avoid``, unless that
+    leaves no path up (then all of them: another copy on a used path beats none)."""
+    avoid = message.avoid
+    if not avoid:
+        return paths
+    fresh = [p for p in paths if p.path_id not in avoid]
+    return fresh if any(p.up for p in fresh) else paths
 
 
 def has_room(p: PathContext) -> bool:

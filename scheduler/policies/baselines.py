@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from scheduler.config import SchedulerConfig
 from scheduler.context import MessageInfo, PathContext
-from scheduler.policies.base import fastest, has_room
+from scheduler.policies.base import fastest, has_room, offered
 
 
 class _Baseline:
@@ -35,6 +35,7 @@ class MinRtt(_Baseline):
     def decide(
         self, message: MessageInfo, paths: Sequence[PathContext], now: float
     ) -> tuple[int, ...]:
+        paths = offered(message, paths)
         p = fastest(paths, room=True) or fastest(paths, room=False)
         return (p.path_id,) if p is not None else ()
 
@@ -55,6 +56,7 @@ class RoundRobin(_Baseline):
     def decide(
         self, message: MessageInfo, paths: Sequence[PathContext], now: float
     ) -> tuple[int, ...]:
+        paths = offered(message, paths)
         after = lowest = None
         last = self._last
         for p in paths:
@@ -80,6 +82,7 @@ class Redundant(_Baseline):
     def decide(
         self, message: MessageInfo, paths: Sequence[PathContext], now: float
     ) -> tuple[int, ...]:
+        paths = offered(message, paths)
         return tuple(sorted(p.path_id for p in paths if p.up))
 
 
@@ -114,6 +117,7 @@ class Ecf(_Baseline):
     def decide(
         self, message: MessageInfo, paths: Sequence[PathContext], now: float
     ) -> tuple[int, ...]:
+        paths = offered(message, paths)
         f, s = _fast_and_slow(paths)
         if f is None:
             return ()
@@ -154,6 +158,7 @@ class Blest(_Baseline):
     def decide(
         self, message: MessageInfo, paths: Sequence[PathContext], now: float
     ) -> tuple[int, ...]:
+        paths = offered(message, paths)
         f, s = _fast_and_slow(paths)
         if f is None:
             return ()

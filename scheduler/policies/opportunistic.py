@@ -162,8 +162,10 @@ class ContextPolicy:
         floor = cfg.loss_floor
         threshold = cfg.disconnect_threshold
         queue_delay = cfg.queue_delay
-        cands = []
-        risky = []
+        avoid = message.avoid
+        mss_default = cfg.mss
+        entries = []
+        tier_min = 8
         for p in paths:
             if not p.up:
                 continue
@@ -176,20 +178,37 @@ class ContextPolicy:
                 loss = 1.0
             if p_disc > 0.0:
                 loss = 1.0 - (1.0 - loss) * (1.0 - p_disc)
-            drain = bw if bw * rtt > (p.mss or cfg.mss) else (p.mss or cfg.mss) / rtt
+            mss = p.mss or mss_default
+            cwnd = p.cwnd
+            if bw <= 0.0:
+                # Never measured (TCP_INFO reports no rate before data flows): a prior of
+                # one window per RTT, so an unused path is tried rather than ranked last.
+                bw = (cwnd if cwnd > 0 else 10 * mss) / rtt
+            drain = bw if bw * rtt > mss else mss / rtt
+            # Bytes ahead of this message: what waits in the socket, and when the
+            # window is full, what must be acknowledged before the message may leave.
+            ahead = p.queued + size
+            room = True
+            if cwnd > 0:
+                over = p.inflight + p.queued - cwnd
+                if over >= 0:
+                    room = False
+                    ahead += over
             f = 1.0 / rtt + a * bw
             if queue_delay:
-                f *= rtt / (rtt + (p.queued + size) / drain)
+                f *= rtt / (rtt + ahead / drain)
             u = (1.0 - loss) * f
-            entry = (u, -p.path_id, loss, p.queued, drain)
-            if p_disc > 0.0 and p_disc >= threshold:
-                risky.append(entry)
-            else:
-                cands.append(entry)
-        if not cands:
-            if not risky:
-                return ()
-            cands = risky
+            # Tiers, best first: paths that can send now, then full ones; paths predicted
+            # to disconnect after every other; paths the message used after all others.
+            tier = (0 if room else 1) + (2 if p_disc > 0.0 and p_disc >= threshold else 0)
+            if avoid and p.path_id in avoid:
+                tier += 4
+            if tier < tier_min:
+                tier_min = tier
+            entries.append((tier, u, -p.path_id, loss, p.queued, drain))
+        if not entries:
+            return ()
+        cands = [e[1:] for e in entries if e[0] == tier_min]
         cands.sort(reverse=True)
         client = message.conn.client if message.conn is not None else ""
         if cls == "bulk" and client:

@@ -128,3 +128,17 @@ def test_blest_uses_slow_path_when_the_window_is_large():
     assert pol.decide(MessageInfo(1, 1000, window=10**6), blest_paths(), 0) == (0,)
     # an unknown window never blocks
     assert get("blest").decide(MessageInfo(1, 1000), blest_paths(), 0) == (1,)
+
+
+def test_every_baseline_avoids_paths_the_message_used():
+    paths = [p(0, 0.02), p(1, 0.05), p(2, 0.03)]
+    m = MessageInfo(1, 1000, kind="reinjection", avoid=(0,))
+    for name in ("minrtt", "ecf", "blest"):
+        assert get(name).decide(m, paths, 0) == (2,), name
+    assert get("redundant").decide(m, paths, 0) == (1, 2)
+    rr = get("roundrobin")
+    assert [rr.decide(m, paths, 0)[0] for _ in range(3)] == [1, 2, 1]
+    # only used paths are up: they are offered again
+    paths[1].up = paths[2].up = False
+    for name in ("minrtt", "ecf", "blest", "redundant", "roundrobin"):
+        assert get(name).decide(m, paths, 0) == (0,), name

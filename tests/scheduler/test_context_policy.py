@@ -54,6 +54,62 @@ def test_queued_bytes_make_extra_copies_unaffordable():
     assert pol.decide(MessageInfo(1, 10_000, kind=REINJECTION), paths, 0.0) == (2,)
 
 
+def test_zero_f_gives_the_best_path_among_those_that_can_send():
+    # Path 2 (u = 42.75) has a full window: the best path with room, 1 (29.4), is chosen.
+    pol = ContextPolicy(HAND)
+    paths = three_paths()
+    paths[2].cwnd, paths[2].inflight = 100_000, 100_000
+    assert pol.decide(MessageInfo(1, 10_000), paths, 0.0) == (1,)
+    # Every window full: the best by utility again (queue_delay is off in HAND, so the
+    # bytes ahead of the message do not count).
+    for q in paths:
+        q.cwnd, q.inflight = 100_000, 150_000
+    assert pol.decide(MessageInfo(1, 10_000), paths, 0.0) == (2,)
+    # An unknown window (cwnd 0) counts as room.
+    paths[0].cwnd = 0
+    assert pol.decide(MessageInfo(1, 10_000), paths, 0.0) == (0,)
+
+
+def test_full_window_counts_the_overshoot_as_bytes_ahead():
+    # Default config, both windows full. A: 50 ms, 1 MB/s, 400 kB beyond its window:
+    # f = (20 + 10) * 0.05 / (0.05 + 410e3 / 1e6) = 3.26. B: 100 ms, 1 MB/s, window
+    # exactly full: f = (10 + 10) * 0.1 / (0.1 + 10e3 / 1e6) = 18.2. B wins, although
+    # A has the lower RTT (min-RTT would queue on A).
+    paths = [
+        PathContext(0, "A", srtt=0.05, delivery_rate=1e6, cwnd=100_000, inflight=500_000),
+        PathContext(1, "B", srtt=0.1, delivery_rate=1e6, cwnd=100_000, inflight=100_000),
+    ]
+    assert ContextPolicy(SchedulerConfig()).decide(MessageInfo(1, 10_000), paths, 0.0) == (1,)
+    assert get("minrtt").decide(MessageInfo(1, 10_000), paths, 0.0) == (0,)
+
+
+def test_unmeasured_path_gets_a_window_per_rtt_prior():
+    # Path 1 never carried data (rate 0): prior 60 kB / 50 ms = 1.2 MB/s, so
+    # u = 0.99 * (20 + 12) = 31.7 beats path 0's 0.99 * (20 + 10) = 29.7.
+    # Without the prior path 1 would rank at 0.99 * 20 and never be tried.
+    paths = [
+        PathContext(0, "a", srtt=0.05, delivery_rate=1e6, loss_rate=0.01, cwnd=60_000),
+        PathContext(1, "b", srtt=0.05, delivery_rate=0.0, loss_rate=0.01, cwnd=60_000),
+    ]
+    assert ContextPolicy(HAND).decide(MessageInfo(1, 10_000), paths, 0.0) == (1,)
+    paths[1].cwnd = 40_000  # prior 0.8 MB/s: u = 0.99 * 28 < 29.7
+    assert ContextPolicy(HAND).decide(MessageInfo(1, 10_000), paths, 0.0) == (0,)
+
+
+def test_reinjection_avoids_the_paths_the_message_used():
+    pol = ContextPolicy(HAND)  # f_reinjection 1e5
+    m = MessageInfo(1, 10_000, kind=REINJECTION, avoid=(2,))
+    # Without 2: S = {1}; adding 0 gains 1e5 * 0.02 * 0.99 = 1980 > b * 60e3 / 1e6 = 60.
+    assert pol.decide(m, three_paths(), 0.0) == (1, 0)
+    # Every up path used already: they are all offered again (better than nothing).
+    m = MessageInfo(1, 10_000, kind=REINJECTION, avoid=(0, 1, 2))
+    assert pol.decide(m, three_paths(), 0.0) == (2, 1, 0)
+    paths = three_paths()
+    paths[0].up = paths[1].up = False
+    m = MessageInfo(1, 10_000, kind=REINJECTION, avoid=(2,))
+    assert pol.decide(m, paths, 0.0) == (2,)
+
+
 def test_control_and_high_priority_use_their_f():
     cfg = SchedulerConfig(**{**HAND.__dict__, "f_control": 1000.0, "f_high": 1000.0})
     pol = ContextPolicy(cfg)

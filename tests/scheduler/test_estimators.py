@@ -11,6 +11,7 @@ from scheduler.estimators import (
     adjust_rto,
     classify,
     extrapolate,
+    fit_at,
     polyfit,
     variance,
 )
@@ -154,7 +155,43 @@ def test_estimator_from_tcp_info_counters():
     assert ctx.loss_rate == pytest.approx(0.03)  # 3 retransmissions in 100 segments
     assert ctx.queued == 0
     ctx = est.update(tcp_info(0, 10, 0), 1.2)  # counters reset (new socket): no sample
-    assert ctx.loss_rate == pytest.approx(0.03)
+    # no sample for 0.1 s: the estimate decays by exp(-0.1 / loss_decay), nothing else
+    assert ctx.loss_rate == pytest.approx(0.03 * math.exp(-0.1 / 5.0))
+
+
+def test_loss_decays_without_samples_and_probes_count_as_loss_free():
+    est = PathEstimator(0, "a", SchedulerConfig(loss_decay=2.0))
+    est.update(PathSample(rtt=0.05, loss=0.0), 0.0)
+    hit = est.update(PathSample(rtt=0.05, loss=0.4), 1.0)  # gain 1 - e^-1
+    assert hit.loss_rate == pytest.approx(0.4 * (1 - math.exp(-1.0)))
+    # An outage, then nothing is sent: 4 s later (two time constants) the estimate has
+    # decayed by e^-2, from the value at the last sample (not compounded per update).
+    est.update(PathSample(up=True), 3.0)
+    idle = est.update(PathSample(up=True), 5.0)
+    assert idle.loss_rate == pytest.approx(hit.loss_rate * math.exp(-2.0))
+    assert idle.loss_pred == pytest.approx(hit.loss_pred * math.exp(-2.0))
+    # A PROBE answered on the idle path: an RTT sample and a loss-free loss sample.
+    prev = est.context()
+    probed = est.probe(0.08, 6.0)
+    assert probed.probe_rtt == 0.08 and probed.srtt > prev.srtt
+    g = 1 - math.exp(-5.0 / 1.0)  # EWMA gain over the 5 s since the last loss sample
+    assert probed.loss_rate == pytest.approx(hit.loss_rate * (1 - g))
+    # On a busy path a probe adds the delay only: the loss estimate just decays.
+    busy = est.probe(0.07, 7.0, idle=False)
+    assert busy.loss_rate == pytest.approx(probed.loss_rate * math.exp(-1.0 / 2.0))
+
+
+def test_closed_form_fit_agrees_with_the_general_least_squares():
+    ts = [0.0, 0.13, 0.2, 0.41, 0.5, 0.77]
+    xs = [0.05, 0.061, 0.058, 0.07, 0.069, 0.09]
+    for degree in (0, 1, 2):
+        coef, t0 = polyfit(ts, xs, degree)
+        want = sum(c * (0.9 - t0) ** k for k, c in enumerate(coef))
+        assert fit_at(ts, xs, 0.9, degree) == pytest.approx(want, rel=1e-9)
+    # coinciding times lower the degree the same way: two distinct times give the line
+    # through (1, mean 2) and (2, 5), which reaches 8 at t = 3
+    assert fit_at([1.0, 1.0, 2.0], [1.0, 3.0, 5.0], 3.0, 2) == pytest.approx(8.0)
+    assert fit_at([1.0, 1.0], [1.0, 3.0], 3.0, 2) == pytest.approx(2.0)
 
 
 def test_estimator_up_down_and_fresh_objects():

@@ -59,6 +59,7 @@ msg_st = st.builds(
     backlog=st.integers(0, 10**8),
     window=st.none() | st.integers(0, 10**8),
     conn=conn_st,
+    avoid=st.lists(st.integers(0, 15), max_size=4).map(tuple),
 )
 pred_st = st.builds(
     LongTermPrediction,
@@ -88,12 +89,14 @@ def run(name, steps, preds):
 def test_policy_rules(steps, preds):
     for name in names():
         decisions = run(name, steps, preds)
-        for (_, paths), chosen in zip(steps, decisions, strict=True):
+        for (msg, paths), chosen in zip(steps, decisions, strict=True):
             up = {p.path_id for p in paths if p.up}
             assert set(chosen) <= up, (name, chosen, up)
             assert len(set(chosen)) == len(chosen), (name, chosen)
             if up:
                 assert chosen, (name, paths)
+            if up - set(msg.avoid):  # a path the message did not use is up: never reuse
+                assert not set(chosen) & set(msg.avoid), (name, chosen, msg.avoid)
         # deterministic: a fresh policy on the same sequence decides the same
         assert run(name, steps, preds) == decisions, name
 
