@@ -124,6 +124,7 @@ class SchedulerPolicy:
             REINJECTION if retransmit else DATA,
             offset=info.seq,
             conn=conn,
+            avoid=info.avoid,
         )
         try:
             ids = self.policy.decide(msg, ctxs, now)
