@@ -60,6 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     up.add_argument("--time-scale", type=float, default=1.0, help="replay traces slower (>1)")
     up.add_argument("--rate-scale", type=float, default=1.0, help="multiply trace rates")
+    up.add_argument(
+        "--no-offloads",
+        action="store_true",
+        help="turn TSO/GSO/GRO/checksum offload off on the carrier links (one frame per packet)",
+    )
     up.add_argument("--id", help="testbed id (default: derived from the process id)")
     up.set_defaults(func=cmd_up)
     down = tsub.add_parser("down", help="remove a testbed (or all recorded ones)")
@@ -134,6 +139,7 @@ def spec_from_args(args: argparse.Namespace) -> TestbedSpec:
         clients=args.clients,
         time_scale=args.time_scale,
         rate_scale=args.rate_scale,
+        offloads=not args.no_offloads,
     )
 
 

@@ -98,6 +98,40 @@ def sysctl(name: str, settings: dict[str, str | int]) -> None:
         netns.popns()
 
 
+OFFLOAD_FEATURES = (
+    "tx-checksum-ip-generic",
+    "tx-tcp-segmentation",
+    "tx-tcp-ecn-segmentation",
+    "tx-tcp-mangleid-segmentation",
+    "tx-tcp6-segmentation",
+    "tx-generic-segmentation",
+    "tx-udp-segmentation",
+    "rx-gro",
+)
+
+
+def disable_offloads(name: str, ifname: str) -> None:
+    """``ethtool -K ifname tx off tso off gso off gro off`` inside namespace ``name``.
+
+    The kernel then hands the device one MTU-sized, fully checksummed packet at a time.
+    """
+    from pyroute2.ethtool import Ethtool
+
+    netns.pushns(name)
+    try:
+        tool = Ethtool()
+    finally:
+        netns.popns()
+    try:
+        features = tool.get_features(ifname)
+        for key in OFFLOAD_FEATURES:
+            if key in features.features:
+                features.features[key].enable = False
+        tool.set_features(ifname, features)
+    finally:
+        tool.close()
+
+
 def run(name: str, argv: list[str], input: str | None = None, check: bool = True) -> str:
     """Run a command inside namespace ``name``; a failure raises TestbedError with its stderr."""
     proc = subprocess.run(

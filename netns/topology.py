@@ -94,7 +94,12 @@ class CarrierSpec:
 
 @dataclass(frozen=True)
 class TestbedSpec:
-    """A whole testbed. ``clients``: client addresses (at least one per carrier)."""
+    """A whole testbed. ``clients``: client addresses (at least one per carrier).
+
+    ``offloads=False`` turns TSO/GSO/GRO and checksum offload off on the carrier
+    interfaces of gateway and node, so the emulator sees one frame per packet (more
+    per-packet work, per-packet loss); see docs/testbed.md for what each costs.
+    """
 
     __test__ = False
 
@@ -103,6 +108,7 @@ class TestbedSpec:
     time_scale: float = 1.0
     rate_scale: float = 1.0
     seed: int = 0
+    offloads: bool = True
 
     def validate(self) -> None:
         """Refuse impossible parameters with one clear message."""
@@ -272,6 +278,10 @@ class Testbed:
             plumbing.veth(ns["gateway"], f"car{k}", ns["emulator"], f"g{k}")
             plumbing.veth(ns["emulator"], f"n{k}", ns["node"], f"car{k}")
         plumbing.veth(ns["node"], "srv0", ns["server"], "up0")
+        if not self.spec.offloads:
+            for k in range(k_count):
+                plumbing.disable_offloads(ns["gateway"], f"car{k}")
+                plumbing.disable_offloads(ns["node"], f"car{k}")
 
         with plumbing.ns(ns["client"]) as ipr:
             cl0 = plumbing.index(ipr, "cl0")

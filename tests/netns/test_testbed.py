@@ -150,6 +150,21 @@ def test_real_time_rate_and_queue_through_namespaces(state_dir):
     assert stats["received"] == stats["delivered"] + stats["dropped_queue"]
 
 
+@pytest.mark.parametrize("offloads", [True, False])
+def test_offloads_on_and_off_both_keep_the_rate(state_dir, offloads):
+    rate = 40e6
+    spec = TestbedSpec(carriers=(CarrierSpec("40mbit", delay_ms=5),), offloads=offloads)
+    with Testbed(spec, tid=tid(), state_dir=state_dir) as tb:
+        baselines.start_server(tb)
+        r = baselines.download(tb, 0, seconds=4, cc="bbr")
+        st = tb.emulator_stats()["carrier0/down"]
+    assert r.goodput_mbit * 1e6 == pytest.approx(rate * TCP_PAYLOAD_SHARE, rel=0.10)
+    if offloads:
+        assert st["delivered"] > 1.3 * st["delivered_frames"]  # GSO frames pass whole
+    else:
+        assert st["delivered"] == st["delivered_frames"]  # one frame per packet
+
+
 def test_added_delay_and_outage_in_real_time(state_dir):
     delay = 15.0
     spec = TestbedSpec(
