@@ -85,7 +85,10 @@ class CarrierWindowSource:
     """Adapts ``predict(carrier, cell, rsrp_window, now)`` to :class:`LongTermSource`.
 
     Keeps the latest cell id and RSRP window per carrier from ``observe``; a carrier
-    with no observation yet (or no cell id) gets no prediction.
+    with no observation yet (or no cell id) gets no prediction. Once
+    ``observe_throughput`` has reported what a carrier delivered in its last second, it
+    is passed on as ``recent_dl_bps=`` (contextdb then matches on it too, which is what
+    makes its prediction beat repeating the last value; docs/contextdb.md).
     """
 
     def __init__(
@@ -93,12 +96,20 @@ class CarrierWindowSource:
     ):
         self._predict = predict
         self._latest: dict[str, CarrierContext] = {}
+        self._recent_bps: dict[str, float] = {}
 
     def observe(self, ctx: CarrierContext) -> None:
         self._latest[ctx.carrier] = ctx
+
+    def observe_throughput(self, carrier: str, bps: float) -> None:
+        """Bits the carrier delivered in its last full second, per second."""
+        self._recent_bps[carrier] = bps
 
     def predict(self, carrier: str, now: float) -> PredictionLike | None:
         ctx = self._latest.get(carrier)
         if ctx is None or not ctx.cell_id:
             return None
-        return self._predict(carrier, ctx.cell_id, ctx.rsrp_window, now)
+        recent = self._recent_bps.get(carrier)
+        if recent is None:
+            return self._predict(carrier, ctx.cell_id, ctx.rsrp_window, now)
+        return self._predict(carrier, ctx.cell_id, ctx.rsrp_window, now, recent_dl_bps=recent)

@@ -257,6 +257,11 @@ def test_predictions_plug_into_the_schedulers_long_term_source():
     for name in LongTermPrediction.__dataclass_fields__:
         value = getattr(p, name)
         assert isinstance(value, float) and not math.isnan(value), name
+    # once the carrier's last-second throughput is known, it goes into the match
+    source.observe_throughput("A", 5e6)
+    q = source.predict("A", 3.0)
+    assert q == db.predict("A", "c1", [-80.0] * 5, 3.0, recent_dl_bps=5e6)
+    assert q != db.predict("A", "c1", [-80.0] * 5, 3.0)
 
 
 def _second_writer(path: str, rounds: int, offset: int, started) -> None:
@@ -345,3 +350,16 @@ def _content(db: ContextDB) -> dict:
             sorted((e.t, e.gap, e.kind, e.cell_to) for e in entry.events),
         )
     return out
+
+
+def test_recent_throughput_query():
+    db = ContextDB(MemoryStore(), ContextDBConfig(k=8))
+    db.ingest(two_regimes())
+    plain = db.predict("A", "c1", [-80.0] * 5)
+    assert db.predict("A", "c1", [-80.0] * 5, recent_dl_bps=math.nan) == plain
+    p = db.predict("A", "c1", [-80.0] * 5, recent_dl_bps=50e6)
+    assert p.throughput_mean == pytest.approx(50e6)  # median of what followed
+    # confidence counts the RSRP part of the distance only: a throughput unlike any
+    # stored one still finds the same signal within the threshold
+    odd = db.predict("A", "c1", [-80.0] * 5, recent_dl_bps=500e6)
+    assert odd.confidence == 1.0 and odd.nearest_distance > 100

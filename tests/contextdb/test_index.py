@@ -1,10 +1,12 @@
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contextdb import index as index_mod
-from contextdb.index import CellIndex
+from contextdb.index import CellIndex, throughput_coord
 from contextdb.windows import Windows
 
 
@@ -88,3 +90,44 @@ def test_bulk_add_defers_the_rebuild(monkeypatch):
     idx.settle()
     assert rebuilds == [1] and len(idx) == len(x)
     check(idx, x, x[7].astype(np.float64), 16)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 400), st.integers(1, 30), st.integers(0, 2**32 - 1), st.integers(0, 200))
+def test_nearest_with_the_throughput_coordinate_is_exact(n, k, seed, tail):
+    """Matching on RSRP and the last second's throughput (some unknown) is exact too, and
+    a query without a throughput ignores that coordinate, in the partition and the tail."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-100, -80, size=(n + tail, 4)).astype(np.float32)
+    last = rng.lognormal(np.log(20e6), 1.0, n + tail)
+    last[rng.random(n + tail) < 0.1] = np.nan
+    scale = 30.0
+    coord = throughput_coord(last, scale)
+    old = index_mod.BRUTE_MAX, index_mod.TAIL_MAX, index_mod.LEAF
+    index_mod.BRUTE_MAX, index_mod.TAIL_MAX, index_mod.LEAF = 2, 1000, 3
+    try:
+        idx = CellIndex(4, scale)
+        w = make_windows(x)
+        w.last = last
+        idx.add(w.take(np.arange(n)))
+        idx._merge()
+        idx.add(w.take(np.arange(n, n + tail)))
+        q = rng.normal(-90, 8, 4)
+        recent = float(rng.lognormal(np.log(20e6), 1.0))
+        kk = min(k, n + tail)
+        full = np.column_stack([x, coord])
+        qf = np.append(q, throughput_coord(recent, scale))
+        dist, perf = idx.nearest(q, kk, recent)
+        assert np.allclose(dist, brute(full, qf, kk), atol=1e-3)
+        rows = perf["thr"].astype(int)
+        assert np.allclose(perf["coord"], coord[rows])
+        assert np.allclose(np.sqrt(((full[rows] - qf) ** 2).sum(axis=1)), dist, atol=1e-3)
+        check(idx, x, q, kk)  # without a throughput: RSRP only
+    finally:
+        index_mod.BRUTE_MAX, index_mod.TAIL_MAX, index_mod.LEAF = old
+
+
+def test_throughput_coordinate():
+    c = throughput_coord([0.0, 1e6 * (math.e - 1), np.nan, -5.0], 100.0)
+    assert c[0] == 0.0 and c[1] == pytest.approx(100.0)
+    assert c[2] == index_mod.MISSING and c[3] == 0.0
