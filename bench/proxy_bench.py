@@ -299,6 +299,31 @@ print(int(ans[0]), time.monotonic() - t0)
 """
 
 
+UPLOAD_FOR = r"""
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=120)
+start = time.monotonic(); end = start + float(sys.argv[3]); block = b"u" * (1 << 18)
+while time.monotonic() < end:
+    c.send(block)
+c.shutdown(socket.SHUT_WR)
+n = int(c.recv(200).split()[0])
+print(n, time.monotonic() - start, start)
+"""
+
+
+def upload_for(bed: ProxyBed, seconds: float):
+    """Upload to the SINK on port 5002 for ``seconds``; a :class:`netns.baselines.Result`
+    whose time runs until the sink confirmed every byte."""
+    from netns.baselines import Result
+
+    argv = [sys.executable, "-c", UPLOAD_FOR, SERVER, "5002", str(seconds)]
+    r = bed.run("client", argv, timeout=seconds + 120)
+    if r.returncode:
+        raise RuntimeError(f"upload failed: {r.stderr.decode()[-2000:]}")
+    n, secs, start = r.stdout.split()
+    return Result("upload", int(n), float(secs), None, float(start))
+
+
 def start_ready(bed: ProxyBed, role: str, program: str, args: list[str]) -> subprocess.Popen:
     p = bed.tb.popen(role, [sys.executable, "-c", program, *args], stdout=subprocess.PIPE,
                      stderr=subprocess.PIPE, cwd=ROOT)  # fmt: skip
@@ -332,47 +357,45 @@ def goodput(bed: ProxyBed, direction: str, nbytes: int, src: str | None = None) 
 LTE_TRACES = ("ATT-LTE-driving.down", "TMobile-LTE-short.down", "Verizon-LTE-short.down")
 
 
-def compare(bed: ProxyBed, nbytes: int, cc: str = "bbr") -> dict:
-    """Download ``nbytes`` over each single carrier and kernel MPTCP (proxy stopped), then
-    through the proxy, with the same server program on the same testbed."""
+def measure(spec: TestbedSpec, workdir: Path, row: int | str | None, seconds: float,
+            cc: str = "bbr", **bed_kw) -> dict:  # fmt: skip
+    """One timed download on a fresh testbed (so every row sees the traces from their
+    start): over carrier ``row`` alone, over kernel MPTCP (``None``) or through the proxy
+    (``"proxy"``; node and gateway started, the same client and server programs)."""
     from netns import baselines
 
-    out: dict = {}
-    srv = baselines.start_server(bed.tb)
-    try:
-        singles = [
-            baselines.download(bed.tb, k, nbytes=nbytes, cc=cc) for k in range(bed.tb.carriers)
-        ]
-        out["single_mbit"] = [round(r.goodput_mbit, 2) for r in singles]
-        out["best_single_mbit"] = max(out["single_mbit"])
-        mp = baselines.download(bed.tb, None, nbytes=nbytes, cc=cc)
-        out["mptcp_mbit"] = round(mp.goodput_mbit, 2)
-        out["mptcp_subflows"] = mp.subflows
-        bed.start_node()
-        bed.start_gateway()
-        bed.wait_paths(bed.tb.carriers)
-        t0 = time.monotonic()
-        px = baselines.download(bed.tb, 0, nbytes=nbytes, cc=cc)  # captured by the gateway
-        out["proxy_mbit"] = round(px.goodput_mbit, 2)
-        out["offered_mbit"] = round(
-            bed.tb.capacity_bps(list(range(bed.tb.carriers)), t0, px.seconds) / 1e6, 2
-        )
-        st = bed.status()
-        out["proxy_paths_received_mb"] = [
-            round(p["bytes_in"] / 1e6, 1) for p in st["sessions"][0]["paths"]
-        ]
-    finally:
-        srv.terminate()
+    proxy = row == "proxy"
+    with ProxyBed(spec, workdir, start=proxy, **bed_kw) as bed:
+        srv = baselines.start_server(bed.tb)
+        try:
+            r = baselines.download(bed.tb, 0 if proxy else row, seconds=seconds, cc=cc)
+        finally:
+            srv.terminate()
+        used = [row] if isinstance(row, int) else list(range(bed.tb.carriers))
+        offered = bed.tb.capacity_bps(used, r.start, r.seconds) / 1e6
+        out = {
+            "goodput_mbit": round(r.goodput_mbit, 2),
+            "offered_mbit": round(offered, 2),
+            "share": round(r.goodput_mbit / offered, 3) if offered else None,
+            "started_s": round(r.start - (bed.tb.trace_start or r.start), 2),
+        }
+        if proxy:
+            st = bed.status()["sessions"][0]
+            out["paths_received_mb"] = [round(p["bytes_in"] / 1e6, 1) for p in st["paths"]]
+            out["stall_retransmits"] = st["counters"]["stall_retransmits"]
+        elif row is None:
+            out["subflows"] = r.subflows
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=float, default=20.0, help="Mbit/s per fixed-rate carrier")
-    ap.add_argument("--bytes", type=int, default=60 << 20, help="bytes per download")
+    ap.add_argument("--seconds", type=float, default=12.0, help="length of each download")
     ap.add_argument("--cases", default="fixed,lte", help="fixed, lte or both")
     ap.add_argument("--plaintext", action="store_true", help="paths without TLS")
     ap.add_argument("--policy", default=None, help="scheduler policy (default: configuration)")
+    ap.add_argument("--cc", default="bbr", help="server congestion control of every row")
     ap.add_argument("--workdir", default="/tmp/mpproxy-bench")
     args = ap.parse_args(argv)
     traces = ROOT.parent / "shared" / "traces" / "mahimahi"
@@ -380,17 +403,33 @@ def main(argv: list[str] | None = None) -> int:
         "fixed": tuple(CarrierSpec(f"{args.rate:g}mbit", delay_ms=20) for _ in range(3)),
         "lte": tuple(CarrierSpec(str(traces / t), delay_ms=20) for t in LTE_TRACES),
     }
-    print("# bulk download goodput, Mbit/s; same testbed, same server; 2 shared cores: noisy")
+    print(
+        f"# {args.seconds:g} s downloads, server cc {args.cc}, one fresh testbed per row; "
+        "goodput and what the traces offered in the same seconds (Mbit/s). "
+        "2 shared cores: noisy"
+    )
+    kw = {"plaintext": args.plaintext, "policy": args.policy}
     for name in args.cases.split(","):
         spec = TestbedSpec(carriers=cases[name], clients=3)
-        with ProxyBed(
-            spec, Path(args.workdir) / name, plaintext=args.plaintext, policy=args.policy,
-            start=False,
-        ) as bed:  # fmt: skip
-            row = {"case": name, "bytes": args.bytes, **compare(bed, args.bytes)}
+        rows: list[tuple[str, int | str | None]] = [(f"carrier{k}", k) for k in range(3)]
+        rows += [("mptcp", None), ("proxy", "proxy")]
+        result: dict = {"case": name}
+        for label, row in rows:
+            d = Path(args.workdir) / name / label
+            result[label] = measure(spec, d, row, args.seconds, args.cc, **kw)
+            print(json.dumps({"case": name, "row": label, **result[label]}), flush=True)
+        best = max(result[f"carrier{k}"]["goodput_mbit"] for k in range(3))
+        summary = {
+            "case": name,
+            "proxy_mbit": result["proxy"]["goodput_mbit"],
+            "mptcp_mbit": result["mptcp"]["goodput_mbit"],
+            "best_single_mbit": best,
+        }
         if name == "fixed":
-            row["proxy_share_of_sum"] = round(row["proxy_mbit"] / (3 * args.rate), 3)
-        print(json.dumps(row), flush=True)
+            summary["proxy_share_of_sum_of_rates"] = round(
+                result["proxy"]["goodput_mbit"] / (3 * args.rate), 3
+            )
+        print(json.dumps(summary), flush=True)
     return 0
 
 

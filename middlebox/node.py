@@ -44,6 +44,7 @@ from middlebox.mux import (
 )
 from middlebox.pathconn import HELLO, UP, PathConn, PathError, forget, pump_mux, set_interest
 from middlebox.pathsock import PathOptions, configure
+from middlebox.schedpolicy import SchedulerPolicy
 from middlebox.tls import PeerAuthError, check_gateway_id, node_context
 
 log = logging.getLogger("mpproxy.node")
@@ -106,10 +107,13 @@ class Relay:
 class Session:
     """The paths and connections of one gateway run."""
 
-    def __init__(self, gateway_id: str, session: int, params: MuxParams, now: float) -> None:
+    def __init__(
+        self, gateway_id: str, session: int, params: MuxParams, now: float, policy
+    ) -> None:
         self.gateway_id = gateway_id
         self.session = session
-        self.mux = Mux("node", params)
+        self.policy = policy
+        self.mux = Mux("node", params, policy)
         self.paths: dict[int, PathConn] = {}
         self.names: dict[int, str] = {}
         self.relays: dict[int, Relay] = {}
@@ -216,6 +220,7 @@ class Node:
                     info = pc.tcp_info()
                     if info is not None and info.srtt_us:
                         sess.mux.update_path(pid, srtt=info.srtt, rttvar=info.rttvar)
+                    sess.policy.sample(pid, sess.names.get(pid, ""), info, now)
 
     # -- paths ----------------------------------------------------------------------------
 
@@ -293,7 +298,8 @@ class Node:
             sess = None
         if sess is None:
             params = MuxParams.from_config(self.cfg, "node", msg.max_payload)
-            sess = Session(msg.gateway_id, msg.session, params, now)
+            policy = SchedulerPolicy(self.cfg.scheduler, lowat=self.cfg.paths.notsent_lowat)
+            sess = Session(msg.gateway_id, msg.session, params, now, policy)
             self.sessions[msg.gateway_id] = sess
         pid = sess.next_path_id
         sess.next_path_id += 1
@@ -367,6 +373,7 @@ class Node:
         pc.close(reason)
         sess.paths.pop(pid, None)
         sess.mux.remove_path(pid, now)
+        sess.policy.path_down(pid, now)
 
     # -- connections ----------------------------------------------------------------------
 
