@@ -56,6 +56,13 @@ class SchedulerConfig:
         min=0.0,
         max=1.0,
     )
+    a_bulk: float = _opt(
+        0.0,
+        "a used for bulk messages (past bulk_bytes; 0: rank paths by delay only, which "
+        "keeps a bulk flow's bytes arriving in order while every window is kept full).",
+        min=0.0,
+        max=1.0,
+    )
     b: float = _opt(
         1e4,
         "b: cost of an extra copy per second of path time it occupies "
@@ -95,7 +102,8 @@ class SchedulerConfig:
     queue_delay: bool = _opt(
         True,
         "Discount f by RTT / (RTT + (queued + size) / BW): a path with bytes waiting is "
-        "worth less, so load spreads once the best path's queue builds up.",
+        "worth less, so load spreads once the best path's queue builds up. Not applied "
+        "to bulk messages.",
     )
     # -- connection classes -----------------------------------------------------------------
     interactive_ports: list[int] = _opt(

@@ -30,8 +30,9 @@ defaults (``wire.message_size``, ``wire.max_payload``, ``node.buffer_bytes``,
   again (``reconnect_initial`` later, one handshake round trip);
 * no path up for ``lost_timeout``: every connection is reset (the workload may resume).
 
-Not modelled: OPEN/FIN/RST messages themselves (a request takes one one-way delay of the
-fastest path up; a flow ends when its last byte is delivered), the uplink's capacity
+Not modelled: OPEN/FIN/RST messages themselves (a request is decided by the policy as a
+``control`` message and takes one one-way delay of the first of the chosen paths to get
+through, waiting out an outage; a flow ends when its last byte is delivered), the uplink's capacity
 (requests and DATA_ACKs take the one-way delay, held while their carrier is out), and
 TCP's RTO backoff after an outage (the path resumes as soon as its carrier does).
 """
@@ -51,9 +52,18 @@ from middlebox.config import Config
 from middlebox.mux import INITIAL_WINDOW, MESSAGE_OVERHEAD, SWS_MIN
 from middlebox.wire import max_data_payload
 from scheduler.config import SchedulerConfig
-from scheduler.context import DATA, REINJECTION, ConnectionContext, MessageInfo, PathContext
+from scheduler.context import (
+    CONTROL,
+    DATA,
+    REINJECTION,
+    ConnectionContext,
+    MessageInfo,
+    PathContext,
+)
 from scheduler.estimators import PathEstimator, PathSample
 from scheduler.policies.base import Policy
+
+REQUEST_SIZE = 64  # bytes the policy is told an OPEN message takes (a small control message)
 
 
 @dataclass(frozen=True)
@@ -298,15 +308,25 @@ class Transport:
         conn.total = base + total
         conn.target = self.p.message_size
         self.conns[cid] = conn
-        up = [p for p in self.paths if p.up]
+        up = [self.paths[i] for i in self._request_paths(conn, now)]
         if up:
-            fastest = min(up, key=lambda p: (p.srtt, p.id))
-            link = fastest.link
-            start = link.after_outage(now) + link.delay + self.p.server_delay
+            # the request (OPEN) goes on the paths the policy names for a control
+            # message; the first copy to get through starts the server
+            start = min(p.link.after_outage(now) + p.link.delay for p in up)
+            start += self.p.server_delay
         else:
             start = now + self.p.server_delay  # held at the gateway until a path is up
         self.engine.at(start, self._start, conn)
         return conn
+
+    def _request_paths(self, conn: Conn, now: float) -> list[int]:
+        """The up paths the policy chooses for the connection's OPEN (a control message;
+        the live cwnd, inflight and queued bytes as before a data decision)."""
+        for p in self.paths:
+            c = p.ctx
+            c.up, c.cwnd, c.inflight, c.queued = p.up, p.cc.cwnd, p.inflight, p.queued
+        info = MessageInfo(conn.id, REQUEST_SIZE, CONTROL, conn=conn.ctx)
+        return [i for i in self.policy.decide(info, self.ctxs, now) if self.paths[i].up]
 
     def _start(self, now: float, conn: Conn) -> None:
         if conn.closed:

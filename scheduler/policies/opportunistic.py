@@ -146,9 +146,9 @@ class ContextPolicy:
             if m.offset < cfg.interactive_bytes and conn.dst_port in self._ports:
                 return "interactive", cfg.f_interactive, cfg.a_interactive
             if conn.bytes_so_far >= cfg.bulk_bytes:
-                return "bulk", cfg.f_bulk, cfg.a
+                return "bulk", cfg.f_bulk, cfg.a_bulk
         if m.offset >= cfg.bulk_bytes:
-            return "bulk", cfg.f_bulk, cfg.a
+            return "bulk", cfg.f_bulk, cfg.a_bulk
         return "data", cfg.f_data, cfg.a
 
     # -- the decision ------------------------------------------------------------------------
@@ -161,7 +161,9 @@ class ContextPolicy:
         size = message.size
         floor = cfg.loss_floor
         threshold = cfg.disconnect_threshold
-        queue_delay = cfg.queue_delay
+        # A bulk message's own delay does not matter, the order of arrival does: it skips
+        # the drain-time discount (see docs/scheduler.md, "why bulk ranks by delay").
+        queue_delay = cfg.queue_delay and cls != "bulk"
         avoid = message.avoid
         mss_default = cfg.mss
         entries = []
@@ -199,8 +201,12 @@ class ContextPolicy:
                 f *= rtt / (rtt + ahead / drain)
             u = (1.0 - loss) * f
             # Tiers, best first: paths that can send now, then full ones; paths predicted
-            # to disconnect after every other; paths the message used after all others.
-            tier = (0 if room else 1) + (2 if p_disc > 0.0 and p_disc >= threshold else 0)
+            # to disconnect after every other (except for bulk, whose bytes a dying path
+            # strands at most until reinjection, while setting it aside for the whole
+            # look-ahead wastes its capacity); paths the message used after all others.
+            tier = 0 if room else 1
+            if p_disc > 0.0 and p_disc >= threshold and cls != "bulk":
+                tier += 2
             if avoid and p.path_id in avoid:
                 tier += 4
             if tier < tier_min:

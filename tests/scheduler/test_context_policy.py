@@ -161,6 +161,13 @@ def test_path_predicted_to_disconnect_is_avoided_before_the_event():
     during = [pol.decide(m, paths, 10.3 + t / 10) for t in range(0, 46)]
     assert set(during) == {(1,)}
     assert all(p.up for p in paths)
+    # Path 1's window is full: ordinary data queues there rather than go on the risky
+    # path; bulk data takes the risky path's room (a dying path strands its bytes only
+    # until they are reinjected; setting it aside for the whole look-ahead wastes it).
+    paths[1].cwnd, paths[1].inflight = 50_000, 60_000
+    assert pol.decide(m, paths, 12.0) == (1,)
+    bulk = ConnectionContext(2, client="x", bytes_so_far=5 << 20)
+    assert pol.decide(MessageInfo(2, 16_384, offset=5 << 20, conn=bulk), paths, 12.0) == (0,)
     # If nothing else is up, a risky path is still better than nothing.
     paths[1].up = False
     assert pol.decide(m, paths, 12.0) == (0,)
@@ -218,8 +225,13 @@ def test_interactive_first_bytes_favour_low_delay_and_may_be_duplicated():
     assert first[0] == 0
     # gain 1e4 * 0.01 * 0.99 = 99 > cost 1e4 * (16384 + 0) / 1e7 = 16.4: a copy on H
     assert first == (0, 1)
-    later = pol.decide(MessageInfo(7, 16_384, offset=1 << 20, conn=web), paths, 0.0)
+    # Past the first 128 KiB it is ordinary data (a = 1e-5, drain-time discount):
+    # L: 60 * 0.02 / (0.02 + 16384 / 1e6) = 33, H: 112.5 * 0.08 / 0.0816 = 110: H.
+    later = pol.decide(MessageInfo(7, 16_384, offset=200_000, conn=web), paths, 0.0)
     assert later == (1,)
+    # Past bulk_bytes it is bulk: a_bulk = 0 and no discount rank by delay alone: L.
+    bulk = pol.decide(MessageInfo(7, 16_384, offset=1 << 20, conn=web), paths, 0.0)
+    assert bulk == (0,)
     other_port = ConnectionContext(8, client="p1", dst_port=22)
     assert pol.decide(MessageInfo(8, 16_384, conn=other_port), paths, 0.0) == (1,)
 
@@ -241,7 +253,9 @@ def test_light_load_connections_share_the_single_best_path():
 def fairness_run(cfg, steps=3000):
     """Two bulk clients, each offering four 13750-byte messages every 10 ms (11 MB/s in
     all); A's always come first. Paths: fast 10 MB/s at 20 ms, slow 2 MB/s at 60 ms; the
-    queues drain at those rates. Returns bytes each client got on the fast path."""
+    queues drain at those rates, and a path is full once its queue reaches two
+    bandwidth-delay products (400 kB, 240 kB). Returns bytes each client got on the fast
+    path."""
     pol = get("context", cfg)
     rates = {0: 10e6, 1: 2e6}
     queued = {0: 0.0, 1: 0.0}
@@ -258,8 +272,12 @@ def fairness_run(cfg, steps=3000):
         for name in ("A", "B"):
             for _ in range(4):
                 paths = [
-                    PathContext(0, "f", srtt=0.02, delivery_rate=10e6, queued=int(queued[0])),
-                    PathContext(1, "s", srtt=0.06, delivery_rate=2e6, queued=int(queued[1])),
+                    PathContext(
+                        0, "f", srtt=0.02, delivery_rate=10e6, cwnd=400_000, queued=int(queued[0])
+                    ),
+                    PathContext(
+                        1, "s", srtt=0.06, delivery_rate=2e6, cwnd=240_000, queued=int(queued[1])
+                    ),
                 ]
                 m = MessageInfo(conns[name].conn_id, 13_750, conn=conns[name])
                 (pid,) = pol.decide(m, paths, now)
