@@ -76,6 +76,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument(
         "--rsrp", required=True, help="recent RSRP, comma-separated dBm, oldest first: -90,-91,..."
     )
+    q.add_argument(
+        "--recent-mbit",
+        type=float,
+        default=None,
+        metavar="MBIT_S",
+        help="what the carrier delivered in its last second, Mbit/s: matched too (better "
+        "predictions); without it the match is on RSRP alone",
+    )
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=_guard(cmd_query))
 
@@ -220,7 +228,12 @@ def cmd_query(args: argparse.Namespace) -> int:
         w = db.cfg.window_s
         if len(rsrp) < w:
             raise UserError(f"--rsrp: need at least {w} values (the window length)")
-        p = db.predict(args.carrier, args.cell, rsrp)
+        recent = args.recent_mbit
+        if recent is not None and not (recent >= 0 and math.isfinite(recent)):
+            raise UserError(f"--recent-mbit: must be a finite number >= 0, not {recent}")
+        p = db.predict(
+            args.carrier, args.cell, rsrp, recent_dl_bps=None if recent is None else recent * 1e6
+        )
     finally:
         db.store.close()
     if args.json:
@@ -240,7 +253,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     print(f"  loss        {p.loss_mean * 100:.2f} % (sd {math.sqrt(p.loss_var) * 100:.2f})")
     print(
         f"  confidence  {p.confidence:.2f} ({p.n_neighbors} neighbours, "
-        f"nearest at distance {p.nearest_distance:.1f} dB)"
+        f"nearest at distance {p.nearest_distance:.1f})"
     )
     print(f"  disconnect  p={p.p_disconnect:.2f}, expected gap {p.expected_gap:.1f} s")
     return 0

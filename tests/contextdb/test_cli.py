@@ -39,6 +39,9 @@ def test_import_query_stats(capsys, tmp_path, csv_dir):
     assert code == 0 and p["cell"] == "12" and 10e6 < p["throughput_mean"] < 20e6
     code, out, _ = run(capsys, *query, "--cell", "12")
     assert code == 0 and "confidence" in out and "Mbit/s" in out
+    code, out, _ = run(capsys, *query, "--cell", "12", "--recent-mbit", "15", "--json")
+    with_recent = json.loads(out)
+    assert code == 0 and with_recent["nearest_distance"] > p["nearest_distance"]
     code, out, _ = run(capsys, *query, "--cell", "77")
     assert code == 0 and out.startswith("no prediction")
 
@@ -48,6 +51,18 @@ def test_import_query_stats(capsys, tmp_path, csv_dir):
     [
         (["query", "--carrier", "B", "--cell", "1", "--rsrp=-90,x"], "--rsrp"),
         (["query", "--carrier", "B", "--cell", "1", "--rsrp=-90,-91"], "at least 5 values"),
+        (
+            [
+                "query",
+                "--carrier",
+                "B",
+                "--cell",
+                "1",
+                "--rsrp=-90,-91,-92,-93,-94",
+                "--recent-mbit=-1",
+            ],
+            "--recent-mbit",
+        ),
         (["stats"], "no such context database"),
         (["import", "nowhere.csv"], "no such file"),
     ],
