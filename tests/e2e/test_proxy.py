@@ -330,7 +330,14 @@ def test_sigterm_removes_rules_and_namespace(tmp_path):
     with ProxyBed(spec(carriers=1, clients=1), tmp_path) as b:
         ns = b.listener_ns
         assert os.path.exists(f"/var/run/netns/{ns}")
+        http, _ = serve_blob(b, 1000)
+        client = b.tb.popen("client", [sys.executable, "-c", EXPECT_RESET, SERVER, "8080"],
+                            stdout=subprocess.PIPE)  # fmt: skip
+        time.sleep(1.0)  # connected through the proxy, waiting for an answer
         assert b.stop_gateway() == 0
+        out, _ = client.communicate(timeout=30)
+        http.terminate()
+        assert out.split()[0] == b"reset"  # the client's connection was reset, not left
         assert not os.path.exists(f"/var/run/netns/{ns}")
         rules = b.run("gateway", ["ip", "rule"]).stdout.decode()
         assert "lookup 210" not in rules and "iif lan0" not in rules
@@ -360,3 +367,26 @@ def test_emulator_outage_mid_transfer_loses_nothing(tmp_path):
         moved = st["counters"]["stall_retransmits"] + st["paths"][1]["failures"]
         node = b.status("node")["sessions"][0]["counters"]
         assert moved + node["stall_retransmits"] > 0  # the outage was felt and worked around
+
+
+def test_iperf3_both_directions_through_the_proxy(bed):
+    import json
+
+    srv = bed.server(["iperf3", "-s", "-p", "5201", "-1"], stdout=subprocess.DEVNULL)
+    time.sleep(0.5)
+    try:
+        r = bed.run("client", ["iperf3", "-c", SERVER, "-p", "5201", "-t", "3", "-J"])
+        assert r.returncode == 0, r.stdout.decode()[-2000:]
+        up = json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
+    finally:
+        srv.wait(10)
+    srv = bed.server(["iperf3", "-s", "-p", "5201", "-1"], stdout=subprocess.DEVNULL)
+    time.sleep(0.5)
+    try:
+        r = bed.run("client", ["iperf3", "-c", SERVER, "-p", "5201", "-t", "3", "-R", "-J"])
+        assert r.returncode == 0, r.stdout.decode()[-2000:]
+        down = json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e6
+    finally:
+        srv.wait(10)
+    print(f"iperf3 through the proxy: up {up:.1f} Mbit/s, down {down:.1f} Mbit/s")
+    assert up > 20 and down > 20  # three 20 Mbit/s carriers: more than any one of them
