@@ -32,6 +32,9 @@ THR_VAR_FLOOR = 1e3**2  # (1 kbit/s)^2
 RTT_VAR_FLOOR = 1e-3**2  # (1 ms)^2
 LOSS_VAR_FLOOR = 1e-4
 PRIOR_WEIGHT = 64.0
+# Neighbours weigh 1 / (distance + WEIGHT_DISTANCE) in the throughput median: nearer ones
+# count more, but none dominates (chosen on the December drives and the rail routes).
+WEIGHT_DISTANCE = 10.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,13 @@ def _mean_var(values: np.ndarray, floor: float) -> tuple[float, float]:
     mean = float(np.add.reduce(v)) / n
     var = float(np.add.reduce((v - mean) ** 2)) / (n - 1) if n > 1 else 0.0
     return mean, max(var, floor)
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The smallest value at which the cumulative weight reaches half the total."""
+    order = np.argsort(values, kind="stable")
+    cum = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cum, 0.5 * cum[-1])])
 
 
 class ContextDB:
@@ -253,7 +263,7 @@ class ContextDB:
         if recent is not None:
             # The median, not the mean: a few neighbours followed by a burst or a stall
             # pull the mean far off; on the drives the median has the smaller error.
-            thr_mean = float(np.median(perf["thr"]))
+            thr_mean = weighted_median(perf["thr"], 1.0 / (dist + WEIGHT_DISTANCE))
             # confidence counts RSRP distance only: the throughput term is not a match
             # of the signal, and it would put nearly every neighbour past the threshold
             extra = perf["coord"] - throughput_coord(recent, self.cfg.throughput_match_db)

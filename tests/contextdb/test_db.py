@@ -363,3 +363,12 @@ def test_recent_throughput_query():
     # stored one still finds the same signal within the threshold
     odd = db.predict("A", "c1", [-80.0] * 5, recent_dl_bps=500e6)
     assert odd.confidence == 1.0 and odd.nearest_distance > 100
+
+
+def test_weighted_median():
+    from contextdb.db import weighted_median
+
+    v = np.array([3.0, 1.0, 2.0])
+    assert weighted_median(v, np.ones(3)) == 2.0
+    assert weighted_median(v, np.array([1.0, 10.0, 1.0])) == 1.0  # the heavy one wins
+    assert weighted_median(v, np.array([5.0, 1.0, 1.0])) == 3.0
