@@ -254,6 +254,13 @@ class Node:
 
     def _path_ready(self, pc: PathConn, mask: int, now: float) -> None:
         try:
+            self._path_io(pc, mask, now)
+        except Exception as e:  # one bad path must never stop the node
+            log.exception("path %s: unexpected error", pc.label)
+            self._path_failed(pc, PathError(f"internal error: {e!r}"), now)
+
+    def _path_io(self, pc: PathConn, mask: int, now: float) -> None:
+        try:
             msgs = pc.handle(mask, now)
         except PathError as e:
             self._path_failed(pc, e, now)
@@ -284,7 +291,7 @@ class Node:
         if self.ctx is not None:
             try:
                 check_gateway_id(pc.sock, msg.gateway_id)  # type: ignore[arg-type]
-            except PeerAuthError as e:
+            except (PeerAuthError, ValueError) as e:  # ValueError: no finished handshake
                 self._refuse_path(pc, str(e), wire.CloseReason.AUTH_FAILED)
                 return
         sess = self.sessions.get(msg.gateway_id)

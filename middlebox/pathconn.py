@@ -167,8 +167,8 @@ class PathConn:
                 break
             except ssl.SSLError as e:
                 raise PathError(f"TLS error: {e.reason or e}") from None
-            except OSError as e:
-                raise PathError(f"read failed: {e.strerror or e}") from None
+            except (OSError, ValueError) as e:  # ValueError: ssl before its handshake
+                raise PathError(f"read failed: {e}") from None
             if not chunk:
                 try:
                     dec.eof()

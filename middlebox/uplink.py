@@ -198,6 +198,13 @@ class Uplink:
         set_interest(self.sel, pc.fd, pc.interest(), lambda m, t, s=s: self._ready(s, m, t))
 
     def _ready(self, s: Slot, mask: int, now: float) -> None:
+        try:
+            self._io(s, mask, now)
+        except Exception as e:  # one bad path must never stop the gateway
+            log.exception("path %s: unexpected error", s.name)
+            self._fail(s, PathError(f"internal error: {e!r}"), now)
+
+    def _io(self, s: Slot, mask: int, now: float) -> None:
         pc = s.pc
         if pc is None:
             return

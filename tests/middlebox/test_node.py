@@ -96,8 +96,10 @@ class NodeThread:
     def _run(self):
         try:
             self.node.run(self.stop.is_set)
-        except Exception as e:  # reported by close()
-            self.error = e
+        except Exception:  # reported by close()
+            import traceback
+
+            self.error = traceback.format_exc()
         finally:
             self.node.shutdown()
 
@@ -384,3 +386,68 @@ def test_download_larger_than_the_buffers_keeps_flowing(pair):
         assert bytes(gw.conns[cid]["got"]) == data
     finally:
         srv.close()
+
+
+def test_peers_without_a_certificate_or_without_tls_are_refused(certs, tmp_path):
+    import ssl
+
+    node_cfg, _ = configs(certs, tmp_path)
+    n = NodeThread(node_cfg)
+    try:
+        host, port = node_cfg.node.listen.split(":")
+        d, _ = certs
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # trusts the node, shows no certificate
+        ctx.load_verify_locations(str(d / "ca.pem"))
+        with socket.create_connection((host, int(port)), timeout=5) as raw:
+            with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+                s = ctx.wrap_socket(raw, server_hostname=host)
+                s.sendall(wire.encode(wire.Hello("train-1", 1, "c0", "lte")))
+                assert s.recv(100) == b""  # the node closes without a HELLO_ACK
+                raise ConnectionError("closed")
+        with socket.create_connection((host, int(port)), timeout=5) as s:  # plaintext HELLO
+            s.sendall(wire.encode(wire.Hello("train-1", 1, "c0", "lte")))
+            try:
+                assert wire.HelloAck not in map(type, wire.decode_all(s.recv(4096), 1 << 20))
+            except (ConnectionError, wire.ProtocolError):
+                pass
+        end = time.monotonic() + 5
+        while n.node.counters["paths_refused"] < 2 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert n.node.counters["paths_refused"] >= 2 and n.node.sessions == {}
+    finally:
+        n.close()
+
+
+def test_one_node_serves_several_gateways(certs, tmp_path, echo):
+    node_cfg, gw1_cfg = configs(certs, tmp_path)
+    gw2_cfg = dataclasses.replace(
+        gw1_cfg,
+        gateway=dataclasses.replace(gw1_cfg.gateway, id="train-2"),
+        tls=dataclasses.replace(
+            gw1_cfg.tls,
+            cert=gw1_cfg.tls.cert.replace("train-1", "train-2"),
+            key=gw1_cfg.tls.key.replace("train-1", "train-2"),
+        ),
+    )
+    n = NodeThread(node_cfg)
+    gws = [Gateway(gw1_cfg), Gateway(gw2_cfg)]
+    try:
+        data = [os.urandom(1 << 20), os.urandom(1 << 20)]
+        cids = []
+        for g in gws:
+            g.run_until(lambda g=g: g.paths_up() == 2)
+        for g, d in zip(gws, data, strict=True):
+            cids.append(g.open(echo.port, d))
+        end = time.monotonic() + 30
+        while any(g.mux.pending(c) for g, c in zip(gws, cids, strict=True)):
+            assert time.monotonic() < end
+            for g in gws:
+                g.step(0.005)
+        for g, c, d in zip(gws, cids, data, strict=True):
+            assert bytes(g.conns[c]["got"]) == d
+        sessions = n.node.status()["sessions"]
+        assert sorted(s["gateway"] for s in sessions) == ["train-1", "train-2"]
+    finally:
+        for g in gws:
+            g.close()
+        n.close()
