@@ -42,7 +42,9 @@ class Prediction:
     """What a carrier will likely deliver over the next ``lookahead_s`` seconds.
 
     Units: bit/s, seconds, fraction 0..1. ``confidence`` is N/K: of the K nearest stored
-    windows, the share within the match threshold. When no neighbour measured RTT or
+    windows, the share whose RSRP is within the match threshold. ``throughput_mean`` is
+    the neighbours' distance-weighted median when the query gave the recent throughput
+    (their mean otherwise); the name stays for the scheduler. When no neighbour measured RTT or
     loss (the logs ping only every ~13 s), that metric's variance is ``inf`` (weight 0
     in an inverse-variance fusion) and its mean 0.0, a placeholder to ignore; never
     ``nan``, which would poison a fused estimate.

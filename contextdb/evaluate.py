@@ -5,7 +5,8 @@ predictions of that throughput are scored by mean absolute error:
 
 - ``contextdb``: the K-nearest-neighbour prediction as the scheduler gets it when it
   passes the carrier's last-second throughput (windows of the same carrier and cell in
-  the training runs, matched on RSRP and that throughput; median of what followed);
+  the training runs, matched on RSRP and that throughput; distance-weighted median of
+  what followed);
 - ``rsrp only``: the same query without the recent throughput (matched on RSRP alone,
   mean of what followed): what the database predicts for a caller that cannot give it;
 - ``last value``: the throughput of the window's last second;
