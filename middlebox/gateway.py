@@ -44,6 +44,7 @@ from middlebox.tcp.connection import ConnectionError_
 from middlebox.tcp.constants import ACK, RST, SEQ_MASK
 from middlebox.tcp.endpoint import EndpointTable
 from middlebox.tcp.packet import Segment
+from middlebox.tls import gateway_context
 from middlebox.uplink import Uplink
 
 log = logging.getLogger("mpproxy.gateway")
@@ -307,6 +308,8 @@ class Gateway:
         self.table = EndpointTable(cfg.tcp, buffer_room=cfg.gateway.buffer_bytes)
         self.classifier = Classifier(self.table, self.flows)
         self.policy = SchedulerPolicy(cfg.scheduler, lowat=cfg.paths.notsent_lowat)
+        Uplink.check(cfg)  # configuration errors before anything is created
+        gateway_context(cfg.tls)
         self.listener.setup()
         try:
             self.shell = CaptureShell(

@@ -72,8 +72,7 @@ class Uplink:
         session: int | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        if not cfg.gateway.carriers:
-            raise UserError("gateway.carriers: at least one [[gateway.carriers]] table is needed")
+        self.check(cfg)
         self.cfg = cfg
         self.sel = sel
         self.clock = clock
@@ -101,6 +100,12 @@ class Uplink:
         self.paths: dict[int, PathConn] = {}  # the slots that are up
         self._last_info = -1.0
         self.counters = {"dials": 0, "path_failures": 0, "path_ups": 0}
+
+    @staticmethod
+    def check(cfg: Config) -> None:
+        """Refuse a configuration the uplink cannot run (before anything is created)."""
+        if not cfg.gateway.carriers:
+            raise UserError("gateway.carriers: at least one [[gateway.carriers]] table is needed")
 
     # -- timers and polling ---------------------------------------------------------------
 
