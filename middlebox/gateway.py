@@ -170,8 +170,7 @@ class Bridge:
             reason = wire.RstReason.CLIENT_RESET if e.reason == "peer" else wire.RstReason.TIMEOUT  # type: ignore[attr-defined]
             self.mux.abort(link.cid, reason, now)
         elif t is ev.ConnectionGone:
-            self._forget(link)
-            self.flows.set_state(link.key, State.CLOSED, now)
+            self._forget(link, now)
             if self.mux.pending(link.cid):
                 self.mux.abort(link.cid, wire.RstReason.CLIENT_RESET, now)
 
@@ -239,7 +238,8 @@ class Bridge:
                 link.fin_sent = True
                 conn.close()
 
-    def _forget(self, link: Link) -> None:
+    def _forget(self, link: Link, now: float) -> None:
+        self.flows.set_state(link.key, State.CLOSED, now)  # short timeout from now on
         self.links.pop(link.cid, None)
         self.by_conn.pop(link.conn, None)
         self.blocked.discard(link.cid)
@@ -266,11 +266,11 @@ class Bridge:
             elif t is OpenFailed:
                 self.counters["open_failed"] += 1
                 log.info("open failed %s", kv(conn=link.cid, reason=e.reason.name))  # type: ignore[attr-defined]
-                self._forget(link)
+                self._forget(link, now)
                 link.conn.abort()
             elif t is Reset:
                 self.counters["node_resets"] += 1
-                self._forget(link)
+                self._forget(link, now)
                 link.conn.abort()
             elif t in (Opened, Closed):
                 pass
