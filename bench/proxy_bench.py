@@ -258,46 +258,6 @@ while True:
     c.sendall(f"{n} {h.hexdigest()}\n".encode()); c.close()
 """
 
-SOURCE = r"""
-import socket, sys, threading
-s = socket.create_server((sys.argv[1], int(sys.argv[2])), backlog=512)
-block = bytes(range(256)) * 4096
-print("ready", flush=True)
-def serve(c):
-    try:
-        want = int(c.recv(64).split()[0]); left = want
-        while left:
-            k = c.send(block[: min(left, len(block))]); left -= k
-        c.shutdown(socket.SHUT_WR); c.recv(1)
-    except OSError:
-        pass
-    c.close()
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-"""
-
-DOWNLOAD = r"""
-import socket, sys, time
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=120)
-n = int(sys.argv[3]); c.sendall(b"%d\n" % n)
-t0 = time.monotonic(); got = 0
-while d := c.recv(1 << 20):
-    got += len(d)
-print(got, time.monotonic() - t0)
-"""
-
-UPLOAD = r"""
-import socket, sys, time
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=120)
-n = int(sys.argv[3]); block = b"u" * (1 << 20); left = n; t0 = time.monotonic()
-while left:
-    left -= c.send(block[: min(left, len(block))])
-c.shutdown(socket.SHUT_WR)
-ans = c.recv(200).split()
-print(int(ans[0]), time.monotonic() - t0)
-"""
-
 
 UPLOAD_FOR = r"""
 import socket, sys, time
@@ -332,26 +292,6 @@ def start_ready(bed: ProxyBed, role: str, program: str, args: list[str]) -> subp
         err = p.stderr.read().decode() if p.stderr else ""
         raise RuntimeError(f"{role} program did not start: {err[-2000:]}")
     return p
-
-
-def goodput(bed: ProxyBed, direction: str, nbytes: int, src: str | None = None) -> float:
-    """Mbit/s of one bulk transfer from the client namespace (``src``: client address)."""
-    prog = DOWNLOAD if direction == "down" else UPLOAD
-    port = "5001" if direction == "down" else "5002"
-    argv = [sys.executable, "-c", prog, SERVER, port, str(nbytes)]
-    if src:
-        argv[2] = prog.replace(
-            "socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=120)",
-            f"socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=120, "
-            f"source_address=({src!r}, 0))",
-        )
-    r = bed.run("client", argv, timeout=300)
-    if r.returncode:
-        raise RuntimeError(f"transfer failed: {r.stderr.decode()[-2000:]}")
-    got, secs = r.stdout.split()
-    if int(got) != nbytes:
-        raise RuntimeError(f"transfer short: {got} of {nbytes}")
-    return nbytes * 8 / float(secs) / 1e6
 
 
 LTE_TRACES = ("ATT-LTE-driving.down", "TMobile-LTE-short.down", "Verizon-LTE-short.down")

@@ -75,26 +75,24 @@ def _stopper() -> list[int]:
 def _gateway(args: argparse.Namespace) -> int:
     from middlebox.gateway import Gateway
 
-    cfg = _load(args.config)
-    flag = _stopper()
-    gw = Gateway(cfg)
-    try:
-        gw.run(stop=lambda: bool(flag))
-    finally:
-        gw.close()
-    return 0
+    return _serve(Gateway, args)
 
 
 def _node(args: argparse.Namespace) -> int:
     from middlebox.node import Node
 
+    return _serve(Node, args)
+
+
+def _serve(process: type, args: argparse.Namespace) -> int:
+    """Run a gateway or node until a signal, then let it undo everything it made."""
     cfg = _load(args.config)
     flag = _stopper()
-    node = Node(cfg)
+    proc = process(cfg)
     try:
-        node.run(stop=lambda: bool(flag))
+        proc.run(stop=lambda: bool(flag))
     finally:
-        node.shutdown()
+        proc.close()
     return 0
 
 

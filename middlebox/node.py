@@ -637,6 +637,9 @@ class Node:
             "handshaking": len(self.handshaking),
         }
 
+    def close(self) -> None:
+        self.shutdown()
+
     def shutdown(self) -> None:
         """Reset every connection (RST to servers, RST messages to gateways), close all."""
         now = self.clock()
