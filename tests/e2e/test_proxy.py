@@ -195,6 +195,13 @@ def test_deny_rule_refuses_and_bypass_rule_skips_the_proxy(bed):
     assert bed.status()["flows"]["flows_bypass"] == before + 1
 
 
+def test_carrier_paths_use_bbr_from_their_own_addresses(bed):
+    ss = bed.run("gateway", ["ss", "-tin"]).stdout.decode()  # only the paths use kernel TCP
+    for k in range(3):
+        assert f"100.65.{k}.1%car{k}:" in ss  # source address and SO_BINDTODEVICE
+    assert ss.count("bbr") >= 3
+
+
 def test_status_command_prints_paths(bed):
     sock = str(bed.dir / "gateway.sock")
     argv = [sys.executable, "-m", "middlebox.cli", "status", "--socket", sock]
@@ -249,9 +256,13 @@ def test_carrier_cut_mid_transfer_loses_nothing_and_comes_back(fbed):
     assert p.returncode == 0, err.decode()
     want = hashlib.sha256((fbed.dir / "www" / "blob").read_bytes()).hexdigest()
     assert out.split()[0].decode() == want
-    fbed.wait_paths(3, timeout=20)  # the carrier is dialled again and used
+    fbed.wait_paths(3, timeout=20)  # the carrier is dialled again ...
     paths = fbed.status()["sessions"][0]["paths"]
     assert paths[1]["ups"] >= 2 and paths[1]["failures"] >= 1
+    before = paths[1]["bytes_in"]
+    out = py(fbed, "client", DOWNLOAD_CHECK, SERVER, 8080)
+    assert out.split()[0] == want
+    assert fbed.status()["sessions"][0]["paths"][1]["bytes_in"] > before + (1 << 20)  # ... and used
 
 
 def test_all_carriers_down_resets_both_sides_then_recovers(fbed):
