@@ -757,11 +757,21 @@ class Mux:
             for seq in done:
                 del conn.inflight[seq]
         if msg.ranges:
-            covered = [
-                q
-                for q, inf in conn.inflight.items()
-                if any(s <= q and inf.end <= e for s, e in msg.ranges)
-            ]
+            # one merge pass: messages (disjoint, in sequence order) against the ranges
+            # (disjoint, ascending, as the codec enforces); a message is covered by the
+            # first range that ends at or after it, or by none
+            ranges = msg.ranges
+            nr = len(ranges)
+            i = 0
+            covered = []
+            for q, inf in conn.inflight.items():
+                end = inf.end
+                while i < nr and ranges[i][1] < end:
+                    i += 1
+                if i == nr:
+                    break
+                if ranges[i][0] <= q:
+                    covered.append(q)
             for seq in covered:
                 del conn.inflight[seq]
         if conn.rtx:

@@ -711,3 +711,28 @@ def test_paths_lost_reset_reaches_the_peer_when_a_path_returns():
     gw.path_up(1, 8.0)
     rsts = [x for _, x in gw.messages_to_send(8.0) if isinstance(x, wire.Rst)]
     assert [(r.conn_id, r.reason) for r in rsts] == [(cid, wire.RstReason.PATHS_LOST)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 3000), min_size=1, max_size=25),
+    data=st.data(),
+)
+def test_sack_ranges_free_exactly_the_messages_they_cover(sizes, data):
+    mx = Mux("gateway")
+    conn = m.Conn(1, m.ConnState.OPEN, mx.params)
+    seq = 0
+    for n in sizes:
+        conn.inflight[seq] = m._Inflight(seq, seq + n, False, 1, 0.0)
+        seq += n
+    conn.snd_nxt = seq
+    conn.sbuf = bytearray(seq)
+    mx.conns[1] = conn
+    k = data.draw(st.integers(0, min(2 * wire.MAX_SACK_RANGES, seq) // 2)) * 2
+    points = sorted(data.draw(st.sets(st.integers(1, seq), min_size=k, max_size=k)))
+    ranges = tuple(zip(points[::2], points[1::2], strict=True))
+    want = {
+        q for q, inf in conn.inflight.items() if not any(s <= q and inf.end <= e for s, e in ranges)
+    }
+    mx.receive(1, wire.DataAck(1, 0, 1 << 20, ranges), 1.0)
+    assert set(conn.inflight) == want
