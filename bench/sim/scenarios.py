@@ -153,7 +153,7 @@ class _FutureSource:
 
     STEP = 0.25
 
-    def __init__(self, links: dict, duration: float, lookahead: float) -> None:
+    def __init__(self, links: dict, duration: float, lookahead: float, rates: bool = True) -> None:
         from scheduler.longterm import LongTermPrediction
 
         self._table: dict[str, list] = {}
@@ -171,7 +171,8 @@ class _FutureSource:
                 rows.append(
                     LongTermPrediction(
                         throughput_mean=thr,
-                        throughput_var=(0.05 * thr) ** 2 + 1.0,
+                        # variance 0 = "not measured": only the outage forecast is used
+                        throughput_var=(0.05 * thr) ** 2 + 1.0 if rates else 0.0,
                         confidence=1.0,
                         p_disconnect=1.0 if gap > 0 else 0.0,
                         expected_gap=gap,
@@ -186,16 +187,20 @@ class _FutureSource:
         return rows[min(int(now / self.STEP), len(rows) - 1)]
 
 
-def future_feed(carriers: Sequence[Carrier], duration: float, lookahead: float = 3.0):
+def future_feed(
+    carriers: Sequence[Carrier], duration: float, lookahead: float = 3.0, rates: bool = True
+):
     """A long-term feed that knows each carrier's future (capacity and outages over the
     next ``lookahead`` seconds, confidence 1): the best a context database could do, so
-    a bound on what long-term context can add to our policy."""
+    a bound on what long-term context can add to our policy. With ``rates=False`` it
+    forecasts outages only (the capacity is reported as not measured), which separates
+    what the disconnection forecast adds from what the rate forecast adds."""
     from bench.sim.links import Link
 
     by_name = {c.name: c for c in carriers}
 
     def feed(engine: Engine, names: Sequence[str]) -> _FutureSource:
         links = {n: Link(by_name[n], duration) for n in names if n in by_name}
-        return _FutureSource(links, duration, lookahead)
+        return _FutureSource(links, duration, lookahead, rates)
 
     return feed

@@ -14,8 +14,9 @@ varies the requests and link loss) or ``rail<N>`` (synthetic route N; the seed v
 the requests); workloads ``web``, ``bulk``, ``cbr`` (web:clients=5 + two 8 Mbit/s
 streams, as in docs/replay.md's long-term experiment) or any workload spec after a
 colon (``lte:web:clients=20``). A policy name with ``+future`` (``context+future``) runs
-with the source that knows the next 3 s (``--future-context``); ``+db=PATH`` with a
-trained context database (rail cases only).
+with the source that knows the next 3 s (``--future-context``), ``+outages`` with the
+same source reporting outages only (no capacity forecast), ``+db=PATH`` with a trained
+context database (rail cases only).
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def one(case: str, seed: int, duration: float, policy: str) -> dict:
 
     scn, route = _case(case, seed, duration)
     name, _, extra = policy.partition("+")
-    if extra == "future":
-        scn.longterm = scenarios.future_feed(scn.carriers, duration)
+    if extra in ("future", "outages"):
+        scn.longterm = scenarios.future_feed(scn.carriers, duration, rates=extra == "future")
     elif extra.startswith("db="):
         if route is None:
             raise SystemExit("+db= needs a rail case")

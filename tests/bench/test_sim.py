@@ -68,7 +68,7 @@ def test_outages_from_trace_and_explicit():
 # -- analytical goodput ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("policy", ["minrtt", "roundrobin", "ecf", "blest"])
+@pytest.mark.parametrize("policy", ["context", "minrtt", "roundrobin", "ecf", "blest"])
 def test_fixed_rate_links_reach_analytical_goodput(policy):
     carriers = [fixed("a", 10.0, 0.02), fixed("b", 20.0, 0.04)]
     scn = Scenario(carriers, workload="bulk", duration=40.0, warmup=5.0)
@@ -284,3 +284,79 @@ def test_future_context_moves_traffic_off_a_carrier_before_its_outage():
     assert sum(ahead.rec.path_useful[1][10:16]) > 0  # and used before that
     assert ahead.summary["stalls"] == 0
     assert ahead.summary["reinjections"] <= plain.summary["reinjections"]
+
+
+class Recording:
+    """A policy wrapper that keeps every question it was asked."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.name = inner.name
+        self.asked = []
+
+    def decide(self, message, paths, now):
+        self.asked.append(message)
+        return self.inner.decide(message, paths, now)
+
+
+def test_requests_are_control_decisions_and_reinjections_name_the_paths_used(monkeypatch):
+    from scheduler import policies
+    from scheduler.context import CONTROL, REINJECTION
+
+    made = []
+    real_get = policies.get
+
+    def recording_get(*a, **kw):
+        made.append(Recording(real_get(*a, **kw)))
+        return made[-1]
+
+    monkeypatch.setattr("bench.sim.runner.policies.get", recording_get)
+    carriers = [fixed("a", 10.0, 0.02), fixed("b", 10.0, 0.03, outages=((5.0, 9.0),))]
+    run(Scenario(carriers, workload="cbr:rate=3+web:clients=2", duration=15.0), "roundrobin")
+    asked = made[0].asked
+    controls = [m for m in asked if m.kind == CONTROL]
+    assert controls and all(m.size == 64 for m in controls)  # one per request (OPEN)
+    reinj = [m for m in asked if m.kind == REINJECTION]
+    assert reinj and all(m.avoid for m in reinj)
+    assert all(m.avoid == () for m in asked if m.kind != REINJECTION)
+
+
+def test_outage_only_future_feed_reports_no_rates():
+    from bench.sim import scenarios
+
+    carriers = [fixed("a", 10.0, 0.02, outages=((5.0, 6.0),))]
+    full = scenarios.future_feed(carriers, 10.0)(None, ["a"]).predict("a", 3.0)
+    bare = scenarios.future_feed(carriers, 10.0, rates=False)(None, ["a"]).predict("a", 3.0)
+    assert full.p_disconnect == bare.p_disconnect == 1.0  # the outage starts within 3 s
+    assert full.throughput_var > 0 and bare.throughput_var == 0.0  # 0: not measured
+
+
+def test_sweep_pairs_seeds_and_prints_means(tmp_path, capsys):
+    import json
+
+    from bench.sim import sweep
+
+    out = tmp_path / "s.json"
+    assert (
+        sweep.main(
+            [
+                "--cases",
+                "rail1-bulk",
+                "--seeds",
+                "1,2",
+                "--duration",
+                "20",
+                "--policies",
+                "minrtt,context+outages",
+                "--jobs",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "rail1-bulk" in text and "context+outages" in text
+    got = json.loads(out.read_text())["rail1-bulk"]
+    assert len(got["minrtt"]["goodput"]) == 2 and all(g > 0 for g in got["minrtt"]["goodput"])
