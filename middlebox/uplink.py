@@ -218,7 +218,7 @@ class Uplink:
             msgs = pc.handle(mask, now)
             if was != HELLO and pc.state == HELLO:
                 c = s.carrier
-                addrs = (c.address,) if c.address else ()
+                addrs = (c.address or pc.raw.getsockname()[0],)  # the kernel's choice
                 pc.write(
                     wire.Hello(
                         self.cfg.gateway.id,
