@@ -93,7 +93,7 @@ class Classifier:
         if len(seg.payload) > BYPASS_MSS and shell.vnet:
             seg = dataclasses.replace(seg, payload=bytes(seg.payload), gso_size=BYPASS_MSS)
         try:
-            shell.sock.send(shell._build(seg, macs))
+            shell.sock.send(shell.build_frame(seg, macs))
             self.bypassed += 1
         except OSError:
             shell.stats.send_errors += 1

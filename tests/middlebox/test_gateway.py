@@ -45,7 +45,7 @@ class FakeShell:
         else:
             self.frames.append(segs)
 
-    def _build(self, seg, macs):
+    def build_frame(self, seg, macs):
         return (seg, macs)
 
 
