@@ -5,7 +5,9 @@ The emulated testbed with three carriers replaying the bundled Mahimahi LTE trac
 Linux kernel MPTCP using all three, and through the proxy (``mpproxy node`` and
 ``mpproxy gateway`` started in the testbed, an unmodified client in the client
 namespace), plus an upload through the proxy; a table of goodput next to what the
-traces offered in the same seconds, then teardown.
+traces offered in the same seconds, then teardown; and last a short offline replay of
+every scheduler policy over the same traces (``bench.sim.quick_comparison``), whose report
+it points at.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=8.0, help="length of each download (s)")
     p.add_argument("--cc", default="cubic", help="server congestion control (cubic, bbr, reno)")
     p.add_argument("--delay", type=float, default=20.0, help="one-way delay per carrier (ms)")
+    p.add_argument("--out", default="demo-report", help="directory for the replay report")
     p.set_defaults(func=run)
 
 
@@ -118,7 +121,23 @@ def run(args: argparse.Namespace) -> int:
         "(traces from\ntheir start), each testbed was removed "
         f"({time.monotonic() - t0:.0f} s in all).\n"
     )
+    _replay(out, args.out)
     return 0
+
+
+def _replay(out, out_dir: str) -> None:
+    """The short offline comparison of every scheduler policy (``bench.sim``)."""
+    from bench.sim import quick_comparison
+
+    out.write(
+        "\nOffline replay of every scheduler policy on the same traces (60 s of web "
+        "browsing\nplus a 2 Mbit/s stream, simulated; see docs/replay.md):\n"
+    )
+    out.flush()
+    report = quick_comparison(out_dir)
+    table = [ln for ln in Path(report).read_text().splitlines() if ln.startswith("|")]
+    out.write("\n".join(table) + "\n")
+    out.write(f"\nreplay report: {report}\n")
 
 
 def _proxy_row(spec, label: str, kind: str, args: argparse.Namespace):

@@ -11,9 +11,10 @@ import pytest
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 
-def test_demo_prints_goodput_per_carrier_and_mptcp(traces):
+def test_demo_prints_goodput_per_carrier_and_mptcp(traces, tmp_path):
+    out_dir = tmp_path / "replay"
     proc = subprocess.run(
-        [sys.executable, "-m", "middlebox.cli", "demo", "--seconds", "3"],
+        [sys.executable, "-m", "middlebox.cli", "demo", "--seconds", "3", "--out", str(out_dir)],
         capture_output=True,
         text=True,
         timeout=180,
@@ -39,3 +40,10 @@ def test_demo_prints_goodput_per_carrier_and_mptcp(traces):
     singles = sum(offered for label, (_, offered, _) in rows.items() if label.startswith("TCP"))
     assert mp_offered == pytest.approx(singles, rel=0.15)
     assert "removed" in proc.stdout
+    # the proxy's own row, then the replay comparison of every policy
+    proxy_goodput, proxy_offered, _ = rows["mpproxy, all carriers"]
+    assert 0 < proxy_goodput <= proxy_offered * 1.05
+    assert f"replay report: {out_dir / 'report.md'}" in proc.stdout
+    assert (out_dir / "report.md").is_file()
+    for policy in ("context", "minrtt", "roundrobin", "redundant", "ecf", "blest"):
+        assert re.search(rf"^\| {policy} \| \d", proc.stdout, re.M), policy
