@@ -12,8 +12,9 @@ goodput for bulk, flow completion and page load times for web, stalls for stream
 Cases are ``<carriers>-<workload>``: carriers ``lte`` (the bundled LTE traces; the seed
 varies the requests and link loss) or ``rail<N>`` (synthetic route N; the seed varies
 the requests); workloads ``web``, ``bulk``, ``cbr`` (web:clients=5 + two 8 Mbit/s
-streams, as in docs/replay.md's long-term experiment) or any workload spec after a
-colon (``lte:web:clients=20``). A policy name with ``+future`` (``context+future``) runs
+streams, as in docs/replay.md's long-term experiment), ``cbro`` (the same with
+open-loop web clients) or any workload spec without commas after a colon
+(``lte:web``). A policy name with ``+future`` (``context+future``) runs
 with the source that knows the next 3 s (``--future-context``), ``+outages`` with the
 same source reporting outages only (no capacity forecast), ``+db=PATH`` with a trained
 context database (rail cases only).
@@ -31,6 +32,9 @@ WORKLOADS = {
     "web": "web",
     "bulk": "bulk",
     "cbr": "web:clients=5+cbr:rate=8+cbr:rate=8",
+    # the same with open-loop web clients (pages at times that do not depend on how fast
+    # earlier pages loaded), so every policy's streams compete with the same web load
+    "cbro": "web:clients=5,open=1+cbr:rate=8+cbr:rate=8",
 }
 
 # figure name -> (getter from a run's summary, lower is better)

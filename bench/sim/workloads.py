@@ -94,6 +94,9 @@ class Web(App):
     parallel: int = 6
     max_kb: float = 5000.0
     stagger: float = 10.0  # s: clients load their first page uniformly in [0, stagger)
+    # 1: open loop, the next page starts a think time after this one *started* (offered
+    # load independent of how fast pages load; pages may overlap). 0: after it finished.
+    open: int = 0
 
     name = "web"
 
@@ -117,6 +120,8 @@ class Web(App):
         page = {"client": i, "rng": rng, "start": now, "todo": sizes, "open": 0, "think": think}
         main = self._size(rng, self.main_kb)
         self._fetch(now, page, main, main=True)
+        if self.open and now + think < self.rt.duration:
+            self.rt.engine.at(now + think, self._page, (i, rng))
 
     def _fetch(self, now: float, page: dict, size: int, main: bool = False) -> None:
         conn = self.rt.transport.open(
@@ -145,7 +150,7 @@ class Web(App):
         if page["open"] == 0 and not page["todo"]:
             self.rt.rec.pages.append(now - page["start"])
             nxt = now + page["think"]
-            if nxt < self.rt.duration:
+            if not self.open and nxt < self.rt.duration:
                 self.rt.engine.at(nxt, self._page, (page["client"], page["rng"]))
 
     def end(self, now: float) -> None:

@@ -360,3 +360,31 @@ def test_sweep_pairs_seeds_and_prints_means(tmp_path, capsys):
     assert "rail1-bulk" in text and "context+outages" in text
     got = json.loads(out.read_text())["rail1-bulk"]
     assert len(got["minrtt"]["goodput"]) == 2 and all(g > 0 for g in got["minrtt"]["goodput"])
+
+
+def test_open_loop_web_offers_the_same_pages_however_fast_they_load(monkeypatch):
+    from bench.sim.workloads import Web
+
+    started = []
+    real = Web._page
+
+    def counting(self, now, arg):
+        started.append(now)
+        real(self, now, arg)
+
+    monkeypatch.setattr(Web, "_page", counting)
+
+    def pages(mbit: float, spec: str) -> list[float]:
+        started.clear()
+        run(Scenario([fixed("a", mbit, 0.05)], workload=spec, duration=120.0), "minrtt")
+        return list(started)
+
+    closed_fast, closed_slow = (
+        pages(20.0, "web:clients=3,think=2"),
+        pages(0.5, "web:clients=3,think=2"),
+    )
+    assert len(closed_slow) < len(closed_fast)  # slow pages delay the next ones
+    open_fast = pages(20.0, "web:clients=3,think=2,open=1")
+    open_slow = pages(0.5, "web:clients=3,think=2,open=1")
+    assert open_fast == open_slow  # same start times: the offered load is fixed
+    assert len(open_fast) >= len(closed_fast)
