@@ -129,3 +129,27 @@ def test_estimator_outputs_stay_in_range(samples):
         assert ctx.loss_pred is None or 0.0 <= ctx.loss_pred <= 1.0
         for v in (ctx.srtt, ctx.delivery_rate, ctx.rtt_pred, ctx.rtt_jitter, ctx.rate_var):
             assert v is None or (math.isfinite(v) and v >= 0.0)
+
+
+ZERO_F = SchedulerConfig(
+    f_data=0, f_bulk=0, f_interactive=0, f_reinjection=0, f_control=0, f_high=0
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(scenario)
+def test_zero_f_gives_one_path_and_it_can_send_when_any_can(steps):
+    from scheduler.policies.base import has_room
+
+    pol = get("context", ZERO_F)
+    for i, (msg, paths) in enumerate(steps):
+        chosen = pol.decide(msg, paths, float(i))
+        up = [p for p in paths if p.up]
+        if not up:
+            assert chosen == ()
+            continue
+        assert len(chosen) == 1
+        fresh = [p for p in up if p.path_id not in msg.avoid] or up
+        if any(has_room(p) for p in fresh):
+            (best,) = [p for p in paths if p.path_id == chosen[0]]
+            assert has_room(best) and best in fresh
