@@ -392,6 +392,59 @@ class TcpConfig:
 
 
 @dataclass(frozen=True)
+class ContextConfig:
+    """Third-party context on the gateway (docs/gateway.md, "Carrier context")."""
+
+    source: str = opt(
+        "none",
+        "Where each carrier's cell id, RSRP and position come from: none; replay (one "
+        "5G-drive CSV per carrier, e.g. written by 'mpproxy testbed rail'); command (a "
+        "helper program printing JSON lines; reading a modem itself is not built in).",
+        choices=("none", "replay", "command"),
+    )
+    replay_files: list[str] = opt(
+        [], "For source = replay: one CSV per [[gateway.carriers]] table, in the same order."
+    )
+    replay_start: float = opt(
+        0.0,
+        "CLOCK_MONOTONIC time (s) at which the files' first second plays, e.g. the testbed's "
+        "trace start so that the context matches the emulated links; 0: when the gateway "
+        "starts.",
+        min=0.0,
+    )
+    replay_loop: bool = opt(True, "Start the files again after their last second.")
+    command: list[str] = opt(
+        [], "For source = command: program and arguments; its stdout is read as JSON lines."
+    )
+    report_interval: float = opt(
+        1.0,
+        "Seconds between CONTEXT reports to the node per carrier; 0: none.",
+        min=0.0,
+        max=3600.0,
+    )
+    use_contextdb: bool = opt(
+        False,
+        "Open the [contextdb] database: its predictions feed the scheduler (policy 'ours').",
+    )
+    learn: bool = opt(
+        True, "With use_contextdb: store the context and measured performance as the train runs."
+    )
+    measure: str = opt(
+        "down",
+        "Direction whose measured throughput is learnt and matched (the drive logs hold downlink).",
+        choices=("down", "up"),
+    )
+    learn_unsaturated: bool = opt(
+        False,
+        "Also store throughput of seconds in which the carrier was not saturated (it is "
+        "what passengers used, not what the carrier could carry); false: stored as unknown.",
+    )
+    flush_interval: float = opt(
+        1.0, "Seconds between writes of learnt windows to the database.", min=0.1, max=3600.0
+    )
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: str = opt("info", "Log level.", choices=("debug", "info", "warning", "error"))
 
@@ -409,6 +462,9 @@ class Config:
     )
     contextdb: ContextDBConfig = opt(
         ContextDBConfig(), "Long-term, location-aware history (see docs/contextdb.md)."
+    )
+    context: ContextConfig = opt(
+        ContextConfig(), "Carrier context on the gateway: source, reports, live learning."
     )
     logging: LoggingConfig = opt(LoggingConfig(), "Logging.")
 

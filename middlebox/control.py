@@ -147,6 +147,26 @@ def query(path: str, request: str = "status", timeout: float = 5.0) -> dict:
         raise ControlError(f"{path}: answer is not JSON") from None
 
 
+def _context_line(carrier: str, c: dict) -> str:
+    """One carrier's context (and, on the gateway, its measured and predicted rate)."""
+    if not c:
+        return f"{carrier:<12} (none yet)"
+    parts = [f"{carrier:<12} cell {c.get('cell_id') or '-'}"]
+    if c.get("rsrp") is not None:
+        parts.append(f"rsrp {c['rsrp']:.1f} dBm")
+    if c.get("position"):
+        parts.append("at {:.5f},{:.5f}".format(*c["position"]))
+    if "down_mbit" in c:
+        sat = " saturated" if c.get("saturated") else ""
+        parts.append(f"down {c['down_mbit']:.2f} up {c['up_mbit']:.2f} Mbit/s{sat}")
+    p = c.get("prediction")
+    if p:
+        parts.append(f"predicted {p['throughput_mbit']:.2f} Mbit/s conf {p['confidence']:.2f}")
+    if "age_s" in c:
+        parts.append(f"age {c['age_s']:.1f} s")
+    return ", ".join(parts)
+
+
 def render(state: dict) -> str:
     """A human-readable page of a status snapshot (gateway or node)."""
     lines = [f"{state.get('role', '?')} {state.get('id', '')}  up {state.get('uptime', 0):.0f} s"]
@@ -163,9 +183,15 @@ def render(state: dict) -> str:
                 f"{p.get('rtt_ms', 0):>6.1f}  {p.get('rate_mbit', 0):>11.2f}  "
                 f"{p.get('lost', 0):>4}  {p.get('queued', 0):>6}"
             )
+        for carrier, c in sorted(sess.get("context", {}).items()):
+            lines.append("  context " + _context_line(carrier, c))
         counters = sess.get("counters", {})
         if counters:
             lines.append("  counters: " + " ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+    ctx = state.get("context")
+    if ctx:
+        items = ((k, v) for k, v in ctx.items() if k != "carriers")
+        lines.append("context: " + " ".join(f"{k}={v}" for k, v in sorted(items)))
     for key in ("flows", "endpoint", "capture", "counters"):
         if state.get(key):
             items = state[key].items()

@@ -34,6 +34,7 @@ from middlebox import wire
 from middlebox.capture import CaptureShell
 from middlebox.config import Config
 from middlebox.control import ControlServer
+from middlebox.ctxloop import ContextLoop
 from middlebox.flowtable import Action, FlowTable, State
 from middlebox.listener import Listener, local_prefixes
 from middlebox.logs import kv
@@ -307,17 +308,25 @@ class Gateway:
         self.flows = FlowTable.from_config(cfg.gateway, prefixes)
         self.table = EndpointTable(cfg.tcp, buffer_room=cfg.gateway.buffer_bytes)
         self.classifier = Classifier(self.table, self.flows)
-        self.policy = SchedulerPolicy(cfg.scheduler, lowat=cfg.paths.notsent_lowat)
         Uplink.check(cfg)  # configuration errors before anything is created
         gateway_context(cfg.tls)
-        self.listener.setup()
+        self.context = ContextLoop(cfg, clock)  # reads context files, opens the database
+        self.policy = SchedulerPolicy(
+            cfg.scheduler, lowat=cfg.paths.notsent_lowat, longterm=self.context.longterm
+        )
+        try:
+            self.listener.setup()
+        except BaseException:
+            self.context.close()
+            raise
         try:
             self.shell = CaptureShell(
                 self.listener.inner_if, self.classifier, self.listener.ns, vnet=cfg.tcp.gso
             )
             self.classifier.shell = self.shell
             self.uplink = Uplink(cfg, self.shell.selector, clock, policy=self.policy)
-            self.classifier.extra_timer = self.uplink.next_timer
+            self.context.attach(self.uplink, self.shell.selector)
+            self.classifier.extra_timer = self._next_timer
             self.bridge = Bridge(
                 self.uplink, self.flows, max(64 << 10, cfg.gateway.buffer_bytes // 2), self.policy
             )
@@ -337,9 +346,15 @@ class Gateway:
             ),  # fmt: skip
         )
 
+    def _next_timer(self) -> float | None:
+        t = self.uplink.next_timer()
+        c = self.context.next_timer()
+        return c if t is None else min(t, c)
+
     def idle(self, now: float) -> None:
         up = self.uplink
         up.poll(now)
+        self.context.tick(now)
         self.bridge.mux_events(now)
         up.pump(now)
         self.bridge.mux_events(now)
@@ -359,6 +374,7 @@ class Gateway:
         mux = self.uplink.mux.stats()
         fc = self.flows.counters()
         shell = self.shell
+        context = self.context.status(self.clock())
         return {
             "role": "gateway",
             "id": self.cfg.gateway.id,
@@ -371,8 +387,10 @@ class Gateway:
                     "connections": mux["connections"],
                     "counters": {**mux["counters"], **self.uplink.counters},
                     "buffered_bytes": self.bridge.buffered(),
+                    "context": context["carriers"],
                 }
             ],
+            "context": context,
             "flows": {
                 "tracked": len(self.flows),
                 **{f"flows_{a.value}": n for a, n in fc.flows.items()},
@@ -402,6 +420,8 @@ class Gateway:
                 self.shell.pump(now, None)
                 self.uplink.close(now)
         finally:
+            if hasattr(self, "context"):
+                self.context.close()
             if self.control is not None:
                 self.control.close()
                 self.control = None

@@ -51,6 +51,7 @@ log = logging.getLogger("mpproxy.node")
 
 RELAY_SLICE = 256 << 10  # bytes taken from the mux for a server at a time
 INFO_INTERVAL = 0.2  # seconds between TCP_INFO readings of a path
+MAX_CONTEXT_CARRIERS = 32  # carriers whose CONTEXT a gateway may report (bounds memory)
 _LINGER_RST = struct.pack("ii", 1, 0)
 
 CONNECT_ERRORS = {
@@ -142,6 +143,8 @@ class Node:
         self.sel = selectors.DefaultSelector()
         self.sessions: dict[str, Session] = {}
         self.handshaking: dict[PathConn, float] = {}  # path -> deadline for HELLO
+        # latest CONTEXT report per gateway id and carrier (kept across sessions)
+        self.contexts: dict[str, dict[str, dict]] = {}
         self.counters = {
             "paths_accepted": 0,
             "paths_refused": 0,
@@ -335,12 +338,34 @@ class Node:
         elif t is wire.Close:
             log.info("path closed by gateway %s", kv(path=pc.label, reason=msg.reason.name))  # type: ignore[attr-defined]
             self._drop_path(sess, pid, pc, now)
-        elif t in (wire.ProbeAck, wire.Context, wire.Datagram):
-            pass  # context and datagrams are not used by the node yet
+        elif t is wire.Context:
+            self._context(sess, msg, now)  # type: ignore[arg-type]
+        elif t in (wire.ProbeAck, wire.Datagram):
+            pass  # datagrams are not used by the node yet
         elif t in (wire.Hello, wire.HelloAck):
             self._drop_path(sess, pid, pc, now, wire.CloseReason.PROTOCOL_ERROR)
         else:
             sess.mux.receive(pid, msg, now)
+
+    def _context(self, sess: Session, msg: wire.Context, now: float) -> None:
+        """Keep the latest report of a carrier (shown by ``mpproxy status``); the node's
+        own scheduling does not use it yet."""
+        per = self.contexts.setdefault(sess.gateway_id, {})
+        if msg.carrier not in per and len(per) >= MAX_CONTEXT_CARRIERS:
+            return
+        first = msg.carrier not in per
+        per[msg.carrier] = {
+            "cell_id": msg.cell_id,
+            "rsrp": msg.rsrp_dbm,
+            "position": [msg.lat, msg.lon] if msg.lat is not None else None,
+            "timestamp_ns": msg.timestamp_ns,
+            "received": now,
+            "reports": per.get(msg.carrier, {}).get("reports", 0) + 1,
+        }
+        if first:
+            log.info(
+                "context %s", kv(gateway=sess.gateway_id, carrier=msg.carrier, cell=msg.cell_id)
+            )
 
     def _owner(self, pc: PathConn) -> tuple[Session | None, int]:
         for sess in self.sessions.values():
@@ -625,6 +650,10 @@ class Node:
                     "buffered_bytes": st["buffered_bytes"]
                     + sum(len(r.pending) for r in sess.relays.values()),
                     "relays": len(sess.relays),
+                    "context": {
+                        c: {**v, "age_s": round(now - v["received"], 3)}
+                        for c, v in self.contexts.get(sess.gateway_id, {}).items()
+                    },
                 }
             )
         return {

@@ -13,6 +13,11 @@ TCP_INFO readings (and PROBE round trips for idle paths), and translates each qu
   the path its data came in on;
 * ``builtin`` as the policy name uses the built-in rule for everything.
 
+``longterm`` (a :class:`scheduler.longterm.LongTermSource`) is handed to the policy; the
+gateway passes contextdb's predictions there when ``[context] use_contextdb`` is set
+(:mod:`middlebox.ctxloop` feeds it each carrier's context and last-second throughput).
+Only ``ours`` uses it; without it nothing changes.
+
 A policy that raises is logged once and replaced by the built-in rule, so a scheduler
 bug degrades scheduling instead of stopping the data path.
 """
@@ -30,6 +35,7 @@ from scheduler.config import SchedulerConfig
 from scheduler.context import DATA, REINJECTION, ConnectionContext, PathContext
 from scheduler.context import MessageInfo as SchedMessage
 from scheduler.estimators import PathEstimator, PathSample
+from scheduler.longterm import LongTermSource
 
 log = logging.getLogger("mpproxy.scheduler")
 
@@ -39,11 +45,18 @@ BUILTIN = "builtin"
 class SchedulerPolicy:
     """A mux policy backed by ``scheduler.policies``; call it like the built-in one."""
 
-    def __init__(self, cfg: SchedulerConfig, name: str | None = None, lowat: int = 128 << 10):
+    def __init__(
+        self,
+        cfg: SchedulerConfig,
+        name: str | None = None,
+        lowat: int = 128 << 10,
+        longterm: LongTermSource | None = None,
+    ):
         self.cfg = cfg
         self.name = name or cfg.policy
         self.lowat = lowat
-        self.policy = None if self.name == BUILTIN else policies.get(self.name, cfg)
+        self.longterm = longterm  # contextdb's predictions (gateway with [context] use_contextdb)
+        self.policy = None if self.name == BUILTIN else policies.get(self.name, cfg, longterm)
         self.estimators: dict[int, PathEstimator] = {}
         self.contexts: dict[int, PathContext] = {}
         self.conns: dict[int, ConnectionContext] = {}

@@ -99,6 +99,9 @@ class Uplink:
                 self.slots[pid] = Slot(pid, carrier, index, cfg, self.rng)
         self.paths: dict[int, PathConn] = {}  # the slots that are up
         self._last_info = -1.0
+        # called with (path id, carrier name, connection, TcpInfo | None, now) after each
+        # TCP_INFO reading (the gateway's context loop measures carriers with it)
+        self.on_info: Callable[[int, str, object, object, float], None] | None = None
         self.counters = {"dials": 0, "path_failures": 0, "path_ups": 0}
 
     @staticmethod
@@ -150,9 +153,11 @@ class Uplink:
                 if info is not None and info.srtt_us:
                     self.mux.update_path(pid, srtt=info.srtt, rttvar=info.rttvar)
                 sample = getattr(self.policy, "sample", None)
+                s = self.slots[pid]
                 if sample is not None:
-                    s = self.slots[pid]
                     sample(pid, s.carrier.name, info, now, s.probe_rtt)
+                if self.on_info is not None:
+                    self.on_info(pid, s.carrier.name, pc, info, now)
 
     def pump(self, now: float) -> None:
         for pid, e in pump_mux(self.mux, self.paths, now):
