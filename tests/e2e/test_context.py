@@ -1,0 +1,121 @@
+"""The context loop end to end: a gateway on rail links replays the route's context in
+step with the emulator, reports it to the node, and learns into its database.
+
+One testbed with the three carriers of rail route 7 (``rail:7:k``), the gateway's
+``[context]`` replaying the same route's CSVs from the testbed's trace start, and a
+``[contextdb]`` database. A download runs through the proxy; ``mpproxy status`` must
+show each carrier's current cell on both sides and the database must grow while the
+gateway runs and again when it stops (the last windows are written at shutdown).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench.proxy_bench import ROOT, ProxyBed, _section
+from contextdb.db import ContextDB
+from contextdb.store import SqliteStore
+from netns import rail
+from netns.topology import SERVER_ADDRS, CarrierSpec, TestbedSpec
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+SEED = 7
+CARRIERS = 3
+DOWNLOAD_S = 30
+
+
+def windows_in(path) -> int:
+    store = SqliteStore(path, readonly=True)
+    try:
+        db = ContextDB(store)
+        return sum(row["windows"] for c in db.stats()["carriers"].values() for row in c.values())
+    finally:
+        store.close()
+
+
+def status(bed, role: str, as_json: bool = False) -> str:
+    argv = [
+        sys.executable,
+        "-m",
+        "middlebox.cli",
+        "status",
+        "--socket",
+        str(bed.dir / f"{role}.sock"),
+    ]
+    r = subprocess.run(argv + (["--json"] if as_json else []), capture_output=True, cwd=ROOT,
+                       timeout=20)  # fmt: skip
+    assert r.returncode == 0, r.stderr.decode()
+    return r.stdout.decode()
+
+
+def test_rail_context_reaches_status_and_the_database_grows(tmp_path):
+    route = rail.generate(rail.RailParams(seed=SEED, carriers=CARRIERS))
+    files = []
+    for k in range(CARRIERS):
+        p = tmp_path / f"rail{k}.csv"
+        rail.write_csv(route, k, p)
+        files.append(str(p))
+    db_path = tmp_path / "context.sqlite"
+    spec = TestbedSpec(
+        carriers=tuple(CarrierSpec(f"rail:{SEED}:{k}", delay_ms=10) for k in range(CARRIERS)),
+        clients=CARRIERS,
+    )
+    with ProxyBed(spec, tmp_path / "bed", start=False) as bed:
+        assert bed.tb.trace_start is not None
+        context = {
+            "source": "replay",
+            "replay_files": files,
+            "replay_start": bed.tb.trace_start,
+            "use_contextdb": True,
+            "report_interval": 1.0,
+        }
+        bed.gw_cfg.write_text(
+            bed.gw_cfg.read_text()
+            + _section("context", context)
+            + _section("contextdb", {"path": str(db_path)})
+        )
+        bed.start_node()
+        bed.start_gateway()
+        bed.wait_paths(CARRIERS)
+        srv = bed.server(["iperf3", "-s", "-p", "5201", "-1"], stdout=subprocess.DEVNULL)
+        time.sleep(0.5)
+        try:
+            r = bed.run(
+                "client",
+                ["iperf3", "-c", SERVER_ADDRS[0], "-p", "5201", "-t", str(DOWNLOAD_S), "-R"],
+                timeout=DOWNLOAD_S + 60,
+            )
+            assert r.returncode == 0, r.stdout.decode()[-2000:] + bed.log("gateway")[-2000:]
+        finally:
+            srv.wait(10)
+
+        second = int(time.monotonic() - bed.tb.trace_start)
+        gw = json.loads(status(bed, "gateway", as_json=True))
+        page = status(bed, "gateway")
+        node_page = status(bed, "node")
+        for k in range(CARRIERS):
+            recent = {str(s.cell_id) for s in route.carriers[k].seconds[second - 3 : second + 2]}
+            c = gw["context"]["carriers"][f"carrier{k}"]
+            assert c["cell_id"] in recent, (c, recent)
+            assert len(c["rsrp_window"]) == 5
+            assert f"context carrier{k}" in page and f"context carrier{k}" in node_page
+            assert f"cell {c['cell_id']}" in node_page
+        ctx = gw["context"]
+        rates = {k: (v.get("down_mbit"), v.get("saturated")) for k, v in ctx["carriers"].items()}
+        print("gateway context:", {k: v for k, v in ctx.items() if k != "carriers"}, rates)
+        assert ctx["reports_sent"] >= CARRIERS * (DOWNLOAD_S - 5)
+        assert ctx["samples_fed"] >= CARRIERS * (DOWNLOAD_S - 5)
+        assert ctx["samples_unsaturated"] < ctx["samples_fed"]  # the download saturated some
+        assert ctx["windows_stored"] > 0
+        during = windows_in(db_path)
+        assert during == ctx["windows_stored"]
+        assert bed.stop_gateway() == 0
+    after = windows_in(db_path)
+    print(f"context database: {during} windows while running, {after} after the gateway stopped")
+    assert after > during
