@@ -235,12 +235,15 @@ class ContextLoop:
         for s in self.meter.close(now):
             self.latest[s.carrier] = s
             bps = s.bps(direction)
+            saturated = s.saturated(direction)
             if self.longterm is not None:
-                self.longterm.observe_throughput(s.carrier, bps)
+                # an unsaturated second says what passengers used, not what the carrier
+                # can carry: contextdb then matches on the RSRP alone (nan = unknown)
+                self.longterm.observe_throughput(s.carrier, bps if saturated else NAN)
             ctx = self.tracker.contexts.get(s.carrier)
             if self.ingest is None or ctx is None:
                 continue
-            keep = s.saturated(direction) or self.cfg.learn_unsaturated
+            keep = saturated or self.cfg.learn_unsaturated
             if not keep:
                 self.counters["samples_unsaturated"] += 1
             pos = ctx.position or (NAN, NAN)

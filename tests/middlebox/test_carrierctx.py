@@ -245,6 +245,15 @@ def test_scheduler_sees_predictions(csvs):
     st = loop.status(end)
     assert st["carriers"]["rail0"]["prediction"]["p_disconnect"] == 0.99
     assert st["readings"] >= 2 * 8
+    # idle paths: the last second's rate is not a capacity; the match is on RSRP alone
+    keys = {c: object() for c in CARRIERS}  # new connections, counters from zero
+    for step in range(1, 11):
+        for pid, c in enumerate(CARRIERS, 1):
+            loop.on_info(pid, c, keys[c], info(app_limited=True), end + step * 0.2)
+        loop.tick(end + step * 0.2)
+    db.calls.clear()
+    loop.longterm.predict("rail0", end + 2.5)
+    assert math.isnan(db.calls[-1][3])
 
 
 def test_without_database_nothing_reaches_the_scheduler(csvs):
