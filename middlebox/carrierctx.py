@@ -76,17 +76,26 @@ class ReplaySource:
     the same in every namespace), so the context played matches the delivery trace the
     link emulator plays for the same file. With ``loop`` the records repeat (the emulator
     repeats its traces too); without it a carrier falls silent after its last record.
-    Each poll returns at most one reading per carrier: the current second's, once.
+    ``time_scale`` stretches the records in time like the testbed's ``time_scale`` does
+    its traces (2.0: each record lasts two seconds). Each poll returns at most one
+    reading per carrier: the current record's, once.
     """
 
-    def __init__(self, rows: dict[str, Sequence[_Row]], start: float, loop: bool = True) -> None:
+    def __init__(
+        self,
+        rows: dict[str, Sequence[_Row]],
+        start: float,
+        loop: bool = True,
+        time_scale: float = 1.0,
+    ) -> None:
         self.rows = {c: list(r) for c, r in rows.items() if r}
         self.start = start
         self.loop = loop
+        self.time_scale = time_scale
         self._last: dict[str, int] = {}
 
     def poll(self, now: float) -> list[Reading]:
-        k = math.floor(now - self.start)
+        k = self.trace_second(now)
         if k < 0:
             return []
         out = []
@@ -102,7 +111,7 @@ class ReplaySource:
 
     def trace_second(self, now: float) -> int:
         """The record index (before wrapping) current at ``now``."""
-        return math.floor(now - self.start)
+        return math.floor((now - self.start) / self.time_scale)
 
 
 def load_replay(files: Sequence[str], carriers: Sequence[str]) -> dict[str, list[_Row]]:

@@ -413,6 +413,13 @@ class ContextConfig:
         min=0.0,
     )
     replay_loop: bool = opt(True, "Start the files again after their last second.")
+    replay_time_scale: float = opt(
+        1.0,
+        "Seconds each record lasts, like the testbed's time_scale for its traces (2: twice "
+        "as slow).",
+        min=0.01,
+        max=100.0,
+    )
     command: list[str] = opt(
         [], "For source = command: program and arguments; its stdout is read as JSON lines."
     )

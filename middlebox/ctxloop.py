@@ -141,7 +141,8 @@ class ContextLoop:
             if not c.replay_files:
                 raise UserError("context.replay_files: needed when context.source = replay")
             rows = load_replay(c.replay_files, self.carriers)
-            self.source = ReplaySource(rows, c.replay_start or now, c.replay_loop)
+            start = c.replay_start or now
+            self.source = ReplaySource(rows, start, c.replay_loop, c.replay_time_scale)
         elif c.source == "command" and not c.command:
             raise UserError("context.command: needed when context.source = command")
         self.tracker = ContextTracker(cfg.contextdb.window_s)

@@ -71,6 +71,10 @@ def test_replay_follows_the_trace_clock(route, csvs):
     assert again["rail0"].cell_id == str(route.carriers[0].seconds[0].cell_id)
     once = ReplaySource(rows, start=1000.0, loop=False)
     assert once.poll(1120.5) == []
+    slow = ReplaySource(rows, start=1000.0, time_scale=2.0)  # like TestbedSpec.time_scale
+    assert slow.poll(1000.1)[0].cell_id == str(route.carriers[0].seconds[0].cell_id)
+    assert slow.poll(1001.9) == []  # record 0 lasts two seconds
+    assert slow.poll(1075.0)[0].cell_id == str(route.carriers[0].seconds[37].cell_id)
 
 
 def test_replay_errors_are_user_errors(csvs, tmp_path):
