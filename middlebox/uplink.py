@@ -176,7 +176,8 @@ class Uplink:
             s.last_error = str(e)
             self._failed_dial(s, str(e), now)
             return
-        err = sock.connect_ex(self.node_addr)
+        sock.setblocking(False)  # a blocking connect held the whole gateway up to the
+        err = sock.connect_ex(self.node_addr)  # user timeout while a carrier was dark
         if err not in (0, errno.EINPROGRESS):
             sock.close()
             self._failed_dial(s, f"connect: {errno.errorcode.get(err, err)}", now)
