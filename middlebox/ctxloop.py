@@ -155,11 +155,11 @@ class ContextLoop:
         if c.use_contextdb:
             self._open_db(cfg)
         self.uplink = None
-        self.next_second = now + 1.0
-        self.next_report = now + c.report_interval if c.report_interval else math.inf
-        self.next_flush = now + c.flush_interval
+        self._timers(now)
+        self.ticked = False
         self.counters = {"readings": 0, "reports_sent": 0, "seconds": 0, "samples_fed": 0,
-                         "samples_unsaturated": 0, "windows_stored": 0, "flushes": 0}  # fmt: skip
+                         "samples_unsaturated": 0, "windows_stored": 0, "flushes": 0,
+                         "seconds_skipped": 0}  # fmt: skip
         self.flush_ms_max = 0.0
         self.flush_ms_total = 0.0
         self._start_command = c.source == "command"
@@ -188,6 +188,12 @@ class ContextLoop:
         if self.cfg.learn:
             self.ingest = LiveIngest(self.db)
 
+    def _timers(self, now: float) -> None:
+        c = self.cfg
+        self.next_second = now + 1.0
+        self.next_report = now + c.report_interval if c.report_interval else math.inf
+        self.next_flush = now + c.flush_interval
+
     def attach(self, uplink, sel: selectors.BaseSelector | None = None) -> None:
         """Start reading context: the uplink carries the reports and gives TCP_INFO."""
         self.uplink = uplink
@@ -210,6 +216,9 @@ class ContextLoop:
         return min(self.next_second, self.next_report, self.next_flush)
 
     def tick(self, now: float) -> None:
+        if not self.ticked:  # the seconds count from the event loop's start
+            self.ticked = True
+            self._timers(now)
         if self.source is not None:
             for r in self.source.poll(now):
                 self.counters["readings"] += 1
@@ -220,6 +229,8 @@ class ContextLoop:
             self._second(now)
             self.next_second += 1.0
             if self.next_second <= now:  # the loop was held up: skip, do not catch up
+                log.warning("context loop %.2f s late: seconds skipped", now - self.next_second + 1)
+                self.counters["seconds_skipped"] += 1
                 self.next_second = now + 1.0
         if now >= self.next_report:
             self.report(now)
