@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from middlebox.errors import UserError
 from scheduler.context import CarrierContext
@@ -58,6 +59,18 @@ def _finite(x: float | None) -> float | None:
 
 
 # -- sources ------------------------------------------------------------------------------
+
+
+class ContextSource(Protocol):
+    """Anything that yields carrier readings when asked, at most a few per second.
+
+    ``poll`` must not block: a source that reads a device or a program does the reading
+    in the event loop's selector (as :class:`middlebox.ctxloop.CommandSource` does) and
+    hands over what has arrived. A new kind of source needs only this method, a
+    ``[context] source`` choice and a line in ``ContextLoop.__init__``.
+    """
+
+    def poll(self, now: float) -> list[Reading]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from middlebox import wire
 from middlebox.carrierctx import (
     CarrierSecond,
+    ContextSource,
     ContextTracker,
     JsonLinesParser,
     PerfMeter,
@@ -136,7 +137,7 @@ class ContextLoop:
         self.carriers = [x.name for x in cfg.gateway.carriers]
         now = clock()
         self.wall_offset = wall() - now
-        self.source = None
+        self.source: ContextSource | None = None
         if c.source == "replay":
             if not c.replay_files:
                 raise UserError("context.replay_files: needed when context.source = replay")
@@ -159,7 +160,7 @@ class ContextLoop:
         self.ticked = False
         self.counters = {"readings": 0, "reports_sent": 0, "seconds": 0, "samples_fed": 0,
                          "samples_unsaturated": 0, "windows_stored": 0, "flushes": 0,
-                         "seconds_skipped": 0}  # fmt: skip
+                         "seconds_skipped": 0, "flush_errors": 0}  # fmt: skip
         self.flush_ms_max = 0.0
         self.flush_ms_total = 0.0
         self._start_command = c.source == "command"
@@ -279,7 +280,16 @@ class ContextLoop:
         if self.ingest is None:
             return 0
         t0 = time.perf_counter()
-        n = self.ingest.flush(math.inf if final else now + self.wall_offset)
+        try:
+            n = self.ingest.flush(math.inf if final else now + self.wall_offset)
+        except Exception as e:  # disk full, an unreachable fleet store: learn less, run on
+            self.counters["flush_errors"] += 1
+            if self.counters["flush_errors"] in (1, 10, 100, 1000):
+                log.warning(
+                    "context database write failed %s",
+                    kv(errors=self.counters["flush_errors"], why=repr(e)),
+                )
+            n = 0
         ms = (time.perf_counter() - t0) * 1e3
         self.counters["flushes"] += 1
         self.counters["windows_stored"] += n

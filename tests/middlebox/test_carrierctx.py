@@ -354,3 +354,18 @@ def test_live_ingest_stores_windows_and_skips_unsaturated_seconds(csvs):
     assert loop.counters["windows_stored"] > n_before
     means = [r["throughput_mean_bps"] for r in db.stats()["carriers"]["rail0"].values()]
     assert all(m is None or math.isnan(m) or m > 1e6 for m in means)
+
+
+def test_a_failing_database_write_is_counted_not_raised(csvs):
+    db = ContextDB(MemoryStore())
+    cfg = gw_config(source="replay", replay_files=csvs, replay_start=100.0, use_contextdb=True)
+    loop = ContextLoop(cfg, clock=lambda: 100.0, wall=lambda: 1.7e9, db=db)
+
+    def broken(*a, **kw):
+        raise OSError("disk full")
+
+    db.store.commit = broken
+    drive(loop, 5)  # the loop keeps running
+    assert loop.counters["flush_errors"] >= 4
+    assert loop.counters["samples_fed"] >= 8
+    loop.close()  # the final write fails the same way, quietly
