@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 from types import SimpleNamespace
 
@@ -369,3 +370,31 @@ def test_a_failing_database_write_is_counted_not_raised(csvs):
     assert loop.counters["flush_errors"] >= 4
     assert loop.counters["samples_fed"] >= 8
     loop.close()  # the final write fails the same way, quietly
+
+
+def test_gateway_cli_reports_a_missing_context_file_in_one_line(tmp_path):
+    """Refused before the listener namespace or any rule exists: no root work is done."""
+    import subprocess
+
+    from middlebox import pki
+
+    pki.create_ca(tmp_path)
+    pki.create_gateway(tmp_path, "train-1")
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(
+        '[gateway]\nid = "train-1"\nnode = "127.0.0.1:4433"\n'
+        f'listener_namespace = "mpt{os.getpid() % 10000}ctx"\n'
+        '[[gateway.carriers]]\nname = "a"\n'
+        f'[tls]\nca = "{tmp_path}/ca.pem"\ncert = "{tmp_path}/gateway-train-1.pem"\n'
+        f'key = "{tmp_path}/gateway-train-1.key"\n'
+        f'[context]\nsource = "replay"\nreplay_files = ["{tmp_path}/nope.csv"]\n'
+    )
+    r = subprocess.run([sys.executable, "-m", "middlebox.cli", "gateway", "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"mpproxy: error: context.replay_files: {tmp_path}/nope.csv: cannot read: "
+        "No such file or directory"
+    ]
+    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"mpt{os.getpid() % 10000}ctx" not in ns
