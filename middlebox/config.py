@@ -431,7 +431,9 @@ class ContextConfig:
     )
     use_contextdb: bool = opt(
         False,
-        "Open the [contextdb] database: its predictions feed the scheduler (policy 'ours').",
+        "Open the [contextdb] database: its predictions feed the scheduler (policy "
+        "'context'). The gateway writes it; the node opens an existing one read-only and "
+        "feeds it the gateways' CONTEXT reports.",
     )
     learn: bool = opt(
         True, "With use_contextdb: store the context and measured performance as the train runs."

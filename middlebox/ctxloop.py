@@ -111,6 +111,86 @@ class CommandSource:
             self.proc.stdout.close()
 
 
+def open_context_db(cfg: Config, origin: str, readonly: bool):
+    """The ``[contextdb]`` database (a :class:`contextdb.db.ContextDB`); errors as
+    :class:`UserError`. Close it with ``db.store.close()``."""
+    from contextdb.db import ContextDB
+    from contextdb.errors import ContextDBError
+    from contextdb.fleet import open_store
+
+    d = cfg.contextdb
+    try:
+        store = open_store(d.path, d.fleet_url, d.line, readonly=readonly)
+        try:
+            return ContextDB(store, d, origin=origin)
+        except BaseException:
+            store.close()
+            raise
+    except ContextDBError as e:
+        raise UserError(f"contextdb: {e}") from None
+
+
+class SessionContext:
+    """The node's side: one gateway session's carriers as its CONTEXT reports and the
+    node's own paths show them, fed to that session's downlink scheduler.
+
+    The node sends the downlink, so its TCP_INFO judges saturation on the sending side
+    (the strong test): a second's bytes acknowledged by the gateway go to
+    ``observe_throughput`` when the node's sending was busy and not application-limited,
+    ``nan`` otherwise. The RSRP window is made of the reports (one per
+    ``[context] report_interval`` on the gateway: keep it at 1 s). Nothing is learnt
+    here: the gateway learns.
+    """
+
+    def __init__(self, predict, window_s: int, now: float) -> None:
+        from scheduler.longterm import CarrierWindowSource
+
+        self.longterm = CarrierWindowSource(predict)
+        self.tracker = ContextTracker(window_s)
+        self.meter = PerfMeter()
+        self.next_second = now + 1.0
+        self.latest: dict[str, CarrierSecond] = {}
+
+    def report(self, msg: wire.Context, now: float) -> None:
+        r = Reading(
+            msg.carrier,
+            now,
+            str(msg.cell_id) if msg.cell_id else "",
+            msg.rsrp_dbm,
+            msg.lat,
+            msg.lon,
+        )
+        self.longterm.observe(self.tracker.update(r))
+
+    def on_info(self, path_id: int, carrier: str, conn: object, info, now: float) -> None:
+        if info is not None:
+            self.meter.add(path_id, carrier, conn, info, now)
+
+    def tick(self, now: float) -> None:
+        if now < self.next_second:
+            return
+        self.next_second = max(self.next_second + 1.0, now + 0.5)
+        for s in self.meter.close(now):
+            self.latest[s.carrier] = s
+            # "up" is what this side sent: the node's up is the gateway's downlink
+            self.longterm.observe_throughput(s.carrier, s.up_bps if s.saturated_up else NAN)
+
+    def status(self, carrier: str, now: float) -> dict:
+        out: dict = {}
+        s = self.latest.get(carrier)
+        if s is not None:
+            out["sent_mbit"] = round(s.up_bps / 1e6, 3)
+            out["saturated"] = s.saturated_up
+        p = self.longterm.predict(carrier, now)
+        if p is not None:
+            out["prediction"] = {
+                "throughput_mbit": round(p.throughput_mean / 1e6, 3),
+                "confidence": p.confidence,
+                "p_disconnect": round(p.p_disconnect, 4),
+            }
+        return out
+
+
 def _cell_number(cell: str) -> int:
     """The wire's cell id: decimal text as is, hexadecimal (``0x...``) converted, 0 when
     unknown or not a number (the node then shows only the other fields)."""
@@ -166,24 +246,11 @@ class ContextLoop:
         self._start_command = c.source == "command"
 
     def _open_db(self, cfg: Config) -> None:
-        from contextdb.db import ContextDB
-        from contextdb.errors import ContextDBError
         from contextdb.live import LiveIngest
         from scheduler.longterm import CarrierWindowSource
 
         if self.db is None:
-            from contextdb.fleet import open_store
-
-            d = cfg.contextdb
-            try:
-                store = open_store(d.path, d.fleet_url, d.line, readonly=False)
-                try:
-                    self.db = ContextDB(store, d, origin=cfg.gateway.id)
-                except BaseException:
-                    store.close()
-                    raise
-            except ContextDBError as e:
-                raise UserError(f"contextdb: {e}") from None
+            self.db = open_context_db(cfg, cfg.gateway.id, readonly=False)
             self._own_db = True
         self.longterm = CarrierWindowSource(self.db.predict)
         if self.cfg.learn:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from middlebox import wire
 from middlebox.config import Config
 from middlebox.control import ControlServer
+from middlebox.ctxloop import SessionContext, open_context_db
 from middlebox.destpolicy import DestinationPolicy
 from middlebox.logs import kv
 from middlebox.mux import (
@@ -117,6 +118,8 @@ class Session:
         self.mux = Mux("node", params, policy)
         self.paths: dict[int, PathConn] = {}
         self.names: dict[int, str] = {}
+        self.carriers: dict[int, str] = {}  # path id -> carrier name (from HELLO)
+        self.context: SessionContext | None = None  # with [context] use_contextdb
         self.relays: dict[int, Relay] = {}
         self.starved: set[int] = set()  # relays not reading: the mux's send buffer was full
         self.next_path_id = 1
@@ -145,6 +148,10 @@ class Node:
         self.handshaking: dict[PathConn, float] = {}  # path -> deadline for HELLO
         # latest CONTEXT report per gateway id and carrier (kept across sessions)
         self.contexts: dict[str, dict[str, dict]] = {}
+        # contextdb's predictions for the downlink scheduler (read-only: gateways learn)
+        self.context_db = (
+            open_context_db(cfg, cfg.node.id, readonly=True) if cfg.context.use_contextdb else None
+        )
         self.counters = {
             "paths_accepted": 0,
             "paths_refused": 0,
@@ -223,7 +230,12 @@ class Node:
                     info = pc.tcp_info()
                     if info is not None and info.srtt_us:
                         sess.mux.update_path(pid, srtt=info.srtt, rttvar=info.rttvar)
-                    sess.policy.sample(pid, sess.names.get(pid, ""), info, now)
+                    carrier = sess.carriers.get(pid, "")
+                    sess.policy.sample(pid, carrier, info, now)
+                    if sess.context is not None:
+                        sess.context.on_info(pid, carrier, pc, info, now)
+                if sess.context is not None:
+                    sess.context.tick(now)
 
     # -- paths ----------------------------------------------------------------------------
 
@@ -308,8 +320,16 @@ class Node:
             sess = None
         if sess is None:
             params = MuxParams.from_config(self.cfg, "node", msg.max_payload)
-            policy = SchedulerPolicy(self.cfg.scheduler, lowat=self.cfg.paths.notsent_lowat)
+            sctx = None
+            if self.context_db is not None:
+                sctx = SessionContext(self.context_db.predict, self.cfg.contextdb.window_s, now)
+            policy = SchedulerPolicy(
+                self.cfg.scheduler,
+                lowat=self.cfg.paths.notsent_lowat,
+                longterm=sctx.longterm if sctx is not None else None,
+            )
             sess = Session(msg.gateway_id, msg.session, params, now, policy)
+            sess.context = sctx
             self.sessions[msg.gateway_id] = sess
         pid = sess.next_path_id
         sess.next_path_id += 1
@@ -320,6 +340,7 @@ class Node:
         pc.last_rx = now
         sess.paths[pid] = pc
         sess.names[pid] = pc.label
+        sess.carriers[pid] = msg.carrier
         pc.write(wire.HelloAck(self.cfg.node.id, pid, max_payload=self.cfg.wire.max_payload))
         sess.mux.path_up(pid, now)
         self.counters["paths_accepted"] += 1
@@ -353,6 +374,8 @@ class Node:
         per = self.contexts.setdefault(sess.gateway_id, {})
         if msg.carrier not in per and len(per) >= MAX_CONTEXT_CARRIERS:
             return
+        if sess.context is not None:
+            sess.context.report(msg, now)
         first = msg.carrier not in per
         per[msg.carrier] = {
             "cell_id": msg.cell_id,
@@ -651,7 +674,11 @@ class Node:
                     + sum(len(r.pending) for r in sess.relays.values()),
                     "relays": len(sess.relays),
                     "context": {
-                        c: {**v, "age_s": round(now - v["received"], 3)}
+                        c: {
+                            **v,
+                            "age_s": round(now - v["received"], 3),
+                            **(sess.context.status(c, now) if sess.context is not None else {}),
+                        }
                         for c, v in self.contexts.get(sess.gateway_id, {}).items()
                     },
                 }
@@ -682,5 +709,8 @@ class Node:
         self.listener.close()
         if self.control is not None:
             self.control.close()
+        if self.context_db is not None:
+            self.context_db.store.close()
+            self.context_db = None
         self.sel.close()
         log.info("stopped")
