@@ -5,9 +5,10 @@ One testbed with the three carriers of rail route 7 (``rail:7:k``), the gateway'
 ``[context]`` replaying the same route's CSVs from the testbed's trace start, and a
 ``[contextdb]`` database seeded with one earlier run of the route (so predictions exist
 from the start). A download runs through the proxy; ``mpproxy status`` must show each
-carrier's current cell on both sides and predictions on the gateway, the scheduler must
-not have failed, and the database must grow while the gateway runs and again when it
-stops (the last windows are written at shutdown).
+carrier's current cell on both sides and predictions on both (the node reads the same
+database for its downlink scheduler), the scheduler must not have failed, and the
+database must grow while the gateway runs and again when it stops (the last windows are
+written at shutdown).
 """
 
 from __future__ import annotations
@@ -92,6 +93,11 @@ def test_rail_context_reaches_status_and_the_database_grows(tmp_path):
             + _section("context", context)
             + _section("contextdb", {"path": str(db_path)})
         )
+        bed.node_cfg.write_text(  # the node reads the same database for the downlink
+            bed.node_cfg.read_text()
+            + _section("context", {"use_contextdb": True})
+            + _section("contextdb", {"path": str(db_path)})
+        )
         bed.start_node()
         bed.start_gateway()
         bed.wait_paths(CARRIERS)
@@ -135,6 +141,9 @@ def test_rail_context_reaches_status_and_the_database_grows(tmp_path):
         assert ctx["windows_stored"] > 0
         predicted = [c for c in ctx["carriers"].values() if c.get("prediction")]
         assert predicted, ctx["carriers"]  # the live gateway's scheduler gets predictions
+        node_predicted = [c for c in node_ctx.values() if c.get("prediction")]
+        assert node_predicted, node_ctx  # and so does the node's, for the downlink
+        assert any(c.get("saturated") for c in node_ctx.values())  # the node sent the download
         assert "predicted" in page
         assert gw["scheduler"]["policy"] == "context" and gw["scheduler"]["decisions"] > 0
         assert "failed; using the built-in" not in bed.log("gateway")
