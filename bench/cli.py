@@ -1,9 +1,8 @@
 """``mpproxy bench``: replay traces through the simulator and compare schedulers.
 
-``mpproxy bench replay`` is built. ``mpproxy bench emulate`` (the same workloads on the
-emulated testbed with the real gateway and node, and the simulator-versus-emulation
-calibration) is not built yet, so it is not offered as a command: it was left for after
-the gateway and node processes, which were only being assembled when the replay landed.
+``mpproxy bench replay`` runs the simulator; ``mpproxy bench emulate`` (registered from
+``bench.emulate.command``) runs the same workloads on the emulated testbed with the real
+gateway and node, and with ``--calibrate`` compares the two.
 """
 
 from __future__ import annotations
@@ -17,15 +16,15 @@ from middlebox.errors import UserError
 DESCRIPTION = (
     "Offline trace replay: every scheduling policy (ours, min-RTT, round-robin, redundant, "
     "ECF, BLEST) and each carrier alone over the same traces and workload, in a discrete-"
-    "event model of the proxy's transport (docs/replay.md). The emulation runner "
-    "('bench emulate': real gateway and node on the testbed) is not built yet."
+    "event model of the proxy's transport (docs/replay.md). 'bench emulate' runs the same "
+    "workloads through the real gateway and node on the emulated testbed."
 )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
-        help="replay traces and compare schedulers (emulation runner: not built yet)",
+        help="replay traces and compare schedulers; emulate them on the testbed",
         description=DESCRIPTION,
     )
     bsub = p.add_subparsers(dest="bench_command", metavar="COMMAND")
@@ -36,16 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    src = r.add_argument_group("carriers (one of --lte, --rail, --trace)")
-    src.add_argument("--lte", action="store_true", help="the three bundled LTE traces")
-    src.add_argument("--rail", type=int, metavar="SEED", help="a synthetic high-speed rail route")
-    src.add_argument(
-        "--trace",
-        action="append",
-        default=[],
-        metavar="[NAME=]SPEC",
-        help="one carrier per --trace: a Mahimahi file, a 5G CSV, <N>mbit or rail:<seed>:<carrier>",
-    )
+    carrier_arguments(r)
     r.add_argument(
         "--workload",
         default="web",
@@ -59,16 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="comma-separated policies and single:<carrier> baselines, or 'all'",
     )
     r.add_argument("--no-singles", action="store_true", help="skip single-carrier baselines")
-    r.add_argument("--delay", type=float, default=25.0, help="one-way delay per carrier, ms")
-    r.add_argument("--queue-bytes", type=int, default=384_000, help="bottleneck queue per carrier")
-    r.add_argument("--loss", type=float, default=0.0, help="random loss per packet")
-    r.add_argument(
-        "--outage",
-        action="append",
-        default=[],
-        metavar="CARRIER:START-END",
-        help="an extra outage in seconds, e.g. att:30-40",
-    )
+    link_arguments(r)
     r.add_argument("--warmup", type=float, default=0.0, help="seconds left out of goodput")
     r.add_argument("--contextdb", metavar="PATH", help="trained context database (with --rail)")
     r.add_argument(
@@ -82,6 +63,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
     r.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     r.set_defaults(func=cmd_replay)
+    from bench.emulate.command import register as register_emulate
+
+    register_emulate(bsub)
+
+
+def carrier_arguments(p: argparse.ArgumentParser) -> None:
+    """--lte / --rail / --trace (shared by replay and emulate)."""
+    src = p.add_argument_group("carriers (one of --lte, --rail, --trace)")
+    src.add_argument("--lte", action="store_true", help="the three bundled LTE traces")
+    src.add_argument("--rail", type=int, metavar="SEED", help="a synthetic high-speed rail route")
+    src.add_argument(
+        "--trace",
+        action="append",
+        default=[],
+        metavar="[NAME=]SPEC",
+        help="one carrier per --trace: a Mahimahi file, a 5G CSV, <N>mbit or rail:<seed>:<carrier>",
+    )
+
+
+def link_arguments(p: argparse.ArgumentParser) -> None:
+    """Per-carrier link knobs (shared by replay and emulate)."""
+    p.add_argument("--delay", type=float, default=25.0, help="one-way delay per carrier, ms")
+    p.add_argument("--queue-bytes", type=int, default=384_000, help="bottleneck queue per carrier")
+    p.add_argument("--loss", type=float, default=0.0, help="random loss per packet")
+    p.add_argument(
+        "--outage",
+        action="append",
+        default=[],
+        metavar="CARRIER:START-END",
+        help="an extra outage in seconds (from the workload's start), e.g. att:30-40",
+    )
 
 
 def _usage(p: argparse.ArgumentParser) -> int:
