@@ -371,6 +371,8 @@ class ContextLoop:
         out = []
         for carrier, ctx in self.tracker.contexts.items():
             pos = ctx.position
+            if pos is not None and not (abs(pos[0]) <= 90 and abs(pos[1]) <= 180):
+                pos = None  # a source's nonsense never reaches the wire (or stops the loop)
             out.append(
                 wire.Context(
                     carrier,

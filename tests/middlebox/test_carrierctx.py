@@ -398,3 +398,13 @@ def test_gateway_cli_reports_a_missing_context_file_in_one_line(tmp_path):
     ]
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert f"mpt{os.getpid() % 10000}ctx" not in ns
+
+
+def test_context_messages_carry_only_valid_values():
+    loop = ContextLoop(gw_config(), clock=lambda: 10.0, wall=lambda: 1000.0)
+    loop.tracker.update(Reading("rail0", 10.0, "123", -250.0, 95.0, 10.0))
+    loop.tracker.update(Reading("rail1", 10.5, "0xff", -80.0, 45.0, 9.0))
+    m0, m1 = loop.messages(11.0)
+    assert (m0.cell_id, m0.rsrp_dbm, m0.lat, m0.lon) == (123, None, None, None)
+    assert (m1.cell_id, m1.rsrp_dbm, m1.lat, m1.lon) == (255, -80.0, 45.0, 9.0)
+    assert m1.timestamp_ns == int(1000.5 * 1e9)  # wall clock of the reading
