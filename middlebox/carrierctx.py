@@ -208,7 +208,14 @@ class JsonLinesParser:
         if self.carriers is not None and carrier not in self.carriers:
             self._error(f"unknown carrier {carrier!r}")
             return None
-        cell = obj.get("cell_id", "")
+        cell = obj.get("cell_id") or ""  # absent or null: unknown
+        if isinstance(cell, bool) or not isinstance(cell, str | int):
+            self._error(f"cell_id: not text or a number: {cell!r}")
+            return None
+        cell = str(cell)
+        if len(cell) > 64 or not cell.isprintable():
+            self._error(f"cell_id: more than 64 characters or control characters: {cell[:80]!r}")
+            return None
         num = {}
         for key in ("rsrp", "lat", "lon"):
             v = obj.get(key)
@@ -218,7 +225,7 @@ class JsonLinesParser:
             num[key] = _finite(v)
         if (num["lat"] is None) != (num["lon"] is None):
             num["lat"] = num["lon"] = None
-        return Reading(carrier, now, str(cell) if cell is not None else "", **num)
+        return Reading(carrier, now, cell, **num)
 
 
 # -- per-carrier state --------------------------------------------------------------------

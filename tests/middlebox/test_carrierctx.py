@@ -99,6 +99,8 @@ def test_json_lines_any_chunking_and_bad_lines_counted():
         b"not json\n"
         b'{"carrier": "zz"}\n'
         b'{"carrier": "b", "rsrp": "loud"}\n'
+        b'{"carrier": "b", "cell_id": "a\\u0001b"}\n'
+        b'{"carrier": "b", "cell_id": [1]}\n'
         b'{"carrier": "b", "cell_id": 77}\n'
     )
     out = []
@@ -108,9 +110,9 @@ def test_json_lines_any_chunking_and_bad_lines_counted():
         Reading("a", 5.0, "0x1f", -90.5, 1.5, 2.5),
         Reading("b", 5.0, "77", None, None, None),
     ]
-    assert p.errors == 3
+    assert p.errors == 5
     p.feed(b"x" * 5000, 6.0)  # an endless line is dropped, not buffered forever
-    assert p.errors == 4 and "longer" in p.last_error
+    assert p.errors == 6 and "longer" in p.last_error
 
 
 def test_cell_number_for_the_wire():
