@@ -183,12 +183,17 @@ class SessionContext:
             out["saturated"] = s.saturated_up
         p = self.longterm.predict(carrier, now)
         if p is not None:
-            out["prediction"] = {
-                "throughput_mbit": round(p.throughput_mean / 1e6, 3),
-                "confidence": p.confidence,
-                "p_disconnect": round(p.p_disconnect, 4),
-            }
+            out["prediction"] = prediction_status(p)
         return out
+
+
+def prediction_status(p) -> dict:
+    """A prediction as ``mpproxy status`` shows it."""
+    return {
+        "throughput_mbit": round(p.throughput_mean / 1e6, 3),
+        "confidence": p.confidence,
+        "p_disconnect": round(p.p_disconnect, 4),
+    }
 
 
 def _cell_number(cell: str) -> int:
@@ -425,15 +430,7 @@ class ContextLoop:
                 )
             if self.longterm is not None:
                 p = self.longterm.predict(name, now)
-                row["prediction"] = (
-                    None
-                    if p is None
-                    else {
-                        "throughput_mbit": round(p.throughput_mean / 1e6, 3),
-                        "confidence": p.confidence,
-                        "p_disconnect": round(p.p_disconnect, 4),
-                    }
-                )
+                row["prediction"] = None if p is None else prediction_status(p)
             carriers[name] = row
         out: dict = {"source": self.cfg.source, "carriers": carriers, **self.counters}
         if self.ingest is not None:
