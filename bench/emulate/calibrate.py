@@ -44,6 +44,7 @@ METRICS: tuple[tuple[str, Callable[[dict], float | None]], ...] = (
     ("page load p95 s", _page("p95")),
     ("flows completed", lambda s: s["flows_completed"] or None),
     ("stall time s", lambda s: s["stall_time"] if s["streams"] else None),
+    ("file done s", lambda s: max(s["files_done"]) if s["files_done"] else None),
 )
 
 

@@ -53,6 +53,7 @@ def _result(name: str, goodput: float, p50: float | None) -> RunResult:
         "flows_completed": 0,
         "streams": 0,
         "stall_time": 0.0,
+        "files_done": [],
     }
     return RunResult(name, s, Recorder(1.0, 1), ["a"], [[]], [[]])
 
