@@ -6,7 +6,7 @@ Paths come from the real estimator (so our policy sees least-squares predictions
 jitter and rate variance) and our policy gets a long-term source (a scripted one:
 the cost measured is the scheduler's, not contextdb's, whose answers are cached per
 ``longterm_refresh``). Two message mixes: plain data (the common case), and a mix of
-data, interactive first bytes, bulk and reinjections. Each figure is the best of R
+data, interactive first bytes, bulk, a stream and reinjections. Each figure is the best of R
 repeats of N decisions (the machine is shared, so the minimum is the least noisy
 statistic); the median is printed too, and a no-op call with the same arguments is
 measured in the same run as the floor of any Python policy. Last, the cost of one
@@ -57,6 +57,7 @@ def messages(mix: str) -> list[MessageInfo]:
     bulk_a = ConnectionContext(2, client="p2", dst_port=22, bytes_so_far=50 << 20)
     bulk_b = ConnectionContext(3, client="p3", dst_port=22, bytes_so_far=50 << 20)
     plain = ConnectionContext(4, client="p4", dst_port=5000)
+    tv = ConnectionContext(5, client="p5", dst_port=1935, bytes_so_far=50 << 20, stream=True)
     if mix == "data":
         return [
             MessageInfo(4, 16384, offset=16384 * i, backlog=65536, conn=plain) for i in range(8)
@@ -70,6 +71,7 @@ def messages(mix: str) -> list[MessageInfo]:
         MessageInfo(2, 16384, offset=(50 << 20) + 16384, conn=bulk_a, window=1 << 20),
         MessageInfo(3, 16384, offset=(50 << 20) + 16384, conn=bulk_b, window=1 << 20),
         MessageInfo(1, 16384, offset=16384, conn=web),
+        MessageInfo(5, 16384, offset=50 << 20, conn=tv),
     ]
 
 

@@ -76,6 +76,20 @@ class SchedulerConfig:
     f_bulk: float = _opt(
         0.0, "F for messages of long bulk flows (past bulk_bytes).", min=0.0, max=1e12
     )
+    f_stream: float = _opt(
+        0.0,
+        "F for messages of streams (long-lived, application-limited connections: "
+        "stream_age, stream_window).",
+        min=0.0,
+        max=1e12,
+    )
+    a_stream: float = _opt(
+        0.0,
+        "a used for stream messages (0: rank paths by delay; for a stream that fell "
+        "behind, by when the message would arrive, RTT + bytes ahead / BW).",
+        min=0.0,
+        max=1.0,
+    )
     f_interactive: float = _opt(
         1e4,
         "F for the first bytes (interactive_bytes) of flows to interactive ports.",
@@ -120,6 +134,29 @@ class SchedulerConfig:
         1 << 20,
         "A flow that has carried this many bytes is bulk (f_bulk, per-client fairness).",
         min=1,
+        max=1 << 40,
+    )
+    stream_age: float = _opt(
+        10.0,
+        "A connection this old (s) whose sender was application-limited within "
+        "stream_window is a stream (live video, audio): f_stream, a_stream, no bulk "
+        "fairness.",
+        min=0.0,
+        max=3600.0,
+    )
+    stream_window: float = _opt(
+        30.0,
+        "How recently (s) a stream's sender must have run out of bytes to send (long, so "
+        "a stream that falls behind when capacity is short keeps its class).",
+        min=0.0,
+        max=3600.0,
+    )
+    stream_behind: int = _opt(
+        256 << 10,
+        "A stream with more than this many bytes waiting to be sent has fallen behind: "
+        "its messages go where they arrive first (drain-time discount); below it, by "
+        "delay alone, as bulk.",
+        min=0,
         max=1 << 40,
     )
     light_load_bytes: int = _opt(

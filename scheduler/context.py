@@ -68,9 +68,28 @@ class ConnectionContext:
     opened: float = 0.0  # s, time the connection was opened
     bytes_so_far: int = 0  # bytes carried so far in this direction
     priority: int = 0  # priority class; 0 ordinary
+    # s, last time the sending application had nothing more for the mux (everything it
+    # had produced was committed to paths); None: never. Fed by the mux or simulator.
+    app_limited_at: float | None = None
+    stream: bool = False  # a stream: see ``stream_like``; set by the mux or simulator
 
     def age(self, now: float) -> float:
         return now - self.opened
+
+
+def stream_like(ctx: ConnectionContext, now: float, min_age: float, window: float) -> bool:
+    """Whether ``ctx`` is a stream: a long-lived connection whose sender is
+    application-limited (live video, audio, a game), not a download.
+
+    A download's backlog never runs dry while it lasts (the server sends as fast as the
+    paths take it); a web object is short. A connection older than ``min_age`` whose
+    application ran out of bytes to send within the last ``window`` produces them at its
+    own pace: its bytes are due in order at that pace and a late one stalls the player.
+    The window is long (tens of seconds) because a stream that falls behind when capacity
+    is short builds a backlog, and it must not lose the class exactly then.
+    """
+    dry = ctx.app_limited_at
+    return dry is not None and now - ctx.opened >= min_age and now - dry <= window
 
 
 @dataclass(slots=True)

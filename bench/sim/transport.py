@@ -59,6 +59,7 @@ from scheduler.context import (
     ConnectionContext,
     MessageInfo,
     PathContext,
+    stream_like,
 )
 from scheduler.estimators import PathEstimator, PathSample
 from scheduler.policies.base import Policy
@@ -272,6 +273,8 @@ class Transport:
         self.p = params
         self.duration = duration
         self.paths = [SimPath(i, link, sched_cfg) for i, link in enumerate(links)]
+        self._stream_age = sched_cfg.stream_age
+        self._stream_window = sched_cfg.stream_window
         self.ctxs = [p.ctx for p in self.paths]
         self.conns: dict[int, Conn] = {}
         self.active: dict[int, Conn] = {}  # connections with something to send
@@ -393,6 +396,11 @@ class Transport:
                 msg.queued = False
                 continue
             return self._reinject(conn, msg, now)
+        ctx = conn.ctx
+        if conn.avail <= conn.snd_nxt:
+            # the application has nothing more for now: the mux tells the connection
+            # context (a long-lived connection that keeps doing so is a stream)
+            ctx.app_limited_at = now
         snd_una = next(iter(conn.unacked)) if conn.unacked else conn.snd_nxt
         written = min(conn.avail, snd_una + p.buffer_bytes)
         unsent = written - conn.snd_nxt
@@ -402,8 +410,8 @@ class Transport:
         want = int(min(conn.target, unsent, allowance, p.max_data))
         if want <= 0 or (want < SWS_MIN and want < unsent):
             return -1
-        ctx = conn.ctx
         ctx.bytes_so_far = conn.snd_nxt - conn.base
+        ctx.stream = stream_like(ctx, now, self._stream_age, self._stream_window)
         info = MessageInfo(
             conn.id,
             want,
@@ -429,6 +437,8 @@ class Transport:
         elif left <= 0:
             conn.target = max(p.message_size, conn.target // 2)
         self._place(ids, ready, msg, now)
+        if conn.avail <= conn.snd_nxt:
+            ctx.app_limited_at = now
         return 1 if left > 0 else 0
 
     def _reinject(self, conn: Conn, msg: Msg, now: float) -> int:

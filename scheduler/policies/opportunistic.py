@@ -143,6 +143,8 @@ class ContextPolicy:
         if prio >= cfg.high_priority:
             return "high", cfg.f_high, cfg.a
         if conn is not None:
+            if conn.stream:
+                return "stream", cfg.f_stream, cfg.a_stream
             if m.offset < cfg.interactive_bytes and conn.dst_port in self._ports:
                 return "interactive", cfg.f_interactive, cfg.a_interactive
             if conn.bytes_so_far >= cfg.bulk_bytes:
@@ -164,6 +166,11 @@ class ContextPolicy:
         # A bulk message's own delay does not matter, the order of arrival does: it skips
         # the drain-time discount (see docs/scheduler.md, "why bulk ranks by delay").
         queue_delay = cfg.queue_delay and cls != "bulk"
+        if cls == "stream" and message.backlog <= cfg.stream_behind:
+            # A stream that keeps up goes by delay, as bulk does, and leaves the other
+            # paths to web flows; one that fell behind goes where its bytes arrive first
+            # (see docs/scheduler.md, "Streams").
+            queue_delay = False
         avoid = message.avoid
         mss_default = cfg.mss
         entries = []

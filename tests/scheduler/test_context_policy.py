@@ -3,7 +3,14 @@
 import pytest
 
 from scheduler.config import SchedulerConfig
-from scheduler.context import CONTROL, REINJECTION, ConnectionContext, MessageInfo, PathContext
+from scheduler.context import (
+    CONTROL,
+    REINJECTION,
+    ConnectionContext,
+    MessageInfo,
+    PathContext,
+    stream_like,
+)
 from scheduler.fusion import INF
 from scheduler.longterm import LongTermPrediction, StubSource
 from scheduler.policies import get
@@ -322,3 +329,59 @@ def test_unmeasured_longterm_metric_is_ignored_not_averaged():
     assert rtt == 0.08 and loss == 0.04
     # the measured throughput (2 MB/s, finite variance) beats a rate of unknown variance
     assert bw == pytest.approx(2e6)
+
+
+def test_stream_like_needs_age_and_a_recent_dry_spell():
+    ctx = ConnectionContext(1, opened=100.0)
+    assert not stream_like(ctx, 200.0, 10.0, 30.0)  # never application-limited: a download
+    ctx.app_limited_at = 105.0
+    assert not stream_like(ctx, 105.0, 10.0, 30.0)  # 5 s old: could be a web object
+    assert stream_like(ctx, 110.0, 10.0, 30.0)  # 10 s old, dry 5 s ago
+    assert stream_like(ctx, 135.0, 10.0, 30.0)  # fell behind for 30 s: still a stream
+    assert not stream_like(ctx, 135.5, 10.0, 30.0)  # 30.5 s without running dry
+
+
+def stream_paths():
+    # A: 50 ms, 1 MB/s, 300 kB waiting in its socket; B: 100 ms, 1 MB/s, empty. Both
+    # windows have room.
+    return [
+        PathContext(0, "A", srtt=0.05, delivery_rate=1e6, cwnd=10**7, queued=300_000),
+        PathContext(1, "B", srtt=0.1, delivery_rate=1e6, cwnd=10**7, queued=0),
+    ]
+
+
+def test_a_stream_that_fell_behind_goes_where_it_arrives_first():
+    # A stream with more than stream_behind (256 KiB) waiting ranks by arrival (a_stream
+    # = 0 with the drain-time discount), 1 / (RTT + (queued + size) / BW):
+    # A 1 / (0.05 + 0.31) = 2.8, B 1 / (0.1 + 0.01) = 9.1, so B. A stream that keeps up
+    # ranks by delay alone (A 20 > B 10), as bulk and min-RTT do: it leaves B to web.
+    pol = ContextPolicy(SchedulerConfig())
+    tv = ConnectionContext(1, client="tv", dst_port=1935, bytes_so_far=5 << 20, stream=True)
+    behind = MessageInfo(1, 10_000, offset=5 << 20, backlog=300_000, conn=tv)
+    assert pol.classify(behind)[0] == "stream"
+    assert pol.decide(behind, stream_paths(), 0.0) == (1,)
+    keeping_up = MessageInfo(1, 10_000, offset=5 << 20, backlog=256 << 10, conn=tv)
+    assert pol.decide(keeping_up, stream_paths(), 0.0) == (0,)
+    dl = ConnectionContext(2, client="dl", dst_port=1935, bytes_so_far=5 << 20)
+    m = MessageInfo(2, 10_000, offset=5 << 20, backlog=300_000, conn=dl)
+    assert pol.classify(m)[0] == "bulk"
+    assert pol.decide(m, stream_paths(), 0.0) == (0,)
+    assert get("minrtt").decide(behind, stream_paths(), 0.0) == (0,)
+    # A higher priority class still wins over the stream class.
+    tv.priority = 1
+    assert pol.classify(behind)[0] == "high"
+
+
+def test_stream_f_adds_copies_like_every_class():
+    # f_stream = 1e4 (default 0: one path), a stream that fell behind. B first; a copy on
+    # A gains 1e4 * 0.01 * 0.99 = 99 and costs b * (10 kB + 300 kB) / 1e6 = 3100: no copy.
+    cfg = SchedulerConfig(f_stream=1e4)
+    stream = ConnectionContext(1, dst_port=1935, stream=True)
+    m = MessageInfo(1, 10_000, backlog=1 << 20, conn=stream)
+    assert ContextPolicy(cfg).decide(m, stream_paths(), 0.0) == (1,)
+    paths = stream_paths()
+    paths[0].queued = 0
+    # A is now first (1 / 0.06 > 1 / 0.11); a copy on B costs 1e4 * 0.01 = 100 > 99.
+    assert ContextPolicy(cfg).decide(m, paths, 0.0) == (0,)
+    cheap = SchedulerConfig(f_stream=1e4, b=1e3)
+    assert ContextPolicy(cheap).decide(m, paths, 0.0) == (0, 1)

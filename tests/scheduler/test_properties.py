@@ -48,6 +48,7 @@ conn_st = st.none() | st.builds(
     dst_port=st.sampled_from([0, 22, 443]),
     bytes_so_far=st.integers(0, 10**8),
     priority=st.integers(0, 3),
+    stream=st.booleans(),
 )
 msg_st = st.builds(
     MessageInfo,
