@@ -71,7 +71,9 @@ class ConnectionContext:
     # s, last time the sending application had nothing more for the mux (everything it
     # had produced was committed to paths); None: never. Fed by the mux or simulator.
     app_limited_at: float | None = None
-    stream: bool = False  # a stream: see ``stream_like``; set by the mux or simulator
+    # a stream whatever ``stream_like`` says (a mux that knows it otherwise may set it);
+    # our policy also classifies by ``stream_like`` from ``app_limited_at``
+    stream: bool = False
 
     def age(self, now: float) -> float:
         return now - self.opened

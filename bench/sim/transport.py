@@ -59,7 +59,6 @@ from scheduler.context import (
     ConnectionContext,
     MessageInfo,
     PathContext,
-    stream_like,
 )
 from scheduler.estimators import PathEstimator, PathSample
 from scheduler.policies.base import Policy
@@ -273,8 +272,6 @@ class Transport:
         self.p = params
         self.duration = duration
         self.paths = [SimPath(i, link, sched_cfg) for i, link in enumerate(links)]
-        self._stream_age = sched_cfg.stream_age
-        self._stream_window = sched_cfg.stream_window
         self.ctxs = [p.ctx for p in self.paths]
         self.conns: dict[int, Conn] = {}
         self.active: dict[int, Conn] = {}  # connections with something to send
@@ -399,7 +396,8 @@ class Transport:
         ctx = conn.ctx
         if conn.avail <= conn.snd_nxt:
             # the application has nothing more for now: the mux tells the connection
-            # context (a long-lived connection that keeps doing so is a stream)
+            # context (our policy classifies a long-lived connection that keeps doing
+            # so as a stream, scheduler.context.stream_like)
             ctx.app_limited_at = now
         snd_una = next(iter(conn.unacked)) if conn.unacked else conn.snd_nxt
         written = min(conn.avail, snd_una + p.buffer_bytes)
@@ -411,7 +409,6 @@ class Transport:
         if want <= 0 or (want < SWS_MIN and want < unsent):
             return -1
         ctx.bytes_so_far = conn.snd_nxt - conn.base
-        ctx.stream = stream_like(ctx, now, self._stream_age, self._stream_window)
         info = MessageInfo(
             conn.id,
             want,

@@ -32,7 +32,7 @@ import math
 from collections.abc import Sequence
 
 from scheduler.config import SchedulerConfig
-from scheduler.context import CONTROL, REINJECTION, MessageInfo, PathContext
+from scheduler.context import CONTROL, REINJECTION, MessageInfo, PathContext, stream_like
 from scheduler.fusion import INF, fuse2
 from scheduler.longterm import LongTermSource, PredictionLike
 
@@ -129,8 +129,9 @@ class ContextPolicy:
 
     # -- message classes ---------------------------------------------------------------------
 
-    def classify(self, m: MessageInfo) -> tuple[str, float, float]:
-        """(class name, F, a) of message ``m``."""
+    def classify(self, m: MessageInfo, now: float | None = None) -> tuple[str, float, float]:
+        """(class name, F, a) of message ``m`` (at ``now``: a connection whose context
+        records when its application ran dry may be a stream, ``stream_like``)."""
         cfg = self.cfg
         if m.kind == CONTROL:
             return "control", cfg.f_control, cfg.a
@@ -143,7 +144,11 @@ class ContextPolicy:
         if prio >= cfg.high_priority:
             return "high", cfg.f_high, cfg.a
         if conn is not None:
-            if conn.stream:
+            if conn.stream or (
+                now is not None
+                and conn.app_limited_at is not None
+                and stream_like(conn, now, cfg.stream_age, cfg.stream_window)
+            ):
                 return "stream", cfg.f_stream, cfg.a_stream
             if m.offset < cfg.interactive_bytes and conn.dst_port in self._ports:
                 return "interactive", cfg.f_interactive, cfg.a_interactive
@@ -159,7 +164,7 @@ class ContextPolicy:
         self, message: MessageInfo, paths: Sequence[PathContext], now: float
     ) -> tuple[int, ...]:
         cfg = self.cfg
-        cls, big_f, a = self.classify(message)
+        cls, big_f, a = self.classify(message, now)
         size = message.size
         floor = cfg.loss_floor
         threshold = cfg.disconnect_threshold

@@ -325,23 +325,24 @@ def test_a_live_stream_becomes_a_stream_a_download_does_not(monkeypatch):
     from scheduler import policies
     from scheduler.context import DATA
 
-    seen = []  # (time, port, stream flag) at each data decision (the context is mutated)
+    seen = []  # (time, port, class) at each data decision (the context is mutated)
 
     class Snoop(Recording):
         def decide(self, message, paths, now):
             if message.kind == DATA and message.conn is not None:
-                seen.append((now, message.conn.dst_port, message.conn.stream))
+                cls = self.inner.classify(message, now)[0]
+                seen.append((now, message.conn.dst_port, cls))
             return self.inner.decide(message, paths, now)
 
     real_get = policies.get
     monkeypatch.setattr("bench.sim.runner.policies.get", lambda *a, **kw: Snoop(real_get(*a, **kw)))
     carriers = [fixed("a", 20.0, 0.02), fixed("b", 20.0, 0.03)]
     run(Scenario(carriers, workload="cbr:rate=2+bulk", duration=20.0), "context")
-    cbr = [(t, s) for t, port, s in seen if port == 1935]
-    bulk = [s for _, port, s in seen if port == 5001]
-    assert bulk and not any(bulk)  # never application-limited
-    assert cbr and not any(s for t, s in cbr if t < 10.0)  # stream_age 10 s
-    assert all(s for t, s in cbr if t >= 10.5)
+    cbr = [(t, c) for t, port, c in seen if port == 1935]
+    bulk = [c for _, port, c in seen if port == 5001]
+    assert bulk and "stream" not in bulk  # a download never runs dry
+    assert cbr and all(c != "stream" for t, c in cbr if t < 10.0)  # stream_age 10 s
+    assert all(c == "stream" for t, c in cbr if t >= 10.5)
 
 
 def test_outage_only_future_feed_reports_no_rates():

@@ -385,3 +385,16 @@ def test_stream_f_adds_copies_like_every_class():
     assert ContextPolicy(cfg).decide(m, paths, 0.0) == (0,)
     cheap = SchedulerConfig(f_stream=1e4, b=1e3)
     assert ContextPolicy(cheap).decide(m, paths, 0.0) == (0, 1)
+
+
+def test_the_policy_classifies_streams_from_when_the_application_ran_dry():
+    # The mux only records app_limited_at; the policy applies stream_like at `now`.
+    pol = ContextPolicy(SchedulerConfig())
+    tv = ConnectionContext(1, dst_port=1935, opened=0.0, bytes_so_far=5 << 20)
+    m = MessageInfo(1, 10_000, offset=5 << 20, backlog=300_000, conn=tv)
+    assert pol.classify(m, 20.0)[0] == "bulk"  # never ran dry: a download
+    tv.app_limited_at = 19.0
+    assert pol.classify(m, 5.0)[0] == "bulk"  # too young (stream_age 10 s)
+    assert pol.classify(m, 20.0)[0] == "stream"
+    assert pol.decide(m, stream_paths(), 20.0) == (1,)  # fell behind: by arrival
+    assert pol.classify(m, 49.5)[0] == "bulk"  # 30.5 s without running dry
