@@ -94,6 +94,14 @@ class ConnectionTracker(_Generator):
         if ctx is not None:
             ctx.bytes_so_far += nbytes
 
+    def app_limited(self, conn_id: int, now: float) -> None:
+        """The connection's application had nothing more to send at ``now`` (everything
+        it produced was committed to paths): a long-lived connection that keeps saying
+        so is a stream (``scheduler.context.stream_like``)."""
+        ctx = self.connections.get(conn_id)
+        if ctx is not None:
+            ctx.app_limited_at = now
+
     def closed(self, conn_id: int) -> None:
         self.connections.pop(conn_id, None)
         self._publish(CONNECTION, conn_id, None)

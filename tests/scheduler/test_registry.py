@@ -34,6 +34,10 @@ def test_generators_publish_and_scheduler_reads_paths():
     assert sched.decide(MessageInfo(5, 8192, conn=conn), 0.7) == (1,)
     conns.carried(5, 1000)
     assert conn.bytes_so_far == 1000 and conn.age(2.0) == 1.5
+    assert conn.app_limited_at is None
+    conns.app_limited(5, 1.5)
+    conns.app_limited(99, 1.5)  # unknown connection: ignored
+    assert conn.app_limited_at == 1.5
     conns.closed(5)
     assert reg.get(CONNECTION, 5) is None
     paths.remove_path(1)
