@@ -127,6 +127,9 @@ class MessageInfo:
     seq: int = 0
     avoid: tuple[int, ...] = ()  # paths that carry (or carried) this message already
     prefer: int | None = None  # ACKs: the path the acknowledged data arrived on
+    # data: bytes of the connection not yet cut into messages behind this one (0: the
+    # message takes everything its application has handed over so far)
+    backlog: int = 0
 
 
 Policy = Callable[[MessageInfo, Sequence[PathState], float], tuple[int, ...]]
@@ -942,7 +945,8 @@ class Mux:
             if pid is None:
                 return False
         else:
-            ids = self.policy(MessageInfo(conn.id, "data", want, conn.snd_nxt), paths, now)
+            info = MessageInfo(conn.id, "data", want, conn.snd_nxt, backlog=unsent - want)
+            ids = self.policy(info, paths, now)
             if not ids:
                 return False
             pid = ids[0]
