@@ -184,9 +184,12 @@ def run_row(setup: EmuSetup, row: str, tick: Callable[[float], None] | None = No
         argv += ["--start-at", repr(start_at), "--paths", str(len(names)), "--out", str(out)]
         argv += ["--mptcp"] if mptcp else []
         err = open(d / "client.err", "wb")
+        sent: dict[int, int] = {}  # node path id -> bytes written (ids are never reused)
         try:
             cl = tb.popen("client", argv, stderr=err, cwd=ROOT)
-            per_path = _sample(tb, cl, names, start_at, scn.duration, tick)
+            per_path = _sample(
+                tb, cl, names, start_at, scn.duration, tick, bed if proxy else None, sent
+            )
         finally:
             err.close()
         if cl.returncode != 0 or not out.exists():
@@ -194,6 +197,8 @@ def run_row(setup: EmuSetup, row: str, tick: Callable[[float], None] | None = No
                 f"row {row}: client program failed: {(d / 'client.err').read_text()[-1500:]}"
             )
         node = bed.status("node") if proxy else None
+        if node is not None:
+            _count_sent(node, sent)
         srv.terminate()
     rec = recorder_from_json(json.loads(out.read_text()))
     rec.path_useful = [
@@ -202,7 +207,7 @@ def run_row(setup: EmuSetup, row: str, tick: Callable[[float], None] | None = No
     total = sum(rec.goodput)
     if node is not None and node["sessions"]:
         sess = node["sessions"][0]
-        rec.wire_sent = rec.payload_sent = sum(p["bytes_out"] for p in sess["paths"])
+        rec.wire_sent = rec.payload_sent = sum(sent.values())
         rec.useful_bytes = min(int(total), rec.payload_sent)
         rec.reinjections = sess["counters"]["retransmits"]
         rec.stall_reinjections = sess["counters"]["stall_retransmits"]
@@ -222,8 +227,16 @@ def run_row(setup: EmuSetup, row: str, tick: Callable[[float], None] | None = No
     )
 
 
-def _sample(tb, cl, names, start_at, duration, tick) -> list[list[float]]:
-    """IP bytes the emulator delivered per carrier per second, until the client ends."""
+def _count_sent(node: dict, sent: dict[int, int]) -> None:
+    for sess in node["sessions"][:1]:
+        for p in sess["paths"]:
+            sent[p["id"]] = max(sent.get(p["id"], 0), p["bytes_out"])
+
+
+def _sample(tb, cl, names, start_at, duration, tick, bed=None, sent=None) -> list[list[float]]:
+    """IP bytes the emulator delivered per carrier per second, until the client ends; with
+    ``bed``, also what the node wrote on each path (a path that reconnects is a new path
+    with its own counter, so the old one is kept from the last sample)."""
     n = int(np.ceil(duration)) + 1
     per_path = [[0.0] * n for _ in names]
     last = None
@@ -247,6 +260,11 @@ def _sample(tb, cl, names, start_at, duration, tick) -> list[list[float]]:
             for k in range(len(names)):
                 per_path[k][i] += cur[k] - last[k]
         last = cur
+        if bed is not None and sent is not None:
+            try:
+                _count_sent(bed.status("node"), sent)
+            except Exception:  # noqa: BLE001 - a missed sample loses at most a second
+                pass
         if tick is not None:
             tick(now - start_at)
     cl.wait(10)
