@@ -84,10 +84,6 @@ class MuxParams:
     max_data: int = (256 << 10) - DATA_FIXED  # largest DATA payload the peer accepts
     stall_min: float = 0.5  # seconds without DATA_ACK before a message is sent again
     stall_rtt_factor: float = 3.0  # ... or this many (srtt + 4 rttvar) of its path if longer
-    # plus the time the path needs to drain the bytes handed to it before the message, at
-    # its measured delivery rate, but at most this many seconds (a black-holed path's
-    # backlog never drains: the cap bounds how late its loss is noticed)
-    stall_drain_max: float = 2.0
     paths_lost_timeout: float = 30.0  # no path up this long: reset every connection
     linger: float = 10.0  # seconds a finished connection answers late duplicates
 
@@ -116,36 +112,9 @@ class PathState:
     room: int = 1 << 20  # bytes the path accepts now (e.g. NOTSENT_LOWAT minus notsent)
     sent_bytes: int = 0
     sent_messages: int = 0
-    # bytes of DATA handed to this path and not yet acknowledged (approximate: bytes of
-    # connections that ended unacknowledged are only forgotten when the path goes down)
-    backlog: int = 0
-    rate: float = 0.0  # bytes/s the path delivered recently (decaying maximum of samples)
-    delivered: int = 0  # bytes acknowledged since rate_at
-    rate_at: float = 0.0
 
-    def stall_after(self, params: MuxParams, ahead: int = 0) -> float:
-        """Seconds to wait for a message's DATA_ACK before sending it again. ``ahead``:
-        bytes the path holds before the message. On a slow path with a deep queue the
-        message only leaves after those bytes: without the drain time a healthy but
-        queued path would look stalled and every message on it would be sent twice."""
-        base = max(params.stall_min, params.stall_rtt_factor * (self.srtt + 4 * self.rttvar))
-        if ahead <= 0 or self.rate <= 0:
-            return base
-        return base + min(params.stall_drain_max, ahead / self.rate)
-
-    def acked(self, size: int, now: float) -> None:
-        """``size`` bytes this path carried were acknowledged: update backlog and rate."""
-        self.backlog = max(0, self.backlog - size)
-        self.delivered += size
-        span = now - self.rate_at
-        if span >= max(2 * self.srtt, 0.2):  # long enough to smooth out bursts of ACKs
-            sample = self.delivered / span
-            # a moving average: an overestimate (ACKs arriving in a burst) would bring the
-            # spurious retransmissions back, an underestimate (the application ran dry)
-            # only delays the notice of a dead path, within stall_drain_max
-            self.rate = sample if self.rate <= 0 else 0.75 * self.rate + 0.25 * sample
-            self.delivered = 0
-            self.rate_at = now
+    def stall_after(self, params: MuxParams) -> float:
+        return max(params.stall_min, params.stall_rtt_factor * (self.srtt + 4 * self.rttvar))
 
 
 @dataclass(frozen=True)
@@ -266,7 +235,7 @@ class ConnState(Enum):
 class _Inflight:
     """A message (a byte range, or the FIN) waiting for its DATA_ACK."""
 
-    __slots__ = ("seq", "end", "fin", "paths", "sent_at", "queued", "tries", "ahead")
+    __slots__ = ("seq", "end", "fin", "paths", "sent_at", "queued", "tries")
 
     def __init__(self, seq: int, end: int, fin: bool, path: int, now: float) -> None:
         self.seq = seq
@@ -276,7 +245,6 @@ class _Inflight:
         self.sent_at = now
         self.queued = False  # in the connection's retransmission queue
         self.tries = 0  # retransmissions so far (backs the stall timer off)
-        self.ahead = 0  # bytes its (last) path held before it when it was sent
 
 
 class Conn:
@@ -387,10 +355,9 @@ class Mux:
         self._now = now
         p = self.paths.get(path_id)
         if p is None:
-            self.paths[path_id] = PathState(path_id, True, srtt, srtt / 2, room, rate_at=now)
+            self.paths[path_id] = PathState(path_id, True, srtt, srtt / 2, room)
         else:
             p.up, p.srtt, p.room = True, srtt, room
-            p.backlog, p.delivered, p.rate_at = 0, 0, now
         self._all_down_since = None
 
     def update_path(
@@ -417,7 +384,6 @@ class Mux:
             return
         p.up = False
         p.room = 0
-        p.backlog = 0
         up = {q.id for q in self.paths.values() if q.up}
         if not up and self._all_down_since is None:
             self._all_down_since = now
@@ -597,10 +563,6 @@ class Mux:
                 continue  # OPENING: everything rides the pinned path; only its loss matters
             inf = conn.inflight.get(seq)
             if inf is None or inf.sent_at != sent_at or inf.queued:
-                continue
-            later = self._deadline(inf)
-            if later > now:  # the path's rate was unknown or higher when it was armed
-                heapq.heappush(stalls, (later, cid, seq, sent_at))
                 continue
             self.counters["stall_retransmits"] += 1
             self._queue_rtx(conn, inf)
@@ -796,7 +758,7 @@ class Mux:
                     break
                 done.append(seq)
             for seq in done:
-                self._acked(conn.inflight.pop(seq), now)
+                del conn.inflight[seq]
         if msg.ranges:
             # one merge pass: messages (disjoint, in sequence order) against the ranges
             # (disjoint, ascending, as the codec enforces); a message is covered by the
@@ -814,7 +776,7 @@ class Mux:
                 if ranges[i][0] <= q:
                     covered.append(q)
             for seq in covered:
-                self._acked(conn.inflight.pop(seq), now)
+                del conn.inflight[seq]
         if conn.rtx:
             conn.rtx = deque(i for i in conn.rtx if i.seq in conn.inflight)
         edge = ack + msg.window
@@ -945,7 +907,7 @@ class Mux:
             msg = self._message_for(conn, inf)
             for pid in ids:
                 out.append((pid, msg))
-                self._charge(pid, inf.end - inf.seq, pid not in inf.paths)
+                self._charge(pid, inf.end - inf.seq)
                 if pid not in inf.paths:
                     inf.paths.append(pid)
             inf.sent_at = now
@@ -1053,33 +1015,15 @@ class Mux:
 
     def _arm(self, conn: Conn, inf: _Inflight, now: float) -> None:
         p = self.paths.get(inf.paths[-1])
-        # a new message is armed before it is charged: the backlog is what is ahead
-        inf.ahead = p.backlog if p is not None else 0
-        heapq.heappush(self._stalls, (self._deadline(inf), conn.id, inf.seq, inf.sent_at))
+        after = p.stall_after(self.params) if p is not None else self.params.stall_min
+        after *= 1 << min(inf.tries, 6)
+        heapq.heappush(self._stalls, (now + after, conn.id, inf.seq, inf.sent_at))
 
-    def _deadline(self, inf: _Inflight) -> float:
-        """When ``inf`` counts as stalled, at its path's current rate (it is checked
-        again when it fires: the rate may not have been known when it was sent)."""
-        p = self.paths.get(inf.paths[-1])
-        after = p.stall_after(self.params, inf.ahead) if p is not None else self.params.stall_min
-        return inf.sent_at + after * (1 << min(inf.tries, 6))
-
-    def _charge(self, pid: int, size: int, backlog: bool = True) -> None:
-        """``backlog``: count the bytes as held by the path until acknowledged (False for
-        a second copy on a path that holds the message already: one ACK clears it)."""
+    def _charge(self, pid: int, size: int) -> None:
         p = self.paths[pid]
         p.room -= size + MESSAGE_OVERHEAD
         p.sent_bytes += size
         p.sent_messages += 1
-        if backlog:
-            p.backlog += size
-
-    def _acked(self, inf: _Inflight, now: float) -> None:
-        size = inf.end - inf.seq
-        for pid in inf.paths:
-            p = self.paths.get(pid)
-            if p is not None:
-                p.acked(size, now)
 
     def _send_rst(self, cid: int, reason: RstReason) -> None:
         # on every path: an RST is not acknowledged, so it must survive the loss of one

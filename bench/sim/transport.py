@@ -22,11 +22,9 @@ defaults (``wire.message_size``, ``wire.max_payload``, ``node.buffer_bytes``,
 * every message stays buffered until a DATA_ACK covers it (the first copy to arrive
   wins; later copies are duplicates); DATA_ACKs return on the path the data came in on;
 * a message without a DATA_ACK after max(``stall_min``, 3 x (srtt + 4 rttvar)) of its
-  path, plus the time the path needs to drain the bytes it held before the message (at
-  its last delivery-rate sample; the mux uses its own average of DATA_ACKed bytes; at
-  most ``stall_drain_max``), doubling per try, is reinjected: offered to the policy as a
-  ``reinjection`` message whose ``avoid`` names the paths it has used (policies use
-  those only when no other path is up);
+  path (doubling per try) is reinjected: offered to the policy as a ``reinjection``
+  message whose ``avoid`` names the paths it has used (policies use those only when no
+  other path is up);
 * a path with data unacknowledged for ``user_timeout`` is dropped (the kernel's
   TCP_USER_TIMEOUT); what it carried is reinjected; it reconnects when its carrier works
   again (``reconnect_initial`` later, one handshake round trip);
@@ -78,7 +76,6 @@ class TransportParams:
     notsent_lowat: int = 128 << 10
     stall_min: float = 0.5
     stall_rtt_factor: float = 3.0
-    stall_drain_max: float = 2.0
     user_timeout: float = 10.0
     lost_timeout: float = 30.0
     reconnect_delay: float = 0.2
@@ -105,18 +102,7 @@ class TransportParams:
 class Msg:
     """One DATA message of a connection (its copies share this record)."""
 
-    __slots__ = (
-        "conn",
-        "seq",
-        "end",
-        "size",
-        "paths",
-        "sent_at",
-        "tries",
-        "acked",
-        "queued",
-        "ahead",
-    )
+    __slots__ = ("conn", "seq", "end", "size", "paths", "sent_at", "tries", "acked", "queued")
 
     def __init__(self, conn: Conn, seq: int, size: int, now: float) -> None:
         self.conn = conn
@@ -128,7 +114,6 @@ class Msg:
         self.tries = 0
         self.acked = False
         self.queued = False  # waiting in the connection's reinjection queue
-        self.ahead = 0  # bytes its last path held before it when it was placed there
 
 
 class Conn:
@@ -261,13 +246,8 @@ class SimPath:
         self.sampled_at = -1.0
         self.owed: deque[Msg] = deque()  # copies decided for this path, waiting for room
 
-    def stall_after(self, p: TransportParams, ahead: int = 0) -> float:
-        """The mux's rule (``middlebox.mux.PathState.stall_after``): the RTT term, plus
-        the time to drain ``ahead`` bytes held before the message."""
-        base = max(p.stall_min, p.stall_rtt_factor * (self.srtt + 4 * self.rttvar))
-        if ahead <= 0 or not self.rate_sample:
-            return base
-        return base + min(p.stall_drain_max, ahead / self.rate_sample)
+    def stall_after(self, p: TransportParams) -> float:
+        return max(p.stall_min, p.stall_rtt_factor * (self.srtt + 4 * self.rttvar))
 
     def rto(self) -> float:
         return max(0.2, self.srtt + 4 * self.rttvar)
@@ -507,7 +487,6 @@ class Transport:
         if path.id not in msg.paths:
             msg.paths.append(path.id)
         wire = msg.size + MESSAGE_OVERHEAD
-        msg.ahead = path.queued + path.inflight
         path.notsent.append(msg)
         path.queued += wire
         path.ctx.queued = path.queued
@@ -725,7 +704,7 @@ class Transport:
 
     def _check_stalls(self, path: SimPath, now: float) -> bool:
         """Queue for reinjection the messages on ``path`` waiting too long for a DATA_ACK."""
-        after = path.stall_after(self.p)  # the least any message on it waits
+        after = path.stall_after(self.p)
         found = False
         for queue in (path.flight, path.notsent):
             for item in queue:
@@ -736,8 +715,7 @@ class Transport:
                     continue
                 if msg.acked or msg.queued or msg.conn.closed:
                     continue
-                limit = path.stall_after(self.p, msg.ahead) * (1 << min(msg.tries, 6))
-                if now - msg.sent_at < limit:
+                if now - msg.sent_at < after * (1 << min(msg.tries, 6)):
                     continue
                 msg.queued = True
                 msg.conn.rtx.append(msg)

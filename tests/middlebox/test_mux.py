@@ -3,8 +3,7 @@
 ``Net`` plays both shells: every message goes through the real wire codec, each path is a
 FIFO with a fixed one-way delay and a bytes-in-flight limit (its "room"), and a path can
 be cut (its queued messages are lost, both ends are told) or black-holed (messages
-vanish, nobody is told: only the stall timer can notice). A path may also have a rate
-(bytes/s): a message then leaves only after the bytes queued ahead of it.
+vanish, nobody is told: only the stall timer can notice).
 """
 
 import random
@@ -22,9 +21,7 @@ DT = 0.001
 
 
 class Net:
-    def __init__(
-        self, delays, params=None, window=256 << 10, policy=m.lowest_rtt_policy, rates=None
-    ):
+    def __init__(self, delays, params=None, window=256 << 10, policy=m.lowest_rtt_policy):
         self.params = params or MuxParams(buffer_bytes=1 << 20, message_size=8 << 10)
         self.gw = Mux("gateway", self.params, policy)
         self.node = Mux("node", self.params, policy)
@@ -32,8 +29,6 @@ class Net:
         self.window = window
         self.up = set(self.delays)
         self.blackholed = set()
-        self.rates = rates or {}
-        self.busy = {}  # (side, pid) -> when the path's sender has sent what it holds
         self.q = {(side, pid): deque() for side in ("gw", "node") for pid in self.delays}
         self.inflight = {k: 0 for k in self.q}
         self.now = 0.0
@@ -76,11 +71,7 @@ class Net:
                 self.inflight[(side, pid)] += len(data)
                 if pid in self.blackholed:
                     continue  # vanishes, and its bytes never leave the path's window
-                leaves = self.now
-                if pid in self.rates:
-                    start = max(self.now, self.busy.get((side, pid), 0.0))
-                    leaves = self.busy[(side, pid)] = start + len(data) / self.rates[pid]
-                self.q[(side, pid)].append((leaves + self.delays[pid], data))
+                self.q[(side, pid)].append((self.now + self.delays[pid], data))
         for (side, pid), q in self.q.items():
             dst = "node" if side == "gw" else "gw"
             while q and q[0][0] <= self.now:
@@ -203,52 +194,6 @@ def test_black_holed_path_is_detected_by_stall_and_data_resent():
     net.run(done)
     assert bytes(net.received["node"]) == up
     assert net.gw.counters["stall_retransmits"] > 0
-
-
-def _slow_deep_net():
-    # ~4 Mbit/s paths with a window of ~256 packets: up to 0.75 s of bytes ahead of a
-    # message, longer than stall_min and 3 x (srtt + 4 rttvar) of the idle paths
-    params = MuxParams(buffer_bytes=4 << 20, message_size=16 << 10)
-    return Net({1: 0.02, 2: 0.03}, params, 370 << 10, rates={1: 500_000, 2: 600_000})
-
-
-def _bulk(net, n, at=None, action=None):
-    """Send ``n`` bytes up; record the longest time a path needed to drain what it held
-    (the scripted path's truth, not the mux's estimate) and when the first stall
-    retransmission happened."""
-    up = payload(n, 7)
-    f = Feeder(net.gw, net.gw.open("10.1.0.5", 40000, "198.51.100.7", 443), up)
-    seen = {"drain": 0.0, "first_stall": None}
-
-    def done():
-        f()
-        if at is not None and net.now >= at:
-            action()
-        for pid, rate in net.rates.items():
-            seen["drain"] = max(seen["drain"], net.inflight[("gw", pid)] / rate)
-        if seen["first_stall"] is None and net.gw.counters["stall_retransmits"]:
-            seen["first_stall"] = net.now
-        return bool(net.kinds("node", m.PeerFinished))
-
-    net.run(done)
-    assert bytes(net.received["node"]) == up
-    return seen
-
-
-def test_message_behind_a_deep_queue_on_a_healthy_path_is_not_resent():
-    net = _slow_deep_net()
-    seen = _bulk(net, 4 << 20)
-    assert seen["drain"] > net.params.stall_min  # the queue really was deep
-    assert net.gw.counters["stall_retransmits"] == 0
-    assert sum(p.sent_bytes for p in net.gw.paths.values()) == 4 << 20  # no byte twice
-
-
-def test_message_on_a_black_holed_slow_path_is_still_resent():
-    net = _slow_deep_net()
-    seen = _bulk(net, 4 << 20, at=1.0, action=lambda: net.blackholed.add(1))
-    assert net.gw.counters["stall_retransmits"] > 0
-    # noticed within the RTT term plus at most stall_drain_max of assumed backlog
-    assert seen["first_stall"] <= 1.0 + net.params.stall_min + net.params.stall_drain_max
 
 
 def test_redundant_policy_duplicates_are_dropped():
