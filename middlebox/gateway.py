@@ -100,9 +100,8 @@ class Classifier:
             shell.stats.send_errors += 1
 
     def next_timer(self) -> float | None:
-        times = [t for t in (self.table.next_timer(), self.flows.next_timer(), self.extra_timer())]
-        times = [t for t in times if t is not None]
-        return min(times) if times else None
+        timers = (self.table.next_timer(), self.flows.next_timer(), self.extra_timer())
+        return min((t for t in timers if t is not None), default=None)
 
     def handle_timer(self, now: float) -> None:
         t = self.table.next_timer()
