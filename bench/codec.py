@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable
 
-from middlebox.wire import Data, Decoder, encode, encode_header
+from middlebox.session.wire import Data, Decoder, encode, encode_header
 
 
 def _best(fn: Callable[[], object], repeat: int) -> float:

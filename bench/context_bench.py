@@ -1,7 +1,7 @@
 """How long the gateway's context loop holds up the event loop.
 
 ``python -m bench.context_bench [--seconds N] [--carriers K]`` drives a
-:class:`middlebox.ctxloop.ContextLoop` on simulated time (rail-route context replayed,
+:class:`middlebox.context.loop.ContextLoop` on simulated time (rail-route context replayed,
 five TCP_INFO readings per path and second, every second saturated) against a fresh
 SQLite context database, and prints per-call times of the once-a-second work
 (``tick`` closing a second: meter, tracker, ingest feed) and of the database write
@@ -31,7 +31,7 @@ def _info(n: int, t: float) -> SimpleNamespace:
 
 
 def run(seconds: int, carriers: int, workdir: Path, use_db: bool, flush_s: float = 1.0) -> dict:
-    from middlebox.ctxloop import ContextLoop
+    from middlebox.context.loop import ContextLoop
 
     route = rail.generate(rail.RailParams(seed=3, carriers=carriers, duration_s=seconds + 5))
     files = []

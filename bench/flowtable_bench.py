@@ -1,4 +1,4 @@
-"""Micro-benchmark of the gateway flow table (middlebox/flowtable.py).
+"""Micro-benchmark of the gateway flow table (middlebox/gateway/flowtable.py).
 
 Prints packets per second through ``FlowTable.classify`` on the fast path (known flows,
 plain ACK packets: one dict lookup and two attribute stores), through ``lookup`` (the
@@ -16,7 +16,7 @@ import ipaddress
 import random
 import time
 
-from middlebox.flowtable import ACK, SYN, FlowTable, Rule, Rules
+from middlebox.gateway.flowtable import ACK, SYN, FlowTable, Rule, Rules
 
 
 def _keys(n: int, rng: random.Random) -> list[tuple[bytes, int, bytes, int]]:

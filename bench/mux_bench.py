@@ -1,4 +1,4 @@
-"""CPU cost of the connection-over-paths core (middlebox/mux.py), without sockets.
+"""CPU cost of the connection-over-paths core (middlebox/session/mux.py), without sockets.
 
 A gateway ``Mux`` and a node ``Mux`` in one process, joined by in-memory paths that
 deliver at once: the gateway queues a bulk upload, every round it cuts messages, they
@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from middlebox import wire
-from middlebox.mux import Mux, MuxParams, PeerFinished
+from middlebox.session import wire
+from middlebox.session.mux import Mux, MuxParams, PeerFinished
 
 
 def run_mux(total: int, paths: int, params: MuxParams) -> tuple[float, int]:

@@ -23,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from middlebox import control, pki
+from middlebox import control
+from middlebox.paths import pki
 from netns.topology import (
     SERVER_ADDRS,
     CarrierSpec,

@@ -27,7 +27,7 @@ import time
 import timeit
 from pathlib import Path
 
-from middlebox.capture import OFFLOADS, in_netns
+from middlebox.gateway.capture import OFFLOADS, in_netns
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = "198.51.100.10"
@@ -116,10 +116,11 @@ class NsPair:
         )
 
     def start(self, *extra: str) -> None:
-        """Run ``python -m middlebox.capture`` with the test app in the listener namespace."""
+        """Run ``python -m middlebox.gateway.capture`` with the test app in the listener
+        namespace."""
         ready = self.tmp / "ready"
         ready.unlink(missing_ok=True)
-        cmd = ["ip", "netns", "exec", self.ens, sys.executable, "-m", "middlebox.capture"]
+        cmd = ["ip", "netns", "exec", self.ens, sys.executable, "-m", "middlebox.gateway.capture"]
         cmd += ["--interface", self.eif, "--stats", str(self.stats_path), "--ready", str(ready)]
         self._spawn([*cmd, *extra], ready)
 

@@ -7,7 +7,7 @@ performance, e.g. summed TCP_INFO delivery rate, smoothed RTT and retransmission
 and, when the path layer timed a disconnection exactly, :meth:`disconnection`. Calling
 :meth:`flush` (off the data path, with the current time) cuts every window whose
 look-ahead has completed with the same code as a batch import, and stores it.
-The running gateway feeds it from ``middlebox/ctxloop.py`` (one sample per carrier per second
+The running gateway feeds it from ``middlebox/context/loop.py`` (one sample per carrier per second
 from TCP_INFO and the carrier context), flushing every ``context.flush_interval``.
 """
 

@@ -17,14 +17,14 @@ from middlebox import __version__, logs
 from middlebox.errors import UserError
 
 COMMANDS = [
-    "middlebox.cmd_config",
-    "middlebox.cmd_pki",
-    "middlebox.cmd_run",
+    "middlebox.commands.config",
+    "middlebox.commands.pki",
+    "middlebox.commands.run",
     "bench.demo",
     "contextdb.cli",
     "netns.cli",
     "bench.cli",
-    "middlebox.capture",
+    "middlebox.gateway.capture",
 ]
 
 log = logging.getLogger("mpproxy")

@@ -23,7 +23,7 @@ from typing import Any
 
 from contextdb.config import ContextDBConfig
 from middlebox.errors import UserError
-from middlebox.wire import DATA_FIXED
+from middlebox.session.wire import DATA_FIXED
 from scheduler.config import SchedulerConfig
 
 

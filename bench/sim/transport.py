@@ -1,6 +1,6 @@
 """The multipath transport of the proxy, modelled message by message (node to gateway).
 
-The rules are the real mux's (``middlebox/mux.py``, docs/gateway.md), with its own
+The rules are the real mux's (``middlebox/session/mux.py``, docs/gateway.md), with its own
 constants (``INITIAL_WINDOW``, ``SWS_MIN``, ``MESSAGE_OVERHEAD``) and the configuration's
 defaults (``wire.message_size``, ``wire.max_payload``, ``node.buffer_bytes``,
 ``paths.notsent_lowat``, ``paths.stall_min``, ``paths.user_timeout``,
@@ -49,8 +49,8 @@ from bench.sim.engine import Engine
 from bench.sim.links import MSS, Link
 from bench.sim.metrics import Recorder
 from middlebox.config import Config
-from middlebox.mux import INITIAL_WINDOW, MESSAGE_OVERHEAD, SWS_MIN
-from middlebox.wire import max_data_payload
+from middlebox.session.mux import INITIAL_WINDOW, MESSAGE_OVERHEAD, SWS_MIN
+from middlebox.session.wire import max_data_payload
 from scheduler.config import SchedulerConfig
 from scheduler.context import (
     CONTROL,

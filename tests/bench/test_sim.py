@@ -13,7 +13,7 @@ from bench.sim.metrics import percentile, size_class, stream_stalls
 from bench.sim.runner import Scenario, compare, run
 from bench.sim.transport import TransportParams
 from bench.sim.workloads import WorkloadError, parse
-from middlebox.mux import MESSAGE_OVERHEAD
+from middlebox.session.mux import MESSAGE_OVERHEAD
 
 
 def fixed(name: str, mbit: float, delay: float = 0.025, **kw) -> Carrier:

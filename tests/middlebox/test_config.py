@@ -136,7 +136,7 @@ def test_help_lists_only_built_commands(capsys):
 
 
 def test_message_size_must_fit_a_data_message(tmp_path):
-    from middlebox.wire import DATA_FIXED
+    from middlebox.session.wire import DATA_FIXED
 
     ok = write(tmp_path, f"[wire]\nmax_payload = 65536\nmessage_size = {65536 - DATA_FIXED}\n")
     assert config.load(ok).wire.message_size == 65536 - DATA_FIXED

@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from middlebox.capture import CaptureShell
+from middlebox.gateway.capture import CaptureShell
 from middlebox.tcp.constants import ACK, FIN, PSH, RST, SYN, URG
 from middlebox.tcp.endpoint import EndpointTable
 from middlebox.tcp.events import Reset

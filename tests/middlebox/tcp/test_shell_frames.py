@@ -8,7 +8,8 @@ import struct
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from middlebox.capture import (
+from middlebox.config import TcpConfig
+from middlebox.gateway.capture import (
     PACKET_AUXDATA,
     SOL_PACKET,
     TP_STATUS_CSUMNOTREADY,
@@ -17,7 +18,6 @@ from middlebox.capture import (
     CaptureShell,
     _aux_checked,
 )
-from middlebox.config import TcpConfig
 from middlebox.tcp.checksum import pseudo_header_sum
 from middlebox.tcp.endpoint import EndpointTable
 
@@ -121,7 +121,7 @@ def test_non_ip_and_short_frames_are_counted() -> None:
 
 
 def test_setup_errors_are_one_line_and_exit_2(capsys) -> None:
-    from middlebox.capture import main
+    from middlebox.gateway.capture import main
 
     assert main(["--netns", f"mpt-missing-{os.getpid()}", "--interface", "x"]) == 2
     err = capsys.readouterr().err
@@ -134,7 +134,7 @@ def test_setup_errors_are_one_line_and_exit_2(capsys) -> None:
 
 
 def test_l2_table_is_bounded(monkeypatch) -> None:
-    import middlebox.capture as cap
+    import middlebox.gateway.capture as cap
 
     monkeypatch.setattr(cap, "L2_TABLE_MAX", 50)
     shell, table, _ = _shell(vnet=False)

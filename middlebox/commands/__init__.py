@@ -1,0 +1,1 @@
+"""Subcommands of ``mpproxy`` that the product owns: config, pki, gateway, node, status."""

@@ -1,0 +1,108 @@
+"""``mpproxy gateway``, ``mpproxy node`` and ``mpproxy status``: the two processes.
+
+Both processes read one TOML file (``--config``), log one line per event in the common
+format (``middlebox.logs``), answer ``mpproxy status`` over their control socket, and
+stop cleanly on SIGTERM/SIGINT: every connection is reset on both sides, paths are
+closed with CLOSE, and the gateway removes its rules, routes, nft table and listener
+namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+
+log = logging.getLogger("mpproxy")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    g = sub.add_parser(
+        "gateway",
+        help="run the vehicle gateway (capture LAN TCP, carry it over the carriers)",
+        description="Run the gateway: listener namespace, capture, user-space TCP, carrier "
+        "paths to the node. Needs root. Stops cleanly on SIGTERM.",
+    )
+    g.add_argument("--config", required=True, help="TOML configuration file")
+    g.set_defaults(func=_gateway)
+    n = sub.add_parser(
+        "node",
+        help="run the cloud node (accept gateways' paths, connect to the servers)",
+        description="Run the node: accept authenticated carrier paths, relay connections to "
+        "their original destinations. Stops cleanly on SIGTERM.",
+    )
+    n.add_argument("--config", required=True, help="TOML configuration file")
+    n.set_defaults(func=_node)
+    s = sub.add_parser(
+        "status",
+        help="show a running gateway's or node's paths, connections and counters",
+    )
+    where = s.add_mutually_exclusive_group(required=True)
+    where.add_argument("--socket", help="control socket path")
+    where.add_argument("--config", help="configuration file of the process")
+    s.add_argument(
+        "--role",
+        choices=("gateway", "node"),
+        default="gateway",
+        help="with --config: whose control socket to read (default gateway)",
+    )
+    s.add_argument("--json", action="store_true", help="print the raw JSON")
+    s.set_defaults(func=_status)
+
+
+def _load(path: str):
+    from middlebox import config, logs
+
+    cfg = config.load(path)
+    if logging.getLogger().level == logging.INFO:  # no -v / -q on the command line
+        logs.setup(level=cfg.logging.level)
+    return cfg
+
+
+def _stopper() -> list[int]:
+    flag: list[int] = []
+
+    def stop(signum, _frame) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        flag.append(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stop)
+    return flag
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from middlebox.gateway.process import Gateway
+
+    return _serve(Gateway, args)
+
+
+def _node(args: argparse.Namespace) -> int:
+    from middlebox.node.process import Node
+
+    return _serve(Node, args)
+
+
+def _serve(process: type, args: argparse.Namespace) -> int:
+    """Run a gateway or node until a signal, then let it undo everything it made."""
+    cfg = _load(args.config)
+    flag = _stopper()
+    proc = process(cfg)
+    try:
+        proc.run(stop=lambda: bool(flag))
+    finally:
+        proc.close()
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from middlebox import config, control
+
+    path = args.socket
+    if path is None:
+        cfg = config.load(args.config)
+        path = cfg.gateway.control_socket if args.role == "gateway" else cfg.node.control_socket
+    state = control.query(path)
+    print(json.dumps(state, indent=1, sort_keys=True) if args.json else control.render(state))
+    return 0

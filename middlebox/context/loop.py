@@ -1,0 +1,455 @@
+"""The gateway's context loop: carrier context in, scheduler, node and database out.
+
+Once a second (driven by the gateway's event loop through :meth:`ContextLoop.tick` and
+:meth:`ContextLoop.next_timer`):
+
+1. the configured source (``[context] source``) yields readings; each updates the
+   carrier's :class:`~scheduler.context.CarrierContext`, which goes to the scheduler's
+   long-term source (``CarrierWindowSource.observe``);
+2. the paths' TCP_INFO readings of the last second (fed by the uplink through
+   :meth:`ContextLoop.on_info`) become one :class:`~middlebox.context.carriers.CarrierSecond`
+   per carrier: its throughput goes to ``observe_throughput`` and, with its RTT, loss and
+   the carrier's context, to contextdb's :class:`~contextdb.live.LiveIngest`;
+3. every ``report_interval`` each carrier's latest context goes to the node as a
+   CONTEXT message, on the carrier's own path when it is up, else on any up path;
+4. every ``flush_interval`` the matured windows are written to the database. The
+   write runs in the event loop between packets; its duration is measured and shown in
+   ``mpproxy status`` (``flush_ms_max``).
+
+Without ``[context] use_contextdb`` nothing reaches the scheduler and nothing is
+learnt; with ``source = none`` there is no context at all and this loop only measures.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import selectors
+import subprocess
+import time
+from collections.abc import Callable
+
+from middlebox.config import Config
+from middlebox.context.carriers import (
+    CarrierSecond,
+    ContextSource,
+    ContextTracker,
+    JsonLinesParser,
+    PerfMeter,
+    Reading,
+    ReplaySource,
+    load_replay,
+)
+from middlebox.errors import UserError
+from middlebox.logs import kv
+from middlebox.paths.conn import forget, set_interest
+from middlebox.session import wire
+
+log = logging.getLogger("mpproxy.context")
+
+NAN = math.nan
+
+
+class CommandSource:
+    """A helper program whose stdout is JSON lines (:class:`JsonLinesParser`).
+
+    The helper reads the modems (ModemManager, AT commands, a vendor API: not built in)
+    and prints one line per carrier per second. Its stdout is read non-blocking from the
+    gateway's selector; when it exits, it is logged and context stops (no restart).
+    """
+
+    def __init__(self, argv: list[str], carriers: list[str]) -> None:
+        try:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, start_new_session=True
+            )
+        except OSError as e:
+            raise UserError(f"context.command: cannot start {argv[0]!r}: {e.strerror}") from None
+        assert self.proc.stdout is not None
+        self.fd = self.proc.stdout.fileno()
+        os.set_blocking(self.fd, False)
+        self.parser = JsonLinesParser(carriers)
+        self.pending: list[Reading] = []
+        self.sel: selectors.BaseSelector | None = None
+        self.eof = False
+
+    def attach(self, sel: selectors.BaseSelector) -> None:
+        self.sel = sel
+        set_interest(sel, self.fd, selectors.EVENT_READ, self._ready)
+
+    def _ready(self, mask: int, now: float) -> None:
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.eof = True
+            if self.sel is not None:
+                forget(self.sel, self.fd)
+            log.warning("context command ended %s", kv(rc=self.proc.poll()))
+            return
+        self.pending.extend(self.parser.feed(data, now))
+
+    def poll(self, now: float) -> list[Reading]:
+        out, self.pending = self.pending, []
+        return out
+
+    def close(self) -> None:
+        if self.sel is not None:
+            forget(self.sel, self.fd)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(2.0)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(2.0)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def open_context_db(cfg: Config, origin: str, readonly: bool):
+    """The ``[contextdb]`` database (a :class:`contextdb.db.ContextDB`); errors as
+    :class:`UserError`. Close it with ``db.store.close()``."""
+    from contextdb.db import ContextDB
+    from contextdb.errors import ContextDBError
+    from contextdb.fleet import open_store
+
+    d = cfg.contextdb
+    try:
+        store = open_store(d.path, d.fleet_url, d.line, readonly=readonly)
+        try:
+            return ContextDB(store, d, origin=origin)
+        except BaseException:
+            store.close()
+            raise
+    except ContextDBError as e:
+        raise UserError(f"contextdb: {e}") from None
+
+
+class SessionContext:
+    """The node's side: one gateway session's carriers as its CONTEXT reports and the
+    node's own paths show them, fed to that session's downlink scheduler.
+
+    The node sends the downlink, so its TCP_INFO judges saturation on the sending side
+    (the strong test): a second's bytes acknowledged by the gateway go to
+    ``observe_throughput`` when the node's sending was busy and not application-limited,
+    ``nan`` otherwise. The RSRP window is made of the reports (one per
+    ``[context] report_interval`` on the gateway: keep it at 1 s). Nothing is learnt
+    here: the gateway learns.
+    """
+
+    def __init__(self, predict, window_s: int, now: float) -> None:
+        from scheduler.longterm import CarrierWindowSource
+
+        self.longterm = CarrierWindowSource(predict)
+        self.tracker = ContextTracker(window_s)
+        self.meter = PerfMeter()
+        self.next_second = now + 1.0
+        self.latest: dict[str, CarrierSecond] = {}
+
+    def report(self, msg: wire.Context, now: float) -> None:
+        r = Reading(
+            msg.carrier,
+            now,
+            str(msg.cell_id) if msg.cell_id else "",
+            msg.rsrp_dbm,
+            msg.lat,
+            msg.lon,
+        )
+        self.longterm.observe(self.tracker.update(r))
+
+    def on_info(self, path_id: int, carrier: str, conn: object, info, now: float) -> None:
+        if info is not None:
+            self.meter.add(path_id, carrier, conn, info, now)
+
+    def tick(self, now: float) -> None:
+        if now < self.next_second:
+            return
+        self.next_second = max(self.next_second + 1.0, now + 0.5)
+        for s in self.meter.close(now):
+            self.latest[s.carrier] = s
+            # "up" is what this side sent: the node's up is the gateway's downlink
+            self.longterm.observe_throughput(s.carrier, s.up_bps if s.saturated_up else NAN)
+
+    def status(self, carrier: str, now: float) -> dict:
+        out: dict = {}
+        s = self.latest.get(carrier)
+        if s is not None:
+            out["sent_mbit"] = round(s.up_bps / 1e6, 3)
+            out["saturated"] = s.saturated_up
+        p = self.longterm.predict(carrier, now)
+        if p is not None:
+            out["prediction"] = prediction_status(p)
+        return out
+
+
+def prediction_status(p) -> dict:
+    """A prediction as ``mpproxy status`` shows it."""
+    return {
+        "throughput_mbit": round(p.throughput_mean / 1e6, 3),
+        "confidence": p.confidence,
+        "p_disconnect": round(p.p_disconnect, 4),
+    }
+
+
+def _cell_number(cell: str) -> int:
+    """The wire's cell id: decimal text as is, hexadecimal (``0x...``) converted, 0 when
+    unknown or not a number (the node then shows only the other fields)."""
+    try:
+        n = int(cell, 0) if cell.lower().startswith("0x") else int(cell)
+    except ValueError:
+        return 0
+    return n if 0 <= n < 1 << 64 else 0
+
+
+class ContextLoop:
+    """See the module text. Create before the scheduler policy (it owns the long-term
+    source), :meth:`attach` once the uplink exists, :meth:`close` at shutdown."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        db=None,
+    ) -> None:
+        c = cfg.context
+        self.cfg = c
+        self.carriers = [x.name for x in cfg.gateway.carriers]
+        now = clock()
+        self.wall_offset = wall() - now
+        self.source: ContextSource | None = None
+        if c.source == "replay":
+            if not c.replay_files:
+                raise UserError("context.replay_files: needed when context.source = replay")
+            rows = load_replay(c.replay_files, self.carriers)
+            start = c.replay_start or now
+            self.source = ReplaySource(rows, start, c.replay_loop, c.replay_time_scale)
+        elif c.source == "command" and not c.command:
+            raise UserError("context.command: needed when context.source = command")
+        self.tracker = ContextTracker(cfg.contextdb.window_s)
+        self.meter = PerfMeter()
+        self.latest: dict[str, CarrierSecond] = {}
+        self.db = db
+        self._own_db = False
+        self.longterm = None
+        self.ingest = None
+        if c.use_contextdb:
+            self._open_db(cfg)
+        self.uplink = None
+        self._timers(now)
+        self.ticked = False
+        self.counters = {"readings": 0, "reports_sent": 0, "seconds": 0, "samples_fed": 0,
+                         "samples_unsaturated": 0, "windows_stored": 0, "flushes": 0,
+                         "seconds_skipped": 0, "flush_errors": 0}  # fmt: skip
+        self.flush_ms_max = 0.0
+        self.flush_ms_total = 0.0
+        self._start_command = c.source == "command"
+
+    def _open_db(self, cfg: Config) -> None:
+        from contextdb.live import LiveIngest
+        from scheduler.longterm import CarrierWindowSource
+
+        if self.db is None:
+            self.db = open_context_db(cfg, cfg.gateway.id, readonly=False)
+            self._own_db = True
+        self.longterm = CarrierWindowSource(self.db.predict)
+        if self.cfg.learn:
+            self.ingest = LiveIngest(self.db)
+
+    def _timers(self, now: float) -> None:
+        c = self.cfg
+        self.next_second = now + 1.0
+        self.next_report = now + c.report_interval if c.report_interval else math.inf
+        self.next_flush = now + c.flush_interval
+
+    def attach(self, uplink, sel: selectors.BaseSelector | None = None) -> None:
+        """Start reading context: the uplink carries the reports and gives TCP_INFO."""
+        self.uplink = uplink
+        uplink.on_info = self.on_info
+        if self._start_command:
+            self._start_command = False
+            self.source = CommandSource(list(self.cfg.command), self.carriers)
+            if sel is not None:
+                self.source.attach(sel)
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def on_info(self, path_id: int, carrier: str, conn: object, info, now: float) -> None:
+        if info is not None:
+            self.meter.add(path_id, carrier, conn, info, now)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def next_timer(self) -> float:
+        return min(self.next_second, self.next_report, self.next_flush)
+
+    def tick(self, now: float) -> None:
+        if not self.ticked:  # the seconds count from the event loop's start
+            self.ticked = True
+            self._timers(now)
+        if self.source is not None:
+            for r in self.source.poll(now):
+                self.counters["readings"] += 1
+                ctx = self.tracker.update(r)
+                if self.longterm is not None:
+                    self.longterm.observe(ctx)
+        if now >= self.next_second:
+            self._second(now)
+            self.next_second += 1.0
+            if self.next_second <= now:  # the loop was held up: skip, do not catch up
+                log.warning("context loop %.2f s late: seconds skipped", now - self.next_second + 1)
+                self.counters["seconds_skipped"] += 1
+                self.next_second = now + 1.0
+        if now >= self.next_report:
+            self.report(now)
+            self.next_report = now + self.cfg.report_interval
+        if now >= self.next_flush:
+            self.flush(now)
+            self.next_flush = now + self.cfg.flush_interval
+
+    def _second(self, now: float) -> None:
+        from contextdb.records import Sample
+
+        self.counters["seconds"] += 1
+        direction = self.cfg.measure
+        for s in self.meter.close(now):
+            self.latest[s.carrier] = s
+            bps = s.bps(direction)
+            saturated = s.saturated(direction)
+            if self.longterm is not None:
+                # an unsaturated second says what passengers used, not what the carrier
+                # can carry: contextdb then matches on the RSRP alone (nan = unknown)
+                self.longterm.observe_throughput(s.carrier, bps if saturated else NAN)
+            ctx = self.tracker.contexts.get(s.carrier)
+            if self.ingest is None or ctx is None:
+                continue
+            keep = saturated or self.cfg.learn_unsaturated
+            if not keep:
+                self.counters["samples_unsaturated"] += 1
+            pos = ctx.position or (NAN, NAN)
+            self.ingest.feed(
+                Sample(
+                    carrier=s.carrier,
+                    t=float(round(s.t + self.wall_offset)),
+                    cell=ctx.cell_id or None,
+                    rsrp=ctx.rsrp if ctx.rsrp is not None else NAN,
+                    lat=pos[0],
+                    lon=pos[1],
+                    dl_bps=bps if keep else NAN,
+                    rtt=s.rtt,
+                    loss=s.loss,
+                )
+            )
+            self.counters["samples_fed"] += 1
+
+    def flush(self, now: float, final: bool = False) -> int:
+        """Write matured windows; timed, because it runs in the event loop."""
+        if self.ingest is None:
+            return 0
+        t0 = time.perf_counter()
+        try:
+            n = self.ingest.flush(math.inf if final else now + self.wall_offset)
+        except Exception as e:  # disk full, an unreachable fleet store: learn less, run on
+            self.counters["flush_errors"] += 1
+            if self.counters["flush_errors"] in (1, 10, 100, 1000):
+                log.warning(
+                    "context database write failed %s",
+                    kv(errors=self.counters["flush_errors"], why=repr(e)),
+                )
+            n = 0
+        ms = (time.perf_counter() - t0) * 1e3
+        self.counters["flushes"] += 1
+        self.counters["windows_stored"] += n
+        self.flush_ms_total += ms
+        self.flush_ms_max = max(self.flush_ms_max, ms)
+        if ms > 50:
+            log.warning("context database write took %.0f ms", ms)
+        return n
+
+    def messages(self, now: float) -> list[wire.Context]:
+        """One CONTEXT message per carrier with a context."""
+        out = []
+        for carrier, ctx in self.tracker.contexts.items():
+            pos = ctx.position
+            if pos is not None and not (abs(pos[0]) <= 90 and abs(pos[1]) <= 180):
+                pos = None  # a source's nonsense never reaches the wire (or stops the loop)
+            out.append(
+                wire.Context(
+                    carrier,
+                    _cell_number(ctx.cell_id),
+                    int((ctx.updated + self.wall_offset) * 1e9),
+                    ctx.rsrp if ctx.rsrp is not None and -200 <= ctx.rsrp <= 0 else None,
+                    pos[0] if pos else None,
+                    pos[1] if pos else None,
+                )
+            )
+        return out
+
+    def report(self, now: float) -> int:
+        up = self.uplink
+        if up is None or not up.paths:
+            return 0
+        sent = 0
+        for msg in self.messages(now):
+            pid = next(
+                (p for p in up.paths if up.slots[p].carrier.name == msg.carrier),
+                next(iter(up.paths)),
+            )
+            up.paths[pid].write(msg)
+            sent += 1
+        self.counters["reports_sent"] += sent
+        return sent
+
+    # -- status and shutdown --------------------------------------------------------------
+
+    def status(self, now: float) -> dict:
+        carriers = {}
+        for name in self.carriers:
+            ctx = self.tracker.contexts.get(name)
+            s = self.latest.get(name)
+            row: dict = {}
+            if ctx is not None:
+                row.update(
+                    cell_id=ctx.cell_id,
+                    rsrp=ctx.rsrp,
+                    rsrp_window=list(ctx.rsrp_window),
+                    position=list(ctx.position) if ctx.position else None,
+                    age_s=round(now - ctx.updated, 3),
+                )
+            if s is not None:
+                row.update(
+                    down_mbit=round(s.down_bps / 1e6, 3),
+                    up_mbit=round(s.up_bps / 1e6, 3),
+                    rtt_ms=None if math.isnan(s.rtt) else round(s.rtt * 1e3, 1),
+                    saturated=s.saturated(self.cfg.measure),
+                )
+            if self.longterm is not None:
+                p = self.longterm.predict(name, now)
+                row["prediction"] = None if p is None else prediction_status(p)
+            carriers[name] = row
+        out: dict = {"source": self.cfg.source, "carriers": carriers, **self.counters}
+        if self.ingest is not None:
+            out["flush_ms_max"] = round(self.flush_ms_max, 2)
+            out["flush_ms_mean"] = round(self.flush_ms_total / max(1, self.counters["flushes"]), 2)
+        if isinstance(self.source, CommandSource):
+            out["command_errors"] = self.source.parser.errors
+        return out
+
+    def close(self) -> None:
+        try:
+            if self.ingest is not None:
+                self.flush(0.0, final=True)
+                self.ingest = None
+        except Exception:
+            log.exception("context database: final write failed")
+        finally:
+            if isinstance(self.source, CommandSource):
+                self.source.close()
+            if self._own_db and self.db is not None:
+                self.db.store.close()
+                self.db = None

@@ -1,0 +1,4 @@
+"""The vehicle gateway.
+
+Listener namespace, capture shell, flow table, uplink to the node, the process.
+"""

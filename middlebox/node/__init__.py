@@ -1,0 +1,4 @@
+"""The cloud node.
+
+Accepts gateways' paths, relays connections to the real servers, destination policy.
+"""

@@ -1,0 +1,4 @@
+"""Carrier paths.
+
+Kernel TCP sockets pinned to a carrier, the non-blocking TLS shell, certificates.
+"""

@@ -1,0 +1,315 @@
+"""One carrier path as a non-blocking I/O shell: TCP, TLS 1.3, framing, HELLO state.
+
+Gateway and node both drive their paths through :class:`PathConn`. It owns the socket
+and nothing else: the wire codec turns bytes into messages, the process decides what
+the messages mean. The phases are ``connecting`` (gateway: TCP connect in progress),
+``tls`` (handshake), ``hello`` (before HELLO / HELLO_ACK), ``up`` and ``closed``; a
+failure in any phase raises :class:`PathError` with a reason for the logs, and the
+owner closes the path.
+
+Writes go to a buffer that is handed to the kernel as the socket takes it. The room a
+path offers the mux is ``paths.notsent_lowat`` minus the bytes the kernel has not sent
+yet (``SIOCOUTQNSD``, one cheap ioctl) minus the buffer, so a message is committed to
+a path only shortly before it can leave ("keep decisions late").
+
+TLS over a non-blocking socket: OpenSSL must be given the same bytes again after a
+``want write``, so a TLS write takes a fixed slice of the buffer and retries exactly
+that slice until it goes through.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import selectors
+import socket
+import ssl
+import struct
+import time
+
+from middlebox.paths.sockets import TcpInfo, tcp_info
+from middlebox.session import wire
+
+log = logging.getLogger("mpproxy.path")
+
+SIOCOUTQNSD = 0x894B  # bytes in the send queue not yet sent (linux/sockios.h)
+_INT = struct.Struct("i")
+TLS_WRITE_SLICE = 64 << 10
+READ_SIZE = 256 << 10
+
+CONNECTING, TLS, HELLO, UP, CLOSED = "connecting", "tls", "hello", "up", "closed"
+
+
+class PathError(Exception):
+    """The path failed; ``reason`` says why (for logs and CLOSE)."""
+
+    def __init__(self, reason: str, close: wire.CloseReason | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.close = close  # a CLOSE worth telling the peer, if the path can still carry it
+
+
+def monotonic_ns() -> int:
+    return time.monotonic_ns()
+
+
+class PathConn:
+    """A path socket with its codec. ``handle(mask, now)`` returns decoded messages."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        max_payload: int,
+        lowat: int,
+        ctx: ssl.SSLContext | None = None,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        connecting: bool = False,
+        label: str = "",
+    ) -> None:
+        sock.setblocking(False)
+        self.raw = sock  # the TCP socket (the TLS socket takes its descriptor over)
+        self.fd = sock.fileno()  # selectors key on this: it survives the TLS wrap
+        self.sock: socket.socket = sock
+        self.ctx = ctx
+        self.server_side = server_side
+        self.server_hostname = server_hostname
+        self.label = label
+        self.lowat = lowat
+        self.decoder = wire.Decoder(max_payload)
+        self.peer_max_payload = max_payload
+        self.out = bytearray()
+        self._slice: bytes | None = None  # a TLS write being retried
+        self._want_write = False  # TLS handshake asked for writability
+        self.state = CONNECTING if connecting else TLS
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.last_rx = 0.0
+        self.since = 0.0
+        self.info: TcpInfo | None = None
+        if not connecting:
+            self._start_tls()
+
+    # -- phases ---------------------------------------------------------------------------
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def _start_tls(self) -> None:
+        if self.ctx is None:
+            self.state = HELLO
+            return
+        self.state = TLS
+        self.sock = self.ctx.wrap_socket(
+            self.raw,
+            server_side=self.server_side,
+            server_hostname=None if self.server_side else self.server_hostname,
+            do_handshake_on_connect=False,
+        )
+        self.raw = self.sock
+
+    def _handshake(self) -> None:
+        try:
+            self.sock.do_handshake()  # type: ignore[attr-defined]
+        except ssl.SSLWantReadError:
+            self._want_write = False
+            return
+        except ssl.SSLWantWriteError:
+            self._want_write = True
+            return
+        except ssl.SSLError as e:
+            raise PathError(f"TLS handshake failed: {e.reason or e}") from None
+        except OSError as e:
+            raise PathError(f"TLS handshake failed: {e.strerror or e}") from None
+        self._want_write = False
+        self.state = HELLO
+
+    def interest(self) -> int:
+        """The selector mask this path needs now."""
+        if self.state == CONNECTING:
+            return selectors.EVENT_WRITE
+        if self.state == TLS:
+            return selectors.EVENT_WRITE if self._want_write else selectors.EVENT_READ
+        mask = selectors.EVENT_READ
+        if self.out or self._slice:
+            mask |= selectors.EVENT_WRITE
+        return mask
+
+    # -- I/O ------------------------------------------------------------------------------
+
+    def handle(self, mask: int, now: float) -> list[wire.Message]:
+        """React to readiness; returns the messages decoded (raises PathError)."""
+        if self.state == CONNECTING:
+            err = self.raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise PathError(f"connect failed: {errno.errorcode.get(err, err)}")
+            self._start_tls()
+        if self.state == TLS:
+            self._handshake()
+            if self.state == TLS:
+                return []
+            mask |= selectors.EVENT_READ  # records may already wait behind the handshake
+        msgs: list[wire.Message] = []
+        if mask & selectors.EVENT_WRITE or self.out:
+            self.flush()
+        if mask & selectors.EVENT_READ:
+            self._read(msgs, now)
+        return msgs
+
+    def _read(self, msgs: list[wire.Message], now: float) -> None:
+        sock, dec = self.sock, self.decoder
+        while True:
+            try:
+                chunk = sock.recv(READ_SIZE)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+            except ssl.SSLError as e:
+                raise PathError(f"TLS error: {e.reason or e}") from None
+            except (OSError, ValueError) as e:  # ValueError: ssl before its handshake
+                raise PathError(f"read failed: {e}") from None
+            if not chunk:
+                try:
+                    dec.eof()
+                except wire.ProtocolError as e:
+                    raise PathError(f"peer closed inside a message: {e.reason}") from None
+                self._collect(msgs)
+                if msgs:  # deliver what came before the end; the next call reports it
+                    return
+                raise PathError("closed by peer")
+            self.bytes_in += len(chunk)
+            self.last_rx = now
+            try:
+                dec.feed(chunk)
+            except wire.ProtocolError as e:
+                self._collect(msgs)
+                raise PathError(
+                    f"protocol error: {e.reason}", wire.CloseReason.PROTOCOL_ERROR
+                ) from None
+            self._collect(msgs)
+            if len(chunk) < READ_SIZE and self.ctx is None:
+                break
+
+    def _collect(self, msgs: list[wire.Message]) -> None:
+        for m in self.decoder:
+            msgs.append(m)
+
+    def write(self, msg: wire.Message) -> None:
+        """Queue one message (encoded for the peer's limit); flush() sends it."""
+        head = wire.encode_header(msg, self.peer_max_payload)
+        self.out += head
+        payload = getattr(msg, "payload", None)
+        if payload is not None:
+            self.out += payload
+
+    def flush(self) -> None:
+        """Hand queued bytes to the kernel as far as it takes them."""
+        sock = self.sock
+        try:
+            if self.ctx is None:
+                while self.out:
+                    n = sock.send(self.out)
+                    self.bytes_out += n
+                    del self.out[:n]
+                return
+            while self.out or self._slice:
+                if self._slice is None:
+                    self._slice = bytes(self.out[:TLS_WRITE_SLICE])
+                    del self.out[:TLS_WRITE_SLICE]
+                n = sock.send(self._slice)
+                self.bytes_out += n
+                self._slice = None if n >= len(self._slice) else self._slice[n:]
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return
+        except ssl.SSLError as e:
+            raise PathError(f"TLS error: {e.reason or e}") from None
+        except OSError as e:
+            raise PathError(f"write failed: {e.strerror or e}") from None
+
+    @property
+    def buffered(self) -> int:
+        return len(self.out) + (len(self._slice) if self._slice else 0)
+
+    def notsent(self) -> int:
+        try:
+            buf = fcntl.ioctl(self.fd, SIOCOUTQNSD, b"\0\0\0\0")
+        except OSError:
+            return 0
+        return _INT.unpack(buf)[0]
+
+    def room(self) -> int:
+        """Bytes the mux may commit to this path now."""
+        if self.state != UP:
+            return 0
+        return max(0, self.lowat - self.notsent() - self.buffered)
+
+    def tcp_info(self) -> TcpInfo | None:
+        try:
+            self.info = tcp_info(self.raw)
+        except OSError:
+            return None
+        return self.info
+
+    def close(self, reason: wire.CloseReason | None = None, detail: str = "") -> None:
+        """Close the path; a CLOSE goes first (best effort) when the path is up."""
+        if self.state == CLOSED:
+            return
+        if reason is not None and self.state in (HELLO, UP):
+            try:
+                self.write(wire.Close(reason, detail[: wire.MAX_DETAIL]))
+                self.flush()
+            except (PathError, wire.ProtocolError):
+                pass
+        self.state = CLOSED
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def answer_probe(self, probe: wire.Probe) -> None:
+        t = monotonic_ns()
+        self.write(wire.ProbeAck(probe.probe_id, probe.sent_ns, t, max(t, monotonic_ns())))
+
+
+def set_interest(sel: selectors.BaseSelector, fileobj: object, mask: int, data: object) -> None:
+    """Register, modify or unregister ``fileobj`` so that it waits for ``mask``."""
+    key = sel.get_map().get(fileobj)  # type: ignore[call-overload]
+    if key is None:
+        if mask:
+            sel.register(fileobj, mask, data)  # type: ignore[arg-type]
+    elif not mask:
+        sel.unregister(fileobj)  # type: ignore[arg-type]
+    elif key.events != mask or key.data is not data:
+        sel.modify(fileobj, mask, data)  # type: ignore[arg-type]
+
+
+def forget(sel: selectors.BaseSelector, fileobj: object) -> None:
+    """Unregister ``fileobj`` if registered (call before closing it)."""
+    fmap = sel.get_map()  # None once the selector is closed
+    try:
+        if fmap is not None and fmap.get(fileobj) is not None:  # type: ignore[call-overload]
+            sel.unregister(fileobj)  # type: ignore[arg-type]
+    except (ValueError, KeyError):
+        pass
+
+
+def pump_mux(mux: object, paths: dict[int, PathConn], now: float) -> list[tuple[int, PathError]]:
+    """Offer each up path's room to the mux, write what it hands out, flush every path.
+
+    Returns the paths that failed while writing (the caller takes them down)."""
+    for pid, pc in paths.items():
+        if pc.state == UP:
+            mux.update_path(pid, room=pc.room())  # type: ignore[attr-defined]
+    for pid, msg in mux.messages_to_send(now):  # type: ignore[attr-defined]
+        pc = paths.get(pid)
+        if pc is not None and pc.state == UP:
+            pc.write(msg)
+    failed = []
+    for pid, pc in paths.items():
+        if pc.out or pc._slice:
+            try:
+                pc.flush()
+            except PathError as e:
+                failed.append((pid, e))
+    return failed

@@ -1,0 +1,218 @@
+import ipaddress
+
+import pytest
+
+from middlebox.config import AclRuleConfig, GatewayConfig
+from middlebox.gateway.flowtable import (
+    ACK,
+    FIN,
+    RST,
+    SYN,
+    Action,
+    FlowTable,
+    Rule,
+    Rules,
+    State,
+    Timeouts,
+)
+
+CLIENT = "10.1.0.5"
+SERVER = "198.51.100.7"
+
+
+def key(dst=SERVER, dport=443, src=CLIENT, sport=40000):
+    return (src, sport, dst, dport)
+
+
+def table(**kw):
+    rules = kw.pop("rules", Rules.make(bypass=["10.0.0.0/8"], deny=["203.0.113.0/24"]))
+    return FlowTable(rules, Timeouts(half_open=30, established=7440, closing=240, closed=10), **kw)
+
+
+def test_default_rules_proxy_deny_bypass():
+    t = table()
+    assert t.classify(key(), SYN, 0.0) is Action.PROXY
+    assert t.classify(key(dst="203.0.113.9"), SYN, 0.0) is Action.DENY
+    assert t.classify(key(dst="10.9.9.9"), SYN, 0.0) is Action.BYPASS
+    c = t.counters()
+    assert c.flows[Action.PROXY] == c.flows[Action.DENY] == c.flows[Action.BYPASS] == 1
+    assert c.flows[Action.DROP] == 0
+
+
+def test_packed_address_keys_work_like_text():
+    t = table()
+    k = (
+        ipaddress.ip_address(CLIENT).packed,
+        1234,
+        ipaddress.ip_address("203.0.113.1").packed,
+        80,
+    )
+    assert t.classify(k, SYN, 0.0) is Action.DENY
+    k6 = (ipaddress.ip_address("2001:db8::1").packed, 1, ipaddress.ip_address("::1").packed, 80)
+    assert t.classify(k6, SYN, 0.0) is Action.PROXY
+
+
+def test_fast_path_reuses_cached_action_without_reevaluating_rules():
+    calls = []
+
+    class CountingRules(Rules):
+        def decide(self, src, dst, dport):
+            calls.append(dst)
+            return super().decide(src, dst, dport)
+
+    t = table(rules=CountingRules.make())
+    for i in range(50):
+        assert t.classify(key(), SYN if i == 0 else ACK, float(i)) is Action.PROXY
+    assert len(calls) == 1
+    assert t.get(key()).packets == 50
+    assert t.counters().packets[Action.PROXY] == 50
+    assert t.lookup(key()) is Action.PROXY and t.lookup(key(dport=1)) is None
+
+
+def test_acl_first_match_wins_before_lists():
+    acl = [
+        Rule.make("allow", dst=["10.5.0.0/16"]),  # proxy one prefix inside the bypassed 10/8
+        Rule.make("drop", src=["10.1.0.0/24"], dst_ports=["25", "465-587"]),
+        Rule.make("deny", dst=["198.51.100.0/24"], dst_ports=["8000-8999"]),
+    ]
+    t = table(rules=Rules.make(acl, bypass=["10.0.0.0/8"]))
+    assert t.classify(key(dst="10.5.1.1"), SYN, 0) is Action.PROXY
+    assert t.classify(key(dst="10.6.1.1"), SYN, 0) is Action.BYPASS
+    assert t.classify(key(dport=25), SYN, 0) is Action.DROP
+    assert t.classify(key(dport=500), SYN, 0) is Action.DROP
+    assert t.classify(key(dport=588), SYN, 0) is Action.PROXY
+    assert t.classify(key(src="10.2.0.1", dport=25), SYN, 0) is Action.PROXY
+    assert t.classify(key(dport=8080), SYN, 0) is Action.DENY
+    assert t.classify(key(dst="198.51.101.1", dport=8080), SYN, 0) is Action.PROXY
+
+
+def test_ipv4_rule_does_not_match_ipv6_with_same_integer():
+    # ::a01:1 has the same integer value as 10.1.0.1
+    t = table(rules=Rules.make(deny=["10.0.0.0/8"]))
+    assert t.classify(key(dst="::a01:1"), SYN, 0) is Action.PROXY
+    assert t.classify(key(dst="10.1.0.1"), SYN, 0) is Action.DENY
+
+
+def test_from_config_with_local_prefixes():
+    gw = GatewayConfig(
+        acl=[AclRuleConfig(action="deny", dst_ports=["23"])],
+        deny=["192.0.2.0/24"],
+        bypass=[],
+        flow_timeout_half_open=5.0,
+        flow_table_size=100,
+    )
+    t = FlowTable.from_config(gw, local_prefixes=["100.64.0.0/10"])
+    assert t.max_flows == 100 and t.timeouts.half_open == 5.0
+    assert t.classify(key(dport=23), SYN, 0) is Action.DENY
+    assert t.classify(key(dst="192.0.2.1"), SYN, 0) is Action.DENY
+    assert t.classify(key(dst="100.64.1.1"), SYN, 0) is Action.BYPASS
+    assert t.classify(key(), SYN, 0) is Action.PROXY
+
+
+def test_state_machine_handshake_fin_both_ways():
+    t = table()
+    k = key()
+    t.classify(k, SYN, 0)
+    assert t.get(k).state is State.SYN_SEEN
+    t.classify(k, SYN, 0.5)  # retransmitted SYN stays half open
+    assert t.get(k).state is State.SYN_SEEN
+    t.classify(k, ACK, 1)
+    assert t.get(k).state is State.ESTABLISHED
+    t.classify(k, ACK | FIN, 2)
+    assert t.get(k).state is State.FIN_WAIT
+    t.observe_reply(k, ACK | FIN, 3)
+    assert t.get(k).state is State.CLOSED
+
+
+def test_rst_closes_and_new_syn_reclassifies():
+    t = table()
+    k = key()
+    t.classify(k, SYN, 0)
+    t.classify(k, ACK, 0)
+    t.classify(k, RST, 1)
+    assert t.get(k).state is State.CLOSED
+    t.rules = Rules.make(deny=[SERVER + "/32"])  # rules changed meanwhile
+    assert t.classify(k, SYN, 2) is Action.DENY
+    assert t.get(k).state is State.SYN_SEEN
+    assert t.counters().flows[Action.PROXY] == 1 and t.counters().flows[Action.DENY] == 1
+
+
+def test_midstream_first_packet_is_marked():
+    t = table()
+    t.classify(key(), ACK, 0)
+    assert t.get(key()).state is State.MIDSTREAM
+    t.classify(key(dport=1), RST, 0)
+    assert t.get(key(dport=1)).state is State.CLOSED
+
+
+def test_per_state_timeouts():
+    t = table()
+    half, est, fin = key(sport=1), key(sport=2), key(sport=3)
+    t.classify(half, SYN, 0)
+    t.classify(est, SYN, 0)
+    t.classify(est, ACK, 0)
+    t.classify(fin, SYN, 0)
+    t.classify(fin, ACK, 0)
+    t.classify(fin, FIN | ACK, 0)
+    assert t.expire(29.9) == []
+    assert [f.key for f in t.expire(30.0)] == [half]
+    assert t.expire(239) == []
+    assert [f.key for f in t.expire(240)] == [fin]
+    assert len(t) == 1
+    assert t.expire(7439) == []
+    assert [f.key for f in t.expire(7440)] == [est]
+    assert t.counters().expired == 3
+    assert t.next_timer() is None
+
+
+def test_activity_postpones_expiry_and_next_timer_is_never_late():
+    t = table()
+    k = key()
+    t.classify(k, SYN, 0)
+    t.classify(k, ACK, 0)  # established at 0, but the first heap entry says 30
+    for now in (100.0, 5000.0):
+        t.classify(k, ACK, now)
+        while (when := t.next_timer()) is not None and when <= now:
+            assert t.expire(when) == []
+    assert t.next_timer() <= 5000 + 7440
+    assert t.expire(5000 + 7439.9) == []
+    assert len(t.expire(5000 + 7440)) == 1
+
+
+def test_closing_shortens_pending_timer():
+    t = table()
+    k = key()
+    t.classify(k, SYN, 0)
+    t.classify(k, ACK, 0)
+    t.classify(k, RST, 100)
+    assert t.next_timer() <= 110
+    assert len(t.expire(110)) == 1
+
+
+def test_full_table_drops_new_flows_and_counts_them():
+    t = table(max_flows=64)
+    for i in range(64):
+        t.classify(key(sport=i), SYN, 0)
+    assert t.classify(key(sport=999), SYN, 1) is Action.DROP
+    assert t.get(key(sport=999)) is None
+    assert t.counters().overflow == 1
+    # once the half-open flows time out, room is made on the slow path itself
+    assert t.classify(key(sport=999), SYN, 31) is Action.PROXY
+    assert len(t) == 1
+
+
+def test_remove_keeps_packet_counters():
+    t = table()
+    for i in range(3):
+        t.classify(key(), ACK, i)
+    t.remove(key())
+    assert t.counters().packets[Action.PROXY] == 3
+    assert len(t) == 0
+
+
+@pytest.mark.parametrize("bad", [["70000"], ["80-20"], ["x"]])
+def test_config_rejects_bad_ports(bad):
+    from middlebox.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match="dst_ports"):
+        from_dict(GatewayConfig, {"acl": [{"action": "deny", "dst_ports": bad}]}, "gateway")

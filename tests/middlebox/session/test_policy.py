@@ -1,0 +1,186 @@
+"""The scheduler adapter's newest inputs, driven from a scripted mux: the stream inputs
+(``app_limited_at``, ``backlog``), PROBE round trips through ``PathEstimator.probe``, and
+connection control through the policy's control class."""
+
+import dataclasses
+
+from middlebox.paths.sockets import TcpInfo
+from middlebox.session import wire
+from middlebox.session.mux import MessageInfo, Mux, MuxParams, PathState
+from middlebox.session.policy import SchedulerPolicy
+from scheduler.config import SchedulerConfig
+from scheduler.context import CONTROL, DATA
+
+MSG = 8 << 10
+
+
+class Spy:
+    """Wraps the adapter's policy and records the scheduler messages it is asked about
+    (copies: the adapter's connection context changes afterwards)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.seen = []
+
+    def decide(self, msg, paths, now):
+        conn = dataclasses.replace(msg.conn) if msg.conn is not None else None
+        self.seen.append((dataclasses.replace(msg, conn=conn), now))
+        return self.inner.decide(msg, paths, now)
+
+
+def gateway(pol, window=1 << 20):
+    """A gateway mux with one open connection (OPEN_OK received) and two paths."""
+    mux = Mux("gateway", MuxParams(buffer_bytes=1 << 20, message_size=MSG), pol)
+    mux.path_up(1, 0.0, srtt=0.02, room=window)
+    mux.path_up(2, 0.0, srtt=0.05, room=window)
+    cid = mux.open("10.1.0.5", 40000, "198.51.100.7", 443)
+    mux.messages_to_send(0.0)
+    mux.receive(1, wire.OpenOk(cid), 0.01)
+    return mux, cid
+
+
+def data_seen(spy):
+    return [(m, t) for m, t in spy.seen if m.kind == DATA]
+
+
+def test_backlog_is_what_waits_behind_and_the_last_message_marks_app_limited():
+    pol = SchedulerPolicy(SchedulerConfig(policy="context"))
+    pol.policy = spy = Spy(pol.policy)
+    mux, cid = gateway(pol)
+    pol.opened(cid, "10.1.0.5", 443, 0.0)
+    total = 5 * MSG + 100
+    assert mux.send(cid, bytes(total)) == total
+    mux.messages_to_send(1.0)
+    seen = data_seen(spy)
+    assert len(seen) >= 2
+    for m, _ in seen:  # each message is told how much of the connection waits behind it
+        assert m.backlog == total - m.offset - m.size
+        assert m.conn is not None and m.conn.client == "10.1.0.5"
+    # every message but the last leaves bytes behind: the application was not dry then
+    assert all(m.conn.app_limited_at is None for m, _ in seen[:-1])
+    assert seen[-1][0].backlog == 0 and pol.conns[cid].app_limited_at == 1.0
+    # more from the application later: it ran dry again once that was handed over
+    mux.send(cid, bytes(2 * MSG))  # within the peer's initial window
+    mux.messages_to_send(2.5)
+    assert pol.conns[cid].app_limited_at == 2.5
+
+
+def test_a_download_never_dry_is_no_stream_and_a_dry_one_becomes_one():
+    cfg = SchedulerConfig(policy="context")
+    pol = SchedulerPolicy(cfg)
+    pol.policy = spy = Spy(pol.policy)
+    # paths with little room: the mux keeps most of each write unsent (a download)
+    mux, cid = gateway(pol, window=3 * MSG)
+    pol.opened(cid, "10.1.0.5", 443, 0.0)
+    t = cfg.stream_age + 1.0
+    for k in range(3):
+        mux.send(cid, bytes(64 * MSG))
+        mux.update_path(1, room=3 * MSG)
+        mux.update_path(2, room=3 * MSG)
+        mux.messages_to_send(t + k)
+    seen = data_seen(spy)
+    assert seen and all(m.backlog > 0 for m, _ in seen)
+    assert pol.conns[cid].app_limited_at is None
+    assert pol.policy.inner.classify(*seen[-1])[0] != "stream"
+    # the same connection, its application now slower than the paths: a stream
+    mux.update_path(1, room=1 << 30)
+    mux.update_path(2, room=1 << 30)
+    for _ in range(100):  # the peer acknowledges and opens its window: the queue drains
+        conn = mux.conns[cid]
+        if not conn.unsent:
+            break
+        mux.receive(1, wire.DataAck(cid, conn.snd_nxt, 1 << 22, ()), t + 5)
+        mux.messages_to_send(t + 5)
+    assert not mux.conns[cid].unsent
+    mux.send(cid, bytes(MSG))
+    mux.messages_to_send(t + 6)
+    last, now = data_seen(spy)[-1]
+    assert last.backlog == 0 and last.conn.app_limited_at == t + 6
+    assert pol.policy.inner.classify(last, now)[0] == "stream"
+
+
+def test_connections_the_shell_did_not_announce_get_a_context_and_are_forgotten():
+    pol = SchedulerPolicy(SchedulerConfig(policy="context"))
+    ps = [PathState(1, True, 0.02, 0.01, 1 << 20)]
+    pol(MessageInfo(9, "data", 1000, 0, backlog=0), ps, 3.0)
+    assert pol.conns[9].opened == 3.0 and pol.conns[9].app_limited_at == 3.0
+    pol.opened(10, "10.1.0.6", 80, 3.0)
+    pol.sample(1, "a", None, 3.0 + 60.0)
+    assert 9 in pol.conns  # still within FORGET_AFTER
+    pol.sample(1, "a", None, 3.0 + 200.0)
+    assert 9 not in pol.conns and 10 in pol.conns  # announced ones wait for closed()
+
+
+def tcp_info(**fields):
+    base = TcpInfo.parse(bytes(300))
+    defaults = {"srtt_us": 30000, "rttvar_us": 5000, "snd_mss": 1448, "snd_cwnd": 20}
+    return TcpInfo(**{**base.__dict__, **defaults, **fields})
+
+
+def test_a_probe_reaches_the_estimator_once_and_idle_only_without_data():
+    pol = SchedulerPolicy(SchedulerConfig(policy="context"))
+    pol.sample(1, "a", tcp_info(), 0.0)
+    est = pol.estimators[1]
+    calls = []
+    real = est.probe
+
+    def probe(rtt, now, idle=True):
+        calls.append((rtt, now, idle))
+        return real(rtt, now, idle=idle)
+
+    est.probe = probe
+    ctx = pol.sample(1, "a", tcp_info(), 0.2, probe_rtt=0.08)
+    assert calls == [(0.08, 0.2, True)] and ctx.probe_rtt == 0.08
+    # an idle path's kernel RTT (30 ms) is stale: the probe's 80 ms is the delay sample
+    assert ctx.srtt > 0.03
+    pol.sample(1, "a", tcp_info(), 0.4, probe_rtt=0.08)  # the same probe again
+    assert len(calls) == 1
+    pol.sample(1, "a", tcp_info(unacked=12, notsent_bytes=4000), 0.6, probe_rtt=0.09)
+    assert calls[-1] == (0.09, 0.6, False) and pol.probes == 2
+
+
+def test_idle_probes_let_a_lossy_path_recover_faster_than_silence():
+    def lossy(pol):
+        pol.sample(1, "a", tcp_info(total_retrans=0, segs_out=100), 0.0)
+        return pol.sample(1, "a", tcp_info(total_retrans=50, segs_out=200), 0.2).loss_rate
+
+    quiet = SchedulerPolicy(SchedulerConfig(policy="context"))
+    probed = SchedulerPolicy(SchedulerConfig(policy="context"))
+    assert lossy(quiet) == lossy(probed) > 0.1
+    same = {"total_retrans": 50, "segs_out": 200}  # nothing sent since: no kernel sample
+    for k in range(1, 6):
+        t = 0.2 + k
+        q = quiet.sample(1, "a", tcp_info(**same), t, probe_rtt=None)
+        p = probed.sample(1, "a", tcp_info(**same), t, probe_rtt=0.05 + k / 1000)
+    assert p.loss_rate < q.loss_rate
+
+
+def test_control_messages_go_to_the_policy_on_any_up_path():
+    pol = SchedulerPolicy(SchedulerConfig(policy="context"))
+    pol.policy = spy = Spy(pol.policy)
+    full, down = PathState(1, True, 0.02, 0.01, 0), PathState(2, False, 0.01, 0.01, 1 << 20)
+    slow = PathState(3, True, 0.08, 0.01, 1 << 20)
+    ids = pol(MessageInfo(5, "control", 32), [full, down, slow], 1.0)
+    assert spy.seen[-1][0].kind == CONTROL
+    assert ids and set(ids) <= {1, 3}  # room does not matter, a down path never
+    assert pol(MessageInfo(5, "control", 32), [full, down], 1.0) == (1,)
+
+    class Nothing:
+        def decide(self, *a):
+            return ()
+
+    pol.policy = Nothing()
+    assert pol(MessageInfo(5, "control", 32), [full, down, slow], 1.0) == (1,)
+
+
+def test_open_is_pinned_to_the_policys_first_choice():
+    pol = SchedulerPolicy(SchedulerConfig(policy="context"))
+    pol.policy = spy = Spy(pol.policy)
+    mux = Mux("gateway", MuxParams(), pol)
+    mux.path_up(1, 0.0, srtt=0.02)
+    mux.path_up(2, 0.0, srtt=0.05)
+    cid = mux.open("10.1.0.5", 40000, "198.51.100.7", 443)
+    out = mux.messages_to_send(0.0)
+    opens = [pid for pid, msg in out if type(msg) is wire.Open]
+    assert len(opens) == 1 and [m.kind for m, _ in spy.seen] == [CONTROL]
+    assert mux.conns[cid].pinned == opens[0]
