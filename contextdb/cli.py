@@ -1,21 +1,22 @@
-"""``mpproxy contextdb import|query|stats|evaluate``.
+"""``mpproxy contextdb import|sync|query|stats|evaluate``.
 
-The only contextdb module that imports middlebox: it reads the gateway's configuration
-file for the ``[contextdb]`` section and turns :class:`ContextDBError` into the CLI's
-one-line ``UserError``.
+Registered with ``mpproxy`` as an entry point (pyproject.toml), so contextdb never imports
+the product: bad input raises :class:`~contextdb.errors.ContextDBError`, which the
+parser declares as its user error (``mpproxy`` prints it as one line), and ``--config``
+reads the gateway's configuration file through the loader the CLI hands every command
+(``args.load_config``), of which only the ``[contextdb]`` section is used.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import math
 import socket
 import sys
 
-from middlebox.errors import UserError
+from contextdb.errors import ContextDBError
 
 EXAMPLE_SPLIT = (
     "example: mpproxy contextdb evaluate "
@@ -31,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Import traces into the context database, query predictions, show "
         "statistics, and evaluate predictions on held-out runs.",
     )
+    p.set_defaults(user_errors=(ContextDBError,))  # printed as one line by mpproxy
     cmds = p.add_subparsers(dest="contextdb_command", metavar="ACTION", required=True)
 
     def store_args(q: argparse.ArgumentParser) -> None:
@@ -49,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="name of this gateway in the chunks written (default: host name); "
         "`sync` pushes the chunks of its own origin",
     )
-    q.set_defaults(func=_guard(cmd_import))
+    q.set_defaults(func=cmd_import)
 
     q = cmds.add_parser(
         "sync",
@@ -67,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument(
         "--origin", default=socket.gethostname(), help="this gateway's name (default: host name)"
     )
-    q.set_defaults(func=_guard(cmd_sync))
+    q.set_defaults(func=cmd_sync)
 
     q = cmds.add_parser("query", help="predict one carrier's next seconds")
     store_args(q)
@@ -85,12 +87,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "predictions); without it the match is on RSRP alone",
     )
     q.add_argument("--json", action="store_true", help="print JSON")
-    q.set_defaults(func=_guard(cmd_query))
+    q.set_defaults(func=cmd_query)
 
     q = cmds.add_parser("stats", help="windows and handovers per carrier and cell")
     store_args(q)
     q.add_argument("--json", action="store_true", help="print JSON")
-    q.set_defaults(func=_guard(cmd_stats))
+    q.set_defaults(func=cmd_stats)
 
     q = cmds.add_parser(
         "evaluate",
@@ -108,29 +110,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--k", type=int, help="override contextdb.k")
     q.add_argument("--json", action="store_true", help="print JSON")
-    q.set_defaults(func=_guard(cmd_evaluate))
-
-
-def _guard(handler):
-    @functools.wraps(handler)
-    def run(args: argparse.Namespace) -> int:
-        from contextdb.errors import ContextDBError
-
-        try:
-            return handler(args)
-        except ContextDBError as e:
-            raise UserError(str(e)) from None
-
-    return run
+    q.set_defaults(func=cmd_evaluate)
 
 
 def _config(args: argparse.Namespace):
     from contextdb.config import ContextDBConfig
 
     if getattr(args, "config", None):
-        from middlebox.config import load
-
-        cfg = load(args.config).contextdb
+        cfg = args.load_config(args.config).contextdb
     else:
         cfg = ContextDBConfig()
     changes = {}
@@ -139,7 +126,7 @@ def _config(args: argparse.Namespace):
         if value is not None:
             changes[field] = value
     if changes.get("k") is not None and changes["k"] < 1:
-        raise UserError("--k: must be >= 1")
+        raise ContextDBError("--k: must be >= 1")
     return dataclasses.replace(cfg, **changes)
 
 
@@ -164,7 +151,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     if not cfg.fleet_url:
-        raise UserError("sync: no fleet store (give --fleet or set contextdb.fleet_url)")
+        raise ContextDBError("sync: no fleet store (give --fleet or set contextdb.fleet_url)")
     local = SqliteStore(cfg.path)
     try:
         ContextDB(local, cfg, preload=False)  # checks or writes the parameters
@@ -215,9 +202,9 @@ def _parse_rsrp(text: str) -> list[float]:
     try:
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise UserError(f"--rsrp: expected comma-separated numbers (got {text!r})") from None
+        raise ContextDBError(f"--rsrp: expected comma-separated numbers (got {text!r})") from None
     if not values or not all(math.isfinite(v) for v in values):
-        raise UserError("--rsrp: expected at least one finite number")
+        raise ContextDBError("--rsrp: expected at least one finite number")
     return values
 
 
@@ -227,10 +214,10 @@ def cmd_query(args: argparse.Namespace) -> int:
     try:
         w = db.cfg.window_s
         if len(rsrp) < w:
-            raise UserError(f"--rsrp: need at least {w} values (the window length)")
+            raise ContextDBError(f"--rsrp: need at least {w} values (the window length)")
         recent = args.recent_mbit
         if recent is not None and not (recent >= 0 and math.isfinite(recent)):
-            raise UserError(f"--recent-mbit: must be a finite number >= 0, not {recent}")
+            raise ContextDBError(f"--recent-mbit: must be a finite number >= 0, not {recent}")
         p = db.predict(
             args.carrier, args.cell, rsrp, recent_dl_bps=None if recent is None else recent * 1e6
         )
@@ -297,10 +284,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _config(args)
     if args.leave_one_out:
         if args.train or args.test:
-            raise UserError("evaluate: give --leave-one-out or --train/--test, not both")
+            raise ContextDBError("evaluate: give --leave-one-out or --train/--test, not both")
         return _leave_one_out(args, cfg)
     if not args.train or not args.test:
-        raise UserError(f"evaluate: --train and --test are required ({EXAMPLE_SPLIT})")
+        raise ContextDBError(f"evaluate: --train and --test are required ({EXAMPLE_SPLIT})")
     train = [r.samples for r in _read(args.train)]
     test = [r.samples for r in _read(args.test)]
     res = evaluate(train, test, cfg)
@@ -329,7 +316,7 @@ def _leave_one_out(args: argparse.Namespace, cfg) -> int:
 
     runs = _read(args.leave_one_out)
     if len(runs) < 2:
-        raise UserError("evaluate: --leave-one-out needs at least two runs")
+        raise ContextDBError("evaluate: --leave-one-out needs at least two runs")
     folds = {}
     for i, held in enumerate(runs):
         train = [r.samples for j, r in enumerate(runs) if j != i]

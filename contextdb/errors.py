@@ -1,7 +1,8 @@
 """The one exception contextdb raises for bad input.
 
 It subclasses nothing from ``middlebox`` so the package stays importable alone;
-``contextdb.cli`` turns it into ``middlebox.errors.UserError`` for the command line.
+``contextdb.cli`` declares it as its commands' user error, which ``mpproxy`` prints as one
+line (``mpproxy: error: ...``) and exits with 2.
 """
 
 

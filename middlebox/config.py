@@ -23,7 +23,9 @@ from typing import Any
 
 from contextdb.config import ContextDBConfig
 from middlebox.errors import UserError
-from middlebox.session.wire import DATA_FIXED
+from middlebox.session.mux import MuxParams
+from middlebox.session.wire import DATA_FIXED, max_data_payload
+from middlebox.tcp.params import TcpParams
 from scheduler.config import SchedulerConfig
 
 
@@ -343,52 +345,72 @@ class WireConfig:
     )
 
 
+_TCP = TcpParams()  # the [tcp] defaults are the endpoint's own, written once (tcp/params.py)
+
+
 @dataclass(frozen=True)
 class TcpConfig:
     """The gateway's user-space TCP endpoint (``middlebox/tcp``), facing the passengers."""
 
     mtu: int = opt(
-        1500,
+        _TCP.mtu,
         "MTU of the passenger LAN; the MSS sent and accepted is clamped to MTU - 40.",
         min=576,
         max=65535,
     )
     window_scale: int = opt(
-        9, "Window scale announced to clients that offer scaling (RFC 7323).", min=0, max=14
+        _TCP.window_scale,
+        "Window scale announced to clients that offer scaling (RFC 7323).",
+        min=0,
+        max=14,
     )
-    sack: bool = opt(True, "Offer selective acknowledgements (RFC 2018) to clients.")
-    timestamps: bool = opt(True, "Use timestamps (RFC 7323) with clients that offer them.")
+    sack: bool = opt(_TCP.sack, "Offer selective acknowledgements (RFC 2018) to clients.")
+    timestamps: bool = opt(
+        _TCP.timestamps, "Use timestamps (RFC 7323) with clients that offer them."
+    )
     delayed_ack: float = opt(
-        0.04, "Seconds an ACK may wait for a second segment.", min=0.001, max=0.5
+        _TCP.delayed_ack, "Seconds an ACK may wait for a second segment.", min=0.001, max=0.5
     )
     rto_min: float = opt(
-        0.2, "Lower bound of the retransmission timeout, seconds.", min=0.01, max=2.0
+        _TCP.rto_min, "Lower bound of the retransmission timeout, seconds.", min=0.01, max=2.0
     )
     rto_max: float = opt(
-        60.0, "Upper bound of the retransmission timeout, seconds.", min=1.0, max=120.0
+        _TCP.rto_max, "Upper bound of the retransmission timeout, seconds.", min=1.0, max=120.0
     )
     max_retransmits: int = opt(
-        12, "Retransmissions of one segment before the connection is reset.", min=2, max=30
+        _TCP.max_retransmits,
+        "Retransmissions of one segment before the connection is reset.",
+        min=2,
+        max=30,
     )
-    initial_cwnd: int = opt(10, "Initial congestion window in segments.", min=1, max=100)
+    initial_cwnd: int = opt(
+        _TCP.initial_cwnd, "Initial congestion window in segments.", min=1, max=100
+    )
     idle_timeout: float = opt(
-        7440.0,
+        _TCP.idle_timeout,
         "Seconds without a segment from the client before the endpoint resets.",
         min=1.0,
         max=864000.0,
     )
     time_wait: float = opt(
-        10.0,
+        _TCP.time_wait,
         "Seconds a connection the endpoint closed first stays in TIME-WAIT.",
         min=0.0,
         max=240.0,
     )
     max_connections: int = opt(
-        65536, "Most connections at once; SYNs beyond it are refused with RST.", min=1, max=1 << 22
+        _TCP.max_connections,
+        "Most connections at once; SYNs beyond it are refused with RST.",
+        min=1,
+        max=1 << 22,
     )
     gso: bool = opt(
-        True, "Hand segments of up to 64 KiB to the kernel to cut (PACKET_VNET_HDR + GSO)."
+        _TCP.gso, "Hand segments of up to 64 KiB to the kernel to cut (PACKET_VNET_HDR + GSO)."
     )
+
+    def params(self) -> TcpParams:
+        """The endpoint's parameters these settings give (one field each, same names)."""
+        return TcpParams(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TcpParams)})
 
 
 @dataclass(frozen=True)
@@ -490,6 +512,19 @@ class Config:
                 f"wire.max_payload ({self.wire.message_size} + {DATA_FIXED} > "
                 f"{self.wire.max_payload})"
             )
+
+    def mux_params(self, side: str, peer_max_payload: int | None = None) -> MuxParams:
+        """The session core's parameters on ``side`` ("gateway" or "node");
+        ``peer_max_payload``: the limit the peer announced in HELLO / HELLO_ACK."""
+        buffer = self.gateway.buffer_bytes if side == "gateway" else self.node.buffer_bytes
+        max_data = max_data_payload(peer_max_payload or self.wire.max_payload)
+        return MuxParams(
+            buffer_bytes=buffer,
+            message_size=min(self.wire.message_size, max_data),
+            max_data=max_data,
+            stall_min=self.paths.stall_min,
+            paths_lost_timeout=self.paths.lost_timeout,
+        )
 
 
 # -- loading -----------------------------------------------------------------------------

@@ -1,4 +1,9 @@
-"""Errors a user can cause, reported as one line and a non-zero exit, never a traceback."""
+"""Errors a user can cause, reported as one line and a non-zero exit, never a traceback.
+
+This is the product's. contextdb and netns, which never import the product, raise their
+own (``ContextDBError``, ``TestbedError``) and their commands declare them to the CLI as
+``user_errors`` (``middlebox/cli.py``).
+"""
 
 
 class UserError(Exception):

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from middlebox.errors import UserError
+from netns.errors import TestbedError
 
 if TYPE_CHECKING:
     from netns.topology import TestbedSpec
@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="emulated testbed: namespaces, trace-driven carrier links, rail traces",
         description="Build, inspect and remove the emulated testbed (needs root).",
     )
+    p.set_defaults(user_errors=(TestbedError,))  # printed as one line by mpproxy
     tsub = p.add_subparsers(dest="testbed_cmd", metavar="ACTION", required=True)
     up = tsub.add_parser("up", help="build a testbed and leave it running")
     up.add_argument("--carriers", type=int, default=3, help="number of carriers, 1..8 (default 3)")
@@ -94,7 +95,7 @@ def _floats(text: str, what: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",")]
     except ValueError:
-        raise UserError(
+        raise TestbedError(
             f"{what} must be a number or a comma list of numbers (got {text!r})"
         ) from None
 
@@ -110,11 +111,11 @@ def _outages(items: list[str], carrier: int) -> tuple[tuple[float, float], ...]:
                 continue
             out.append((float(a), float(b)))
         except ValueError:
-            raise UserError(
+            raise TestbedError(
                 f"--outage takes [CARRIER@]START:END in seconds (got {item!r})"
             ) from None
         if not sep:
-            raise UserError(f"--outage takes [CARRIER@]START:END in seconds (got {item!r})")
+            raise TestbedError(f"--outage takes [CARRIER@]START:END in seconds (got {item!r})")
     return tuple(sorted(out))
 
 
@@ -144,14 +145,10 @@ def spec_from_args(args: argparse.Namespace) -> TestbedSpec:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from netns.errors import TestbedError
     from netns.topology import Testbed
 
-    try:
-        tb = Testbed(spec_from_args(args), tid=args.id, die_with_parent=False)
-        tb.up()
-    except TestbedError as e:
-        raise UserError(str(e)) from None
+    tb = Testbed(spec_from_args(args), tid=args.id, die_with_parent=False)
+    tb.up()
     print(f"testbed {tb.tid} is up")
     for role, name in tb.ns.items():
         print(f"  {role:9s} {name}")
@@ -173,10 +170,10 @@ def cmd_down(args: argparse.Namespace) -> int:
         print(f"removed {len(ids)} testbed(s)" + (f": {', '.join(ids)}" if ids else ""))
         return 0
     if not args.id:
-        raise UserError("give a testbed id (see 'mpproxy testbed status') or --all")
+        raise TestbedError("give a testbed id (see 'mpproxy testbed status') or --all")
     path = STATE_DIR / f"testbed-{args.id}.json"
     if not path.exists():
-        raise UserError(f"no recorded testbed {args.id!r} (no {path})")
+        raise TestbedError(f"no recorded testbed {args.id!r} (no {path})")
     down_from_state(path)
     print(f"testbed {args.id} removed")
     return 0
@@ -207,7 +204,7 @@ def cmd_rail(args: argparse.Namespace) -> int:
             seed=args.seed, carriers=args.carriers, duration_s=args.duration, speed_kmh=args.speed
         )
     except ValueError as e:
-        raise UserError(str(e)) from None
+        raise TestbedError(str(e)) from None
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -221,7 +218,7 @@ def cmd_rail(args: argparse.Namespace) -> int:
                 + ", ".join(f"{kinds[x]} {x}" for x in rail.HANDOVER_KINDS)
             )
     except OSError as e:
-        raise UserError(f"cannot write {out}: {e.strerror}") from None
+        raise TestbedError(f"cannot write {out}: {e.strerror}") from None
     return 0
 
 
@@ -230,10 +227,10 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
     path = STATE_DIR / f"testbed-{args.id}.json"
     if not path.exists():
-        raise UserError(f"no recorded testbed {args.id!r}")
+        raise TestbedError(f"no recorded testbed {args.id!r}")
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
-        raise UserError("give a command after --")
+        raise TestbedError("give a command after --")
     import json
 
     ns = json.loads(path.read_text())["namespaces"][args.role]

@@ -1,7 +1,8 @@
 """Errors a user of the testbed can cause.
 
 They subclass nothing from ``middlebox`` (the testbed must stay usable on its own);
-``netns.cli`` turns them into ``UserError`` so the CLI prints one line, not a traceback.
+``netns.cli`` declares :class:`TestbedError` as its commands' user error, so ``mpproxy``
+prints one line, not a traceback.
 """
 
 from __future__ import annotations

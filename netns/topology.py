@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from netns import plumbing, traces
+from netns import plumbing, traces, tracespec
 from netns.emulator import CarrierLink, Direction
 from netns.errors import TestbedError, TraceError
 from netns.linkcore import LinkParams
@@ -77,7 +77,7 @@ def node_carrier_addr(k: int) -> str:
 
 @dataclass(frozen=True)
 class CarrierSpec:
-    """One carrier: its traces (see :func:`netns.traces.load`) and link behaviour.
+    """One carrier: its traces (see :func:`netns.tracespec.load`) and link behaviour.
 
     ``up`` defaults to the counterpart of ``down``: ``X.up`` for a Mahimahi ``X.down``,
     the UL column of the same 5G CSV, the same rail carrier or fixed rate.
@@ -140,7 +140,7 @@ def up_counterpart(down: str) -> str:
 
 def load_direction(spec: str, direction: str, t: TestbedSpec) -> traces.DeliveryTrace:
     try:
-        trace = traces.load(spec, direction)
+        trace = tracespec.load(spec, direction)
     except ValueError as e:
         raise TraceError(spec, None, str(e)) from None
     return trace.scaled(t.time_scale, t.rate_scale)

@@ -4,7 +4,8 @@ Every source is turned into one shape, :class:`DeliveryTrace`: a periodic array 
 delivery opportunities per millisecond, each opportunity worth up to
 :data:`OPPORTUNITY_BYTES` (Mahimahi's convention: one opportunity = one 1500-byte packet).
 The link emulator only knows this shape, so a Mahimahi trace, a 5G drive log, a fixed
-rate and the synthetic rail route are interchangeable.
+rate and the synthetic rail route are interchangeable; :func:`netns.tracespec.load` picks
+one from a command-line spec.
 
 Readers never guess silently: a missing file, a malformed line or a non-monotonic
 timestamp raises :class:`~netns.errors.TraceError` naming the file and the line.
@@ -305,36 +306,3 @@ def read_5g_csv(
             rec = FiveGSecond(t, None, None, None, before.cell_id, None, None, None)
         seconds.append(rec)
     return FiveGTrace(str(path), seconds, missing)
-
-
-def load(spec: str, direction: str = "down") -> DeliveryTrace:
-    """A delivery trace from a command-line spec.
-
-    ``<N>mbit`` (fixed rate), a Mahimahi file, ``<file>.csv`` (5G drive log; ``direction``
-    picks DL or UL), or ``rail:<seed>:<carrier>`` (synthetic high-speed rail route).
-    """
-    text = spec.strip()
-    low = text.lower()
-    if low.endswith("mbit") and _is_number(low[:-4]):
-        return fixed_rate(float(low[:-4]) * 1e6)
-    if low.startswith("rail:"):
-        from netns import rail
-
-        parts = text.split(":")
-        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
-            raise TraceError(text, None, "rail trace spec is rail:<seed>:<carrier index>")
-        route = rail.generate(rail.RailParams(seed=int(parts[1])))
-        carrier = int(parts[2])
-        if carrier >= len(route.carriers):
-            raise TraceError(text, None, f"route has {len(route.carriers)} carriers")
-        return route.delivery(carrier, direction)
-    if low.endswith(".csv"):
-        return read_5g_csv(text).delivery(direction)
-    return read_mahimahi(text)
-
-
-def _is_number(s: str) -> bool:
-    try:
-        return float(s) > 0
-    except ValueError:
-        return False

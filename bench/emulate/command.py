@@ -11,6 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from bench.arguments import build, carrier_arguments, link_arguments
 from middlebox.errors import UserError
 
 DESCRIPTION = (
@@ -24,8 +25,6 @@ DEFAULT_ROWS = "context,single:best,mptcp"
 
 
 def register(bsub: argparse._SubParsersAction) -> None:
-    from bench.cli import carrier_arguments, link_arguments
-
     e = bsub.add_parser(
         "emulate",
         help="run workloads through the real proxy on the testbed (and calibrate the simulator)",
@@ -125,7 +124,6 @@ def product_paths() -> dict:
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
-    from bench.cli import build
     from bench.emulate import calibrate
     from bench.emulate.runner import EmulationError, EmuSetup, carrier_specs, emulate, shifted
     from bench.sim import report

@@ -8,7 +8,7 @@ point of the traces (``lead`` seconds after the link emulator started, once the 
 paths are up), so all rows see the same stretch of every trace.
 
 The carriers come from the same scenario ``mpproxy bench replay`` builds
-(``bench.cli.build``), so the emulator replays exactly the traces the simulator reads;
+(``bench.arguments.build``), so the emulator replays exactly the traces the simulator reads;
 a synthetic rail route is written out as Mahimahi files first (the route depends on its
 length, and the testbed's ``rail:`` spec always makes a 600 s one). For the report and the
 calibration the simulator's view of the carriers is shifted by ``lead``

@@ -44,7 +44,7 @@ def load_trace(spec: str, direction: str = "down"):
     """A delivery trace from a testbed spec: a Mahimahi file, a 5G CSV, ``<N>mbit`` or
     ``rail:<seed>:<carrier>``."""
     from netns.errors import TraceError
-    from netns.traces import load
+    from netns.tracespec import load
 
     try:
         return load(spec, direction)

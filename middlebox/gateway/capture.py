@@ -39,13 +39,13 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from middlebox.config import TcpConfig
 from middlebox.errors import UserError
 from middlebox.tcp import events as ev
 from middlebox.tcp.constants import ETH_HEADER, ETH_P_IP
 from middlebox.tcp.endpoint import EndpointTable
 from middlebox.tcp.packet import CSUM_FULL, CSUM_PARTIAL, ParseStats, Segment, build_ipv4
 from middlebox.tcp.packet import parse_ipv4 as _parse_ipv4
+from middlebox.tcp.params import TcpParams
 
 log = logging.getLogger("mpproxy.capture")
 
@@ -679,8 +679,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reorder", type=float, default=0.0, help="test hook: reordering")
     p.add_argument("--stats", default=None, help="write counters here every 0.5 s (JSON)")
     p.add_argument("--ready", default=None, help="touch this file once capturing")
-    p.add_argument("--max-retransmits", type=int, default=TcpConfig.max_retransmits)
-    p.add_argument("--rto-max", type=float, default=TcpConfig.rto_max)
+    p.add_argument("--max-retransmits", type=int, default=TcpParams.max_retransmits)
+    p.add_argument("--rto-max", type=float, default=TcpParams.rto_max)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -703,7 +703,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.app == "relay" and not (host and port.isdigit() and 0 < int(port) < 65536):
         raise CaptureError(f"--relay-to must be HOST:PORT (got {args.relay_to!r})")
     vnet = args.offload in ("csum", "gso")
-    cfg = TcpConfig(
+    cfg = TcpParams(
         gso=args.offload == "gso",
         max_retransmits=args.max_retransmits,
         rto_max=args.rto_max,

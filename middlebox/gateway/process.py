@@ -313,7 +313,7 @@ class Gateway:
         self.stopping = False
         prefixes = local_prefixes()
         self.flows = FlowTable.from_config(cfg.gateway, prefixes)
-        self.table = EndpointTable(cfg.tcp, buffer_room=cfg.gateway.buffer_bytes)
+        self.table = EndpointTable(cfg.tcp.params(), buffer_room=cfg.gateway.buffer_bytes)
         self.classifier = Classifier(self.table, self.flows)
         Uplink.check(cfg)  # configuration errors before anything is created
         gateway_context(cfg.tls)

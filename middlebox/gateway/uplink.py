@@ -33,7 +33,7 @@ from middlebox.paths.conn import HELLO, UP, PathConn, PathError, forget, pump_mu
 from middlebox.paths.sockets import PathOptions, PathSetupError, ReconnectPolicy, open_path_socket
 from middlebox.paths.tls import gateway_context
 from middlebox.session import wire
-from middlebox.session.mux import Mux, MuxParams, Policy
+from middlebox.session.mux import Mux, Policy
 
 log = logging.getLogger("mpproxy.uplink")
 
@@ -90,7 +90,7 @@ class Uplink:
         self.node_addr = infos[0][4][:2]
         self.family = infos[0][0]
         kw = {"policy": policy} if policy is not None else {}
-        self.mux = Mux("gateway", MuxParams.from_config(cfg, "gateway"), **kw)
+        self.mux = Mux("gateway", cfg.mux_params("gateway"), **kw)
         self.policy = policy
         self.slots: dict[int, Slot] = {}
         for carrier in cfg.gateway.carriers:

@@ -319,7 +319,7 @@ class Node:
             self._end_session(sess, wire.RstReason.SHUTDOWN, now)
             sess = None
         if sess is None:
-            params = MuxParams.from_config(self.cfg, "node", msg.max_payload)
+            params = self.cfg.mux_params("node", msg.max_payload)
             sctx = None
             if self.context_db is not None:
                 sctx = SessionContext(self.context_db.predict, self.cfg.contextdb.window_s, now)

@@ -51,7 +51,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from middlebox.config import Config
 from middlebox.session.wire import (
     DATA_FIXED,
     MAX_SACK_RANGES,
@@ -66,7 +65,6 @@ from middlebox.session.wire import (
     OpenOk,
     Rst,
     RstReason,
-    max_data_payload,
 )
 
 INITIAL_WINDOW = 64 << 10  # bytes a sender may send before the first DATA_ACK (the
@@ -77,7 +75,8 @@ MESSAGE_OVERHEAD = 8 + DATA_FIXED  # header and DATA fields, counted against a p
 
 @dataclass(frozen=True)
 class MuxParams:
-    """The knobs of a session; :meth:`from_config` maps the configuration onto them."""
+    """The knobs of a session; the configuration maps onto them (``Config.mux_params``),
+    so the core never imports it."""
 
     buffer_bytes: int = 4 << 20  # receive window and send buffer bound, per connection
     message_size: int = 16 << 10  # first DATA payload size; adapted per connection
@@ -86,19 +85,6 @@ class MuxParams:
     stall_rtt_factor: float = 3.0  # ... or this many (srtt + 4 rttvar) of its path if longer
     paths_lost_timeout: float = 30.0  # no path up this long: reset every connection
     linger: float = 10.0  # seconds a finished connection answers late duplicates
-
-    @classmethod
-    def from_config(cls, cfg: Config, side: str, peer_max_payload: int | None = None) -> MuxParams:
-        """``peer_max_payload``: the limit the peer announced in HELLO / HELLO_ACK."""
-        buffer = cfg.gateway.buffer_bytes if side == "gateway" else cfg.node.buffer_bytes
-        max_data = max_data_payload(peer_max_payload or cfg.wire.max_payload)
-        return cls(
-            buffer_bytes=buffer,
-            message_size=min(cfg.wire.message_size, max_data),
-            max_data=max_data,
-            stall_min=cfg.paths.stall_min,
-            paths_lost_timeout=cfg.paths.lost_timeout,
-        )
 
 
 @dataclass

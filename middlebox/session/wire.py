@@ -9,7 +9,7 @@ number it mentions is a constant in this module.
 
 Framing: an 8-byte header ``magic u16 | version u8 | type u8 | length u32`` (network
 byte order) followed by ``length`` bytes of body. The body limit (``max_payload``) is the
-caller's (``middlebox.config.WireConfig.max_payload``); a decoder refuses a header that
+caller's (the configuration's ``wire.max_payload``); a decoder refuses a header that
 announces more before it allocates anything, so a peer cannot make it buffer more than
 ``HEADER_SIZE + max_payload`` bytes of its own.
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import deque
+from dataclasses import dataclass
 
-from middlebox.config import TcpConfig
 from middlebox.tcp import events as ev
 from middlebox.tcp import options as tcpopt
 from middlebox.tcp.constants import (
@@ -43,6 +43,7 @@ from middlebox.tcp.constants import (
     TIMESTAMP_OPTION_LEN,
 )
 from middlebox.tcp.packet import Segment
+from middlebox.tcp.params import TcpParams
 from middlebox.tcp.rto import RtoEstimator
 
 # States (RFC 9293 3.3.2); LISTEN and SYN-SENT do not occur on a passive-only endpoint.
@@ -78,7 +79,7 @@ class Connection:
         "id",
         "key",
         "state",
-        "cfg",
+        "params",
         "events",
         "dirty",
         "out",
@@ -155,7 +156,7 @@ class Connection:
         syn: Segment,
         now: float,
         iss: int,
-        cfg: TcpConfig | None = None,
+        params: TcpParams | None = None,
         buffer_room: int = 4 << 20,
         ts_offset: int = 0,
         conn_id: int = 0,
@@ -163,8 +164,7 @@ class Connection:
         dirty: set | None = None,
         chunk: int | None = None,
     ) -> None:
-        cfg = cfg or TcpConfig()
-        self.cfg = cfg
+        params = self.params = params or TcpParams()
         self.id = conn_id
         self.key = syn.key
         self.state = SYN_RECEIVED
@@ -174,20 +174,20 @@ class Connection:
         o = syn.opts
         self.client_options = o
         self.accepted = False
-        self.ts_ok = cfg.timestamps and o.tsval is not None
+        self.ts_ok = params.timestamps and o.tsval is not None
         self.ts_recent = o.tsval or 0
         self.ts_offset = ts_offset
-        self.sack_ok = cfg.sack and o.sack_permitted
-        own_mss = cfg.mtu - 40
+        self.sack_ok = params.sack and o.sack_permitted
+        own_mss = params.mtu - 40
         self.rcv_mss = own_mss
         self.mss = min(o.mss or DEFAULT_MSS, own_mss) - (TIMESTAMP_OPTION_LEN if self.ts_ok else 0)
         self.mss = max(self.mss, 64)
         if chunk is None:
-            chunk = MAX_GSO_PAYLOAD if cfg.gso else self.mss
+            chunk = MAX_GSO_PAYLOAD if params.gso else self.mss
         self.chunk = max(self.mss, chunk // self.mss * self.mss)
         if o.wscale is not None:
             self.snd_wscale = min(o.wscale, MAX_WSCALE)
-            self.rcv_wscale = cfg.window_scale
+            self.rcv_wscale = params.window_scale
         else:
             self.snd_wscale = self.rcv_wscale = 0
         # receive side
@@ -218,7 +218,7 @@ class Connection:
         self.snd_wl1 = 0
         self.snd_wl2 = 0
         self.max_snd_wnd = self.snd_wnd
-        self.cwnd = cfg.initial_cwnd * self.mss
+        self.cwnd = params.initial_cwnd * self.mss
         self.ssthresh = 1 << 62
         self.dupacks = 0
         self.recovery = ""  # "", "fast" or "rto"
@@ -227,7 +227,7 @@ class Connection:
         self.lost_end = 0
         self.sacked: list[list[int]] = []
         self.sacked_bytes = 0
-        self.rtt = RtoEstimator(cfg.rto_min, cfg.rto_max)
+        self.rtt = RtoEstimator(params.rto_min, params.rto_max)
         self.rtt_off = -1
         self.rtt_time = 0.0
         self.rtx_deadline: float | None = None
@@ -235,7 +235,7 @@ class Connection:
         self.persist_deadline: float | None = None
         self.synack_due = False
         # until the handshake completes, the connection-establishment limit applies
-        self.idle_deadline = now + min(cfg.idle_timeout, HANDSHAKE_TIMEOUT)
+        self.idle_deadline = now + min(params.idle_timeout, HANDSHAKE_TIMEOUT)
         self.close_deadline: float | None = None
         self.stats_retransmits = 0
         self.stats_timeouts = 0
@@ -391,7 +391,7 @@ class Connection:
 
     def next_event(self) -> object | None:
         """The next event for the proxy, or None (used when the connection runs alone)."""
-        return ev.pull(self.events)
+        return pull_event(self.events)
 
     # -- input ---------------------------------------------------------------------------
 
@@ -465,7 +465,7 @@ class Connection:
             return
         if self.state == CLOSED:
             return
-        self.idle_deadline = now + self.cfg.idle_timeout
+        self.idle_deadline = now + self.params.idle_timeout
         if (plen or flags & FIN) and self.state in _CAN_RECEIVE:
             self._receive_data(seg, seq_off, now)
 
@@ -580,7 +580,7 @@ class Connection:
             self.state = FIN_WAIT_2
         elif self.state == CLOSING:
             self.state = TIME_WAIT
-            self.close_deadline = now + self.cfg.time_wait
+            self.close_deadline = now + self.params.time_wait
         elif self.state == LAST_ACK:
             self._gone()
 
@@ -668,7 +668,7 @@ class Connection:
                     if self.unacked_bytes >= 2 * self.rcv_mss:
                         self.ack_now = True
                     elif self.ack_deadline is None:
-                        self.ack_deadline = now + self.cfg.delayed_ack
+                        self.ack_deadline = now + self.params.delayed_ack
             else:
                 self._store_ooo(seq_off, payload)
                 self.ack_now = True
@@ -681,7 +681,7 @@ class Connection:
         self.room -= len(data)
         if not self.rx_marked:
             self.rx_marked = True
-            self.events.append(ev._DataMarker(self))
+            self.events.append(_DataMarker(self))
 
     def _store_ooo(self, start: int, data: bytes | memoryview) -> None:
         """Keep an out-of-order run, merged with its neighbours (no overlaps kept)."""
@@ -723,10 +723,10 @@ class Connection:
         elif self.state == FIN_WAIT_1:
             self.state = CLOSING if not self._fin_acked() else TIME_WAIT
             if self.state == TIME_WAIT:
-                self.close_deadline = now + self.cfg.time_wait
+                self.close_deadline = now + self.params.time_wait
         elif self.state == FIN_WAIT_2:
             self.state = TIME_WAIT
-            self.close_deadline = now + self.cfg.time_wait
+            self.close_deadline = now + self.params.time_wait
 
     # -- output --------------------------------------------------------------------------
 
@@ -950,7 +950,7 @@ class Connection:
         self.retries += 1
         self.stats_timeouts += 1
         self.rtx_deadline = None
-        if self.retries > (5 if self.state == SYN_RECEIVED else self.cfg.max_retransmits):
+        if self.retries > (5 if self.state == SYN_RECEIVED else self.params.max_retransmits):
             self.abort("timeout")
             return
         self.rtt.backoff()
@@ -961,3 +961,28 @@ class Connection:
         self._enter_recovery("rto", now)
         self.sacked, self.sacked_bytes = [], 0  # RFC 2018: the receiver may renege
         self.rtx_deadline = now + self.rtt.rto
+
+
+@dataclass(slots=True)
+class _DataMarker:
+    """Placeholder queued when bytes arrive; turned into one DataReceived when pulled, so
+    consecutive arrivals reach the proxy as one event."""
+
+    conn: Connection
+
+
+def pull_event(events: deque) -> object | None:
+    """Pop the next event of a queue connections share, materialising the bytes a
+    connection received since its marker was queued as one :class:`~.events.DataReceived`."""
+    while events:
+        e = events.popleft()
+        if type(e) is _DataMarker:
+            c = e.conn
+            c.rx_marked = False
+            if not c.rxbuf:
+                continue
+            data = bytes(c.rxbuf)
+            c.rxbuf.clear()
+            return ev.DataReceived(c, data)
+        return e
+    return None

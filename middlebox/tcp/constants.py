@@ -1,7 +1,8 @@
 """Protocol constants of the user-space TCP endpoint (not operator settings).
 
-Operator-tunable values (MTU, buffer sizes, timeouts) live in ``middlebox.config``
-under ``[tcp]``; these are the numbers RFC 9293, 6298, 7323 and 2018 fix.
+Operator-tunable values (MTU, buffer sizes, timeouts) are the endpoint's parameters
+(:mod:`middlebox.tcp.params`, set from the ``[tcp]`` section of the configuration);
+these are the numbers RFC 9293, 6298, 7323 and 2018 fix.
 """
 
 from __future__ import annotations

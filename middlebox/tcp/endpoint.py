@@ -16,12 +16,12 @@ import itertools
 import os
 from collections import OrderedDict, deque
 
-from middlebox.config import TcpConfig
 from middlebox.tcp import events as ev
-from middlebox.tcp.connection import CLOSED, TIME_WAIT, Connection
+from middlebox.tcp.connection import CLOSED, TIME_WAIT, Connection, pull_event
 from middlebox.tcp.constants import ACK, FIN, RST, SEQ_MASK, SYN
 from middlebox.tcp.events import Key
 from middlebox.tcp.packet import Segment
+from middlebox.tcp.params import TcpParams
 
 _RECENTLY_CLOSED_MAX = 65536
 _RECENTLY_CLOSED_TTL = 120.0
@@ -32,13 +32,13 @@ class EndpointTable:
 
     def __init__(
         self,
-        cfg: TcpConfig | None = None,
+        params: TcpParams | None = None,
         buffer_room: int = 4 << 20,
         auto_accept: bool = False,
         secret: bytes | None = None,
         chunk: int | None = None,
     ) -> None:
-        self.cfg = cfg or TcpConfig()
+        self.params = params or TcpParams()
         self.buffer_room = buffer_room
         self.auto_accept = auto_accept
         self.chunk = chunk
@@ -100,7 +100,7 @@ class EndpointTable:
         self._reset_stranger(seg)
 
     def _open(self, seg: Segment, now: float) -> None:
-        if len(self.connections) >= self.cfg.max_connections:
+        if len(self.connections) >= self.params.max_connections:
             self.counters["refused_full"] += 1
             self._reset_stranger(seg)
             return
@@ -111,7 +111,7 @@ class EndpointTable:
             seg,
             now,
             iss,
-            self.cfg,
+            self.params,
             self.buffer_room,
             ts_offset=ts_offset,
             conn_id=next(self._ids),
@@ -176,7 +176,7 @@ class EndpointTable:
 
     def next_event(self) -> object | None:
         """The next event for the proxy, or None."""
-        return ev.pull(self.events)
+        return pull_event(self.events)
 
     # -- timers ----------------------------------------------------------------------
 

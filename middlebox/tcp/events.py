@@ -1,8 +1,12 @@
-"""Events the endpoint hands to the proxy (pulled with ``next_event()``)."""
+"""Events the endpoint hands to the proxy (pulled with ``next_event()``).
+
+Records only: the connection queues them, and :func:`middlebox.tcp.connection.pull_event`
+hands them out. They name their connection for type checkers only (``TYPE_CHECKING``), so
+at run time this module imports nothing that imports it.
+"""
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -55,26 +59,3 @@ class ConnectionGone:
     """All state of the connection is freed; always the last event of a connection."""
 
     conn: Connection
-
-
-@dataclass(slots=True)
-class _DataMarker:
-    """Placeholder queued when bytes arrive; turned into DataReceived when pulled."""
-
-    conn: Connection
-
-
-def pull(events: deque) -> object | None:
-    """Pop the next event, materialising coalesced bytes as one DataReceived."""
-    while events:
-        e = events.popleft()
-        if type(e) is _DataMarker:
-            c = e.conn
-            c.rx_marked = False
-            if not c.rxbuf:
-                continue
-            data = bytes(c.rxbuf)
-            c.rxbuf.clear()
-            return DataReceived(c, data)
-        return e
-    return None

@@ -143,3 +143,33 @@ def test_message_size_must_fit_a_data_message(tmp_path):
     bad = write(tmp_path, f"[wire]\nmax_payload = 65536\nmessage_size = {65537 - DATA_FIXED}\n")
     with pytest.raises(ConfigError, match="must leave room for the DATA header"):
         config.load(bad)
+
+
+def test_mux_params_from_config():
+    from middlebox.config import Config, GatewayConfig, NodeConfig, PathConfig
+    from middlebox.session import wire
+
+    cfg = Config(
+        gateway=GatewayConfig(buffer_bytes=1 << 20),
+        node=NodeConfig(buffer_bytes=2 << 20),
+        paths=PathConfig(stall_min=0.25, lost_timeout=12.0),
+    )
+    gw = cfg.mux_params("gateway", peer_max_payload=4096)
+    assert gw.buffer_bytes == 1 << 20 and gw.max_data == 4096 - wire.DATA_FIXED
+    assert gw.message_size == gw.max_data  # never above what the peer accepts
+    assert (gw.stall_min, gw.paths_lost_timeout) == (0.25, 12.0)
+    assert cfg.mux_params("node").buffer_bytes == 2 << 20
+
+
+def test_tcp_params_from_config():
+    """The [tcp] section maps field by field onto the endpoint's parameters, whose defaults
+    are the section's."""
+    import dataclasses
+
+    from middlebox.tcp.params import TcpParams
+
+    names = [f.name for f in dataclasses.fields(config.TcpConfig)]
+    assert names == [f.name for f in dataclasses.fields(TcpParams)]
+    assert config.TcpConfig().params() == TcpParams()
+    tcp = config.TcpConfig(mtu=9000, sack=False, time_wait=1.5, max_connections=7)
+    assert tcp.params() == TcpParams(mtu=9000, sack=False, time_wait=1.5, max_connections=7)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from netns import traces as tr
+from netns import tracespec
 from netns.errors import TraceError
 
 
@@ -136,9 +137,9 @@ def test_malformed_5g_csv(tmp_path, body, line, what):
 
 
 def test_load_specs(tmp_path):
-    assert tr.load("12mbit").mean_rate_bps() == pytest.approx(12e6)
-    assert tr.load("rail:4:1").period_ms == 600_000
+    assert tracespec.load("12mbit").mean_rate_bps() == pytest.approx(12e6)
+    assert tracespec.load("rail:4:1").period_ms == 600_000
     with pytest.raises(TraceError, match="rail:<seed>"):
-        tr.load("rail:x")
+        tracespec.load("rail:x")
     with pytest.raises(TraceError, match="no such trace file"):
-        tr.load(str(tmp_path / "x.csv"))
+        tracespec.load(str(tmp_path / "x.csv"))

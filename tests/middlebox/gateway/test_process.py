@@ -52,7 +52,7 @@ class FakeShell:
 def classifier(**gw):
     cfg = GatewayConfig(**gw)
     flows = FlowTable.from_config(cfg)
-    table = EndpointTable(Config().tcp)
+    table = EndpointTable(Config().tcp.params())
     c = Classifier(table, flows)
     c.shell = FakeShell()
     return c, table, flows

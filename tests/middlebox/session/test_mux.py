@@ -497,21 +497,6 @@ def test_random_cuts_and_restores_never_lose_bytes(seed):
     assert bytes(net.received["node"]) == up
 
 
-def test_params_from_config():
-    from middlebox.config import Config, GatewayConfig, NodeConfig, PathConfig
-
-    cfg = Config(
-        gateway=GatewayConfig(buffer_bytes=1 << 20),
-        node=NodeConfig(buffer_bytes=2 << 20),
-        paths=PathConfig(stall_min=0.25, lost_timeout=12.0),
-    )
-    gw = MuxParams.from_config(cfg, "gateway", peer_max_payload=4096)
-    assert gw.buffer_bytes == 1 << 20 and gw.max_data == 4096 - wire.DATA_FIXED
-    assert gw.message_size == gw.max_data  # never above what the peer accepts
-    assert (gw.stall_min, gw.paths_lost_timeout) == (0.25, 12.0)
-    assert MuxParams.from_config(cfg, "node").buffer_bytes == 2 << 20
-
-
 # -- the blocks together over real loopback sockets -----------------------------------------
 
 

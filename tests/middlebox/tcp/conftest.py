@@ -16,12 +16,12 @@ from collections.abc import Callable
 
 import pytest
 
-from middlebox.config import TcpConfig
 from middlebox.tcp import options as tcpopt
 from middlebox.tcp.constants import ACK, FIN, RST, SEQ_MASK, SYN
 from middlebox.tcp.endpoint import EndpointTable
 from middlebox.tcp.events import ConnectionGone, DataReceived, PeerClosed, Reset
 from middlebox.tcp.packet import Segment, build_ipv4, parse_ipv4
+from middlebox.tcp.params import TcpParams
 
 CLIENT = bytes([10, 1, 0, 2])
 SERVER = bytes([203, 0, 113, 5])
@@ -345,12 +345,12 @@ class Net:
 
 
 @pytest.fixture
-def cfg() -> TcpConfig:
-    return TcpConfig(gso=False, time_wait=1.0)
+def cfg() -> TcpParams:
+    return TcpParams(gso=False, time_wait=1.0)
 
 
 @pytest.fixture
-def make_net(cfg: TcpConfig):
+def make_net(cfg: TcpParams):
     def make(**kw) -> Net:
         table_kw = {k: kw.pop(k) for k in ("buffer_room", "chunk") if k in kw}
         table = EndpointTable(cfg, auto_accept=True, secret=b"k" * 16, **table_kw)

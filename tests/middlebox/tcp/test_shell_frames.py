@@ -8,7 +8,6 @@ import struct
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from middlebox.config import TcpConfig
 from middlebox.gateway.capture import (
     PACKET_AUXDATA,
     SOL_PACKET,
@@ -20,6 +19,7 @@ from middlebox.gateway.capture import (
 )
 from middlebox.tcp.checksum import pseudo_header_sum
 from middlebox.tcp.endpoint import EndpointTable
+from middlebox.tcp.params import TcpParams
 
 CLIENT_MAC, GW_MAC = "02:00:00:00:00:0c", "02:00:00:00:00:0a"
 VNET = struct.Struct("=BBHHHH")
@@ -46,7 +46,7 @@ def _syn(**tcp) -> bytes:
 
 
 def _shell(vnet: bool) -> tuple[CaptureShell, EndpointTable, FakeSock]:
-    table = EndpointTable(TcpConfig(gso=vnet), auto_accept=True, secret=b"x" * 16)
+    table = EndpointTable(TcpParams(gso=vnet), auto_accept=True, secret=b"x" * 16)
     sock = FakeSock()
     return CaptureShell("test0", table, vnet=vnet, sock=sock), table, sock
 

@@ -1,0 +1,40 @@
+"""A delivery trace from a command-line spec: every source the testbed can replay.
+
+``<N>mbit`` (fixed rate), a Mahimahi file, ``<file>.csv`` (5G drive log) or
+``rail:<seed>:<carrier>`` (synthetic high-speed rail route). It sits above both the trace
+readers (:mod:`netns.traces`) and the rail generator (:mod:`netns.rail`), which builds its
+traces from the readers' records, so neither of the two needs the other's module.
+"""
+
+from __future__ import annotations
+
+from netns import rail
+from netns.errors import TraceError
+from netns.traces import DeliveryTrace, fixed_rate, read_5g_csv, read_mahimahi
+
+
+def load(spec: str, direction: str = "down") -> DeliveryTrace:
+    """The trace ``spec`` names; ``direction`` picks DL or UL of a 5G log or a rail carrier."""
+    text = spec.strip()
+    low = text.lower()
+    if low.endswith("mbit") and _is_number(low[:-4]):
+        return fixed_rate(float(low[:-4]) * 1e6)
+    if low.startswith("rail:"):
+        parts = text.split(":")
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+            raise TraceError(text, None, "rail trace spec is rail:<seed>:<carrier index>")
+        route = rail.generate(rail.RailParams(seed=int(parts[1])))
+        carrier = int(parts[2])
+        if carrier >= len(route.carriers):
+            raise TraceError(text, None, f"route has {len(route.carriers)} carriers")
+        return route.delivery(carrier, direction)
+    if low.endswith(".csv"):
+        return read_5g_csv(text).delivery(direction)
+    return read_mahimahi(text)
+
+
+def _is_number(s: str) -> bool:
+    try:
+        return float(s) > 0
+    except ValueError:
+        return False
