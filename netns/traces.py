@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,6 +173,15 @@ FIVEG_COLUMNS = (
 
 _NEEDED = ("Timestamp", "DL_bitrate", "UL_bitrate", "State", "CellID", "RSRP", "PINGAVG")
 MISSING_POLICIES = ("hold", "zero")
+FIVEG_UPLINK_MBIT = 20.0
+"""Uplink capacity (Mbit/s) the testbed assumes for a 5G drive log, unless the trace spec
+says ``<file>.csv:ul=<Mbit/s>``. The logs record the traffic the phone moved, not what the
+carrier could carry: on a downloading row ``UL_bitrate`` is mostly the download's own
+ACKs (100-300 kbit/s), and the logs have no upload runs. Played as the uplink it starves
+the ACKs of every download (a single TCP download then gets a tenth of the downlink).
+20 Mbit/s is a middling LTE uplink (5G NSA sends its uplink over LTE); the assumed rate
+is offered in every second whose downlink delivers and withdrawn in seconds whose
+downlink delivers nothing (an outage takes both directions)."""
 
 
 @dataclass(frozen=True)
@@ -199,24 +210,31 @@ class FiveGTrace:
     seconds: list[FiveGSecond]
     missing: str
 
-    def delivery(self, direction: str) -> DeliveryTrace:
-        """The ``"down"`` (DL_bitrate) or ``"up"`` (UL_bitrate) delivery trace.
+    def delivery(self, direction: str, uplink_mbit: float = FIVEG_UPLINK_MBIT) -> DeliveryTrace:
+        """The ``"down"`` delivery trace (DL_bitrate), or the ``"up"`` one the testbed
+        assumes: ``uplink_mbit`` in every second the downlink delivers, nothing in the
+        others (see :data:`FIVEG_UPLINK_MBIT`; ``UL_bitrate`` is traffic, not capacity).
 
         Seconds without a value follow the policy: ``hold`` repeats the last known rate
         (zero before the first), ``zero`` makes the link deliver nothing that second.
         """
         if direction not in ("down", "up"):
             raise ValueError("direction must be 'down' or 'up'")
+        if not uplink_mbit > 0 or not math.isfinite(uplink_mbit):
+            raise ValueError(f"uplink rate must be a positive number of Mbit/s (got {uplink_mbit})")
         rates = []
         last = 0.0
         for s in self.seconds:
-            v = s.dl_kbps if direction == "down" else s.ul_kbps
+            v = s.dl_kbps
             if v is None:
                 v = last if self.missing == "hold" else 0.0
             else:
                 last = v
             rates.append(v * 1000.0)
-        return from_rates(np.array(rates), 1000, name=f"{Path(self.path).name}:{direction}")
+        down = np.array(rates)
+        if direction == "up":
+            down = np.where(down > 0, uplink_mbit * 1e6, 0.0)
+        return from_rates(down, 1000, name=f"{Path(self.path).name}:{direction}")
 
     def median_rtt_ms(self) -> float | None:
         rtts = [s.rtt_ms for s in self.seconds if s.rtt_ms is not None]
@@ -310,8 +328,10 @@ def read_5g_csv(
 def load(spec: str, direction: str = "down") -> DeliveryTrace:
     """A delivery trace from a command-line spec.
 
-    ``<N>mbit`` (fixed rate), a Mahimahi file, ``<file>.csv`` (5G drive log; ``direction``
-    picks DL or UL), or ``rail:<seed>:<carrier>`` (synthetic high-speed rail route).
+    ``<N>mbit`` (fixed rate), a Mahimahi file, ``<file>.csv[:ul=<Mbit/s>]`` (5G drive log;
+    ``direction`` picks its downlink or the uplink the testbed assumes for it, see
+    :data:`FIVEG_UPLINK_MBIT`), or ``rail:<seed>:<carrier>`` (synthetic high-speed rail
+    route).
     """
     text = spec.strip()
     low = text.lower()
@@ -328,9 +348,17 @@ def load(spec: str, direction: str = "down") -> DeliveryTrace:
         if carrier >= len(route.carriers):
             raise TraceError(text, None, f"route has {len(route.carriers)} carriers")
         return route.delivery(carrier, direction)
-    if low.endswith(".csv"):
-        return read_5g_csv(text).delivery(direction)
+    csv_spec = _CSV_SPEC.fullmatch(text)
+    if csv_spec is not None:
+        path, ul = csv_spec.group(1), csv_spec.group(2)
+        if ul is not None and not _is_number(ul):
+            raise TraceError(text, None, f"ul= takes a rate in Mbit/s > 0 (got {ul!r})")
+        up = float(ul) if ul is not None else FIVEG_UPLINK_MBIT
+        return read_5g_csv(path).delivery(direction, uplink_mbit=up)
     return read_mahimahi(text)
+
+
+_CSV_SPEC = re.compile(r"(.+\.csv)(?::ul=([^:]*))?", re.IGNORECASE)
 
 
 def _is_number(s: str) -> bool:
