@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,6 +173,15 @@ FIVEG_COLUMNS = (
 
 _NEEDED = ("Timestamp", "DL_bitrate", "UL_bitrate", "State", "CellID", "RSRP", "PINGAVG")
 MISSING_POLICIES = ("hold", "zero")
+FIVEG_UPLINK_MBIT = 20.0
+"""Uplink capacity (Mbit/s) the testbed assumes for a 5G drive log, unless the trace spec
+says ``<file>.csv:ul=<Mbit/s>``. The logs record the traffic the phone moved, not what the
+carrier could carry: on a downloading row ``UL_bitrate`` is mostly the download's own
+ACKs (100-300 kbit/s), and the logs have no upload runs. Played as the uplink it starves
+the ACKs of every download (a single TCP download then gets a tenth of the downlink).
+20 Mbit/s is a middling LTE uplink (5G NSA sends its uplink over LTE); the assumed rate
+is offered in every second whose downlink delivers and withdrawn in seconds whose
+downlink delivers nothing (an outage takes both directions)."""
 
 
 @dataclass(frozen=True)
@@ -200,24 +210,31 @@ class FiveGTrace:
     seconds: list[FiveGSecond]
     missing: str
 
-    def delivery(self, direction: str) -> DeliveryTrace:
-        """The ``"down"`` (DL_bitrate) or ``"up"`` (UL_bitrate) delivery trace.
+    def delivery(self, direction: str, uplink_mbit: float = FIVEG_UPLINK_MBIT) -> DeliveryTrace:
+        """The ``"down"`` delivery trace (DL_bitrate), or the ``"up"`` one the testbed
+        assumes: ``uplink_mbit`` in every second the downlink delivers, nothing in the
+        others (see :data:`FIVEG_UPLINK_MBIT`; ``UL_bitrate`` is traffic, not capacity).
 
         Seconds without a value follow the policy: ``hold`` repeats the last known rate
         (zero before the first), ``zero`` makes the link deliver nothing that second.
         """
         if direction not in ("down", "up"):
             raise ValueError("direction must be 'down' or 'up'")
+        if not uplink_mbit > 0 or not math.isfinite(uplink_mbit):
+            raise ValueError(f"uplink rate must be a positive number of Mbit/s (got {uplink_mbit})")
         rates = []
         last = 0.0
         for s in self.seconds:
-            v = s.dl_kbps if direction == "down" else s.ul_kbps
+            v = s.dl_kbps
             if v is None:
                 v = last if self.missing == "hold" else 0.0
             else:
                 last = v
             rates.append(v * 1000.0)
-        return from_rates(np.array(rates), 1000, name=f"{Path(self.path).name}:{direction}")
+        down = np.array(rates)
+        if direction == "up":
+            down = np.where(down > 0, uplink_mbit * 1e6, 0.0)
+        return from_rates(down, 1000, name=f"{Path(self.path).name}:{direction}")
 
     def median_rtt_ms(self) -> float | None:
         rtts = [s.rtt_ms for s in self.seconds if s.rtt_ms is not None]

@@ -1,6 +1,7 @@
 """A delivery trace from a command-line spec: every source the testbed can replay.
 
-``<N>mbit`` (fixed rate), a Mahimahi file, ``<file>.csv`` (5G drive log) or
+``<N>mbit`` (fixed rate), a Mahimahi file, ``<file>.csv[:ul=<Mbit/s>]`` (5G drive log;
+its uplink is the one the testbed assumes, :data:`netns.traces.FIVEG_UPLINK_MBIT`) or
 ``rail:<seed>:<carrier>`` (synthetic high-speed rail route). It sits above both the trace
 readers (:mod:`netns.traces`) and the rail generator (:mod:`netns.rail`), which builds its
 traces from the readers' records, so neither of the two needs the other's module.
@@ -8,9 +9,17 @@ traces from the readers' records, so neither of the two needs the other's module
 
 from __future__ import annotations
 
+import re
+
 from netns import rail
 from netns.errors import TraceError
-from netns.traces import DeliveryTrace, fixed_rate, read_5g_csv, read_mahimahi
+from netns.traces import (
+    FIVEG_UPLINK_MBIT,
+    DeliveryTrace,
+    fixed_rate,
+    read_5g_csv,
+    read_mahimahi,
+)
 
 
 def load(spec: str, direction: str = "down") -> DeliveryTrace:
@@ -28,9 +37,17 @@ def load(spec: str, direction: str = "down") -> DeliveryTrace:
         if carrier >= len(route.carriers):
             raise TraceError(text, None, f"route has {len(route.carriers)} carriers")
         return route.delivery(carrier, direction)
-    if low.endswith(".csv"):
-        return read_5g_csv(text).delivery(direction)
+    csv_spec = _CSV_SPEC.fullmatch(text)
+    if csv_spec is not None:
+        path, ul = csv_spec.group(1), csv_spec.group(2)
+        if ul is not None and not _is_number(ul):
+            raise TraceError(text, None, f"ul= takes a rate in Mbit/s > 0 (got {ul!r})")
+        up = float(ul) if ul is not None else FIVEG_UPLINK_MBIT
+        return read_5g_csv(path).delivery(direction, uplink_mbit=up)
     return read_mahimahi(text)
+
+
+_CSV_SPEC = re.compile(r"(.+\.csv)(?::ul=([^:]*))?", re.IGNORECASE)
 
 
 def _is_number(s: str) -> bool:

@@ -151,7 +151,12 @@ class Uplink:
             for pid, pc in self.paths.items():
                 info = pc.tcp_info()
                 if info is not None and info.srtt_us:
-                    self.mux.update_path(pid, srtt=info.srtt, rttvar=info.rttvar)
+                    self.mux.update_path(
+                        pid,
+                        srtt=info.srtt,
+                        rttvar=info.rttvar,
+                        progress=now if pc.delivering else None,
+                    )
                 sample = getattr(self.policy, "sample", None)
                 s = self.slots[pid]
                 if sample is not None:
@@ -314,10 +319,11 @@ class Uplink:
 
     def path_status(self) -> list[dict]:
         out = []
+        transport = self.mux.stats()["paths"]
         for s in self.slots.values():
             pc = s.pc
             info = pc.info if pc is not None else None
-            mp = self.mux.paths.get(s.pid)
+            mp = transport.get(s.pid)
             out.append(
                 {
                     "id": s.pid,
@@ -333,7 +339,9 @@ class Uplink:
                     "queued": (pc.buffered + pc.notsent()) if pc is not None else 0,
                     "bytes_in": pc.bytes_in if pc is not None else 0,
                     "bytes_out": pc.bytes_out if pc is not None else 0,
-                    "sent_bytes": mp.sent_bytes if mp else 0,
+                    "sent_bytes": mp["sent_bytes"] if mp else 0,
+                    "transport": mp or {},
+                    "kernel": pc.kernel_status() if pc is not None else {},
                     "ups": s.ups,
                     "failures": s.failures,
                     "last_error": s.last_error,

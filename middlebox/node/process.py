@@ -229,7 +229,12 @@ class Node:
                 for pid, pc in sess.paths.items():
                     info = pc.tcp_info()
                     if info is not None and info.srtt_us:
-                        sess.mux.update_path(pid, srtt=info.srtt, rttvar=info.rttvar)
+                        sess.mux.update_path(
+                            pid,
+                            srtt=info.srtt,
+                            rttvar=info.rttvar,
+                            progress=now if pc.delivering else None,
+                        )
                     carrier = sess.carriers.get(pid, "")
                     sess.policy.sample(pid, carrier, info, now)
                     if sess.context is not None:
@@ -661,6 +666,8 @@ class Node:
                         "queued": pc.buffered + pc.notsent(),
                         "bytes_in": pc.bytes_in,
                         "bytes_out": pc.bytes_out,
+                        "transport": st["paths"].get(pid, {}),
+                        "kernel": pc.kernel_status(),
                     }
                 )
             sessions.append(

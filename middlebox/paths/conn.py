@@ -89,6 +89,9 @@ class PathConn:
         self.last_rx = 0.0
         self.since = 0.0
         self.info: TcpInfo | None = None
+        # whether the latest TCP_INFO reading showed the path delivering: acknowledged
+        # bytes advanced since the reading before, or nothing was in flight
+        self.delivering = False
         if not connecting:
             self._start_tls()
 
@@ -245,11 +248,33 @@ class PathConn:
         return max(0, self.lowat - self.notsent() - self.buffered)
 
     def tcp_info(self) -> TcpInfo | None:
+        before = self.info.bytes_acked if self.info is not None else 0
         try:
             self.info = tcp_info(self.raw)
         except OSError:
+            self.delivering = False
             return None
+        self.delivering = self.info.bytes_acked > before or self.info.unacked == 0
         return self.info
+
+    def kernel_status(self) -> dict:
+        """What the latest TCP_INFO reading says limited this path's sender (for status):
+        microseconds busy (data in flight), limited by the peer's receive window or by
+        our send buffer, bytes resent, retransmission timeouts."""
+        i = self.info
+        if i is None:
+            return {}
+        return {
+            "busy_us": i.busy_time_us,
+            "rwnd_limited_us": i.rwnd_limited_us,
+            "sndbuf_limited_us": i.sndbuf_limited_us,
+            "bytes_sent": i.bytes_sent,
+            "bytes_retrans": i.bytes_retrans,
+            "total_rto": i.total_rto,
+            "snd_wnd": i.snd_wnd,
+            "min_rtt_ms": i.min_rtt_us / 1000,
+            "pacing_mbit": i.pacing_rate * 8 / 1e6,
+        }
 
     def close(self, reason: wire.CloseReason | None = None, detail: str = "") -> None:
         """Close the path; a CLOSE goes first (best effort) when the path is up."""

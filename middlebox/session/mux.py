@@ -46,9 +46,10 @@ room.
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from middlebox.session.wire import (
@@ -71,6 +72,10 @@ INITIAL_WINDOW = 64 << 10  # bytes a sender may send before the first DATA_ACK (
 # smallest buffer_bytes a peer may configure, so it never overflows a conforming receiver)
 SWS_MIN = 1024  # do not cut a message smaller than this while more is queued (silly window)
 MESSAGE_OVERHEAD = 8 + DATA_FIXED  # header and DATA fields, counted against a path's room
+# Upper bounds of the buckets of a path's send-to-DATA_ACK histograms (the last bucket
+# takes the rest): seconds, and multiples of the stall deadline the message had.
+ACK_DELAY_BOUNDS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+ACK_DEADLINE_BOUNDS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
 
 
 @dataclass(frozen=True)
@@ -89,15 +94,33 @@ class MuxParams:
 
 @dataclass
 class PathState:
-    """What the core knows of one path; the shell keeps it current."""
+    """What the core knows of one path; the shell keeps it current.
+
+    ``progress`` is the last time the path showed that it delivers: the shell reports
+    its kernel socket's acknowledged bytes advancing (or nothing in flight), and a
+    DATA_ACK covering a message sent only on this path counts too. The stall rule reads
+    it (a message is resent only when its path has gone silent, see
+    :meth:`Mux.handle_timer`); the counters below it are for ``mpproxy status`` and the
+    emulation reports.
+    """
 
     id: int
     up: bool = True
     srtt: float = 0.1  # seconds (TCP_INFO srtt, or PROBE)
     rttvar: float = 0.05
     room: int = 1 << 20  # bytes the path accepts now (e.g. NOTSENT_LOWAT minus notsent)
+    progress: float = 0.0
     sent_bytes: int = 0
     sent_messages: int = 0
+    stall_resends: int = 0  # messages sent again because this path went silent
+    resent_messages: int = 0  # copies of earlier messages sent on this path
+    resent_bytes: int = 0
+    duplicates: int = 0  # received on this path, nothing new in it (a needless copy)
+    duplicate_bytes: int = 0
+    acked: int = 0  # messages sent once, on this path only, acknowledged
+    late: int = 0  # ... of which acknowledged after the stall deadline they had
+    ack_delay: list[int] = field(default_factory=lambda: [0] * (len(ACK_DELAY_BOUNDS) + 1))
+    ack_deadline: list[int] = field(default_factory=lambda: [0] * (len(ACK_DEADLINE_BOUNDS) + 1))
 
     def stall_after(self, params: MuxParams) -> float:
         return max(params.stall_min, params.stall_rtt_factor * (self.srtt + 4 * self.rttvar))
@@ -138,6 +161,13 @@ def lowest_rtt_policy(info: MessageInfo, paths: Sequence[PathState], now: float)
     if not pool:
         return ()
     return (min(pool, key=lambda p: (p.srtt, p.id)).id,)
+
+
+def _histogram(bounds: tuple[float, ...], counts: list[int]) -> dict[str, int]:
+    """Bucket counts keyed by upper bound ("<=0.05", ..., ">5")."""
+    out = {f"<={b:g}": n for b, n in zip(bounds, counts, strict=False)}
+    out[f">{bounds[-1]:g}"] = counts[-1]
+    return out
 
 
 # -- events ------------------------------------------------------------------------------
@@ -221,7 +251,7 @@ class ConnState(Enum):
 class _Inflight:
     """A message (a byte range, or the FIN) waiting for its DATA_ACK."""
 
-    __slots__ = ("seq", "end", "fin", "paths", "sent_at", "queued", "tries")
+    __slots__ = ("seq", "end", "fin", "paths", "sent_at", "queued", "tries", "deadline")
 
     def __init__(self, seq: int, end: int, fin: bool, path: int, now: float) -> None:
         self.seq = seq
@@ -231,6 +261,7 @@ class _Inflight:
         self.sent_at = now
         self.queued = False  # in the connection's retransmission queue
         self.tries = 0  # retransmissions so far (backs the stall timer off)
+        self.deadline = 0.0  # the stall interval it was given when last sent
 
 
 class Conn:
@@ -341,9 +372,9 @@ class Mux:
         self._now = now
         p = self.paths.get(path_id)
         if p is None:
-            self.paths[path_id] = PathState(path_id, True, srtt, srtt / 2, room)
+            self.paths[path_id] = PathState(path_id, True, srtt, srtt / 2, room, progress=now)
         else:
-            p.up, p.srtt, p.room = True, srtt, room
+            p.up, p.srtt, p.room, p.progress = True, srtt, room, now
         self._all_down_since = None
 
     def update_path(
@@ -353,7 +384,10 @@ class Mux:
         srtt: float | None = None,
         rttvar: float | None = None,
         room: int | None = None,
+        progress: float | None = None,
     ) -> None:
+        """``progress``: a time at which the path was seen delivering (its socket's
+        acknowledged bytes advanced, or it had nothing in flight)."""
         p = self.paths[path_id]
         if srtt is not None:
             p.srtt = srtt
@@ -361,6 +395,8 @@ class Mux:
             p.rttvar = rttvar
         if room is not None:
             p.room = room
+        if progress is not None and progress > p.progress:
+            p.progress = progress
 
     def path_down(self, path_id: int, now: float) -> None:
         """The path broke: everything it carried without an ACK goes out again elsewhere."""
@@ -502,6 +538,15 @@ class Mux:
                     "room": p.room,
                     "sent_bytes": p.sent_bytes,
                     "sent_messages": p.sent_messages,
+                    "stall_resends": p.stall_resends,
+                    "resent_messages": p.resent_messages,
+                    "resent_bytes": p.resent_bytes,
+                    "duplicates_received": p.duplicates,
+                    "duplicate_bytes_received": p.duplicate_bytes,
+                    "acked": p.acked,
+                    "acked_late": p.late,
+                    "ack_delay_s": _histogram(ACK_DELAY_BOUNDS, p.ack_delay),
+                    "ack_delay_per_deadline": _histogram(ACK_DEADLINE_BOUNDS, p.ack_deadline),
                 }
                 for p in self.paths.values()
             },
@@ -550,6 +595,18 @@ class Mux:
             inf = conn.inflight.get(seq)
             if inf is None or inf.sent_at != sent_at or inf.queued:
                 continue
+            p = self.paths.get(inf.paths[-1])
+            if p is not None and p.up and p.progress > sent_at:
+                # The path delivered since the message went out: it is on its way
+                # behind the bytes ahead of it (a path is one in-order TCP stream).
+                # A resend now would only duplicate it; wait until the path has been
+                # silent for the whole interval.
+                due = p.progress + inf.deadline
+                if due > now:
+                    heapq.heappush(stalls, (due, cid, seq, sent_at))
+                    continue
+            if p is not None:
+                p.stall_resends += 1
             self.counters["stall_retransmits"] += 1
             self._queue_rtx(conn, inf)
         if self.conns and not any(p.up for p in self.paths.values()):
@@ -662,9 +719,7 @@ class Mux:
             conn.max_seen = end
         rcv_nxt = conn.rcv_nxt
         if end <= rcv_nxt:
-            conn.duplicates += 1
-            self.counters["duplicates"] += 1
-            return
+            return self._duplicate(conn, end - seq)
         if seq < rcv_nxt:
             payload = payload[rcv_nxt - seq :]
             seq = rcv_nxt
@@ -702,8 +757,16 @@ class Mux:
         merged.sort()
         conn.sacks = merged
         if not stored:
-            conn.duplicates += 1
-            self.counters["duplicates"] += 1
+            self._duplicate(conn, end - seq)
+
+    def _duplicate(self, conn: Conn, size: int) -> None:
+        """A message that brought nothing new: a needless copy (counted per path too)."""
+        conn.duplicates += 1
+        self.counters["duplicates"] += 1
+        p = self.paths.get(conn.rx_path) if conn.rx_path is not None else None
+        if p is not None:
+            p.duplicates += 1
+            p.duplicate_bytes += size
 
     def _deliver(self, conn: Conn) -> None:
         while conn.sacks and conn.sacks[0][0] == conn.rcv_nxt:
@@ -744,7 +807,7 @@ class Mux:
                     break
                 done.append(seq)
             for seq in done:
-                del conn.inflight[seq]
+                self._acked(conn.inflight.pop(seq), now)
         if msg.ranges:
             # one merge pass: messages (disjoint, in sequence order) against the ranges
             # (disjoint, ascending, as the codec enforces); a message is covered by the
@@ -762,7 +825,7 @@ class Mux:
                 if ranges[i][0] <= q:
                     covered.append(q)
             for seq in covered:
-                del conn.inflight[seq]
+                self._acked(conn.inflight.pop(seq), now)
         if conn.rtx:
             conn.rtx = deque(i for i in conn.rtx if i.seq in conn.inflight)
         edge = ack + msg.window
@@ -774,6 +837,24 @@ class Mux:
         if conn.blocked and len(conn.sbuf) < self.params.buffer_bytes:
             conn.blocked = False
             self._events.append(Writable(conn.id))
+
+    def _acked(self, inf: _Inflight, now: float) -> None:
+        """A message's DATA_ACK arrived: the delay histograms and the progress of its path
+        (only for a message sent once on one path: a copy makes the carrier unknown)."""
+        if inf.tries or len(inf.paths) != 1:
+            return
+        p = self.paths.get(inf.paths[0])
+        if p is None:
+            return
+        delay = now - inf.sent_at
+        p.acked += 1
+        p.ack_delay[bisect_left(ACK_DELAY_BOUNDS, delay)] += 1
+        d = inf.deadline
+        p.ack_deadline[bisect_left(ACK_DEADLINE_BOUNDS, delay / d if d > 0 else 0.0)] += 1
+        if delay > d:
+            p.late += 1
+        if now > p.progress:
+            p.progress = now
 
     def _check_closed(self, conn: Conn) -> None:
         if conn.fin_acked and conn.eof and not conn.rbuf and self.conns.get(conn.id) is conn:
@@ -894,6 +975,9 @@ class Mux:
             for pid in ids:
                 out.append((pid, msg))
                 self._charge(pid, inf.end - inf.seq)
+                p = self.paths[pid]
+                p.resent_messages += 1
+                p.resent_bytes += inf.end - inf.seq
                 if pid not in inf.paths:
                     inf.paths.append(pid)
             inf.sent_at = now
@@ -1003,6 +1087,7 @@ class Mux:
         p = self.paths.get(inf.paths[-1])
         after = p.stall_after(self.params) if p is not None else self.params.stall_min
         after *= 1 << min(inf.tries, 6)
+        inf.deadline = after
         heapq.heappush(self._stalls, (now + after, conn.id, inf.seq, inf.sent_at))
 
     def _charge(self, pid: int, size: int) -> None:

@@ -3,7 +3,8 @@
 ``Net`` plays both shells: every message goes through the real wire codec, each path is a
 FIFO with a fixed one-way delay and a bytes-in-flight limit (its "room"), and a path can
 be cut (its queued messages are lost, both ends are told) or black-holed (messages
-vanish, nobody is told: only the stall timer can notice).
+vanish, nobody is told: only the stall timer can notice). A path may also have a rate
+(bytes/s): a message then leaves only after the bytes queued ahead of it.
 """
 
 import random
@@ -21,7 +22,9 @@ DT = 0.001
 
 
 class Net:
-    def __init__(self, delays, params=None, window=256 << 10, policy=m.lowest_rtt_policy):
+    def __init__(
+        self, delays, params=None, window=256 << 10, policy=m.lowest_rtt_policy, rates=None
+    ):
         self.params = params or MuxParams(buffer_bytes=1 << 20, message_size=8 << 10)
         self.gw = Mux("gateway", self.params, policy)
         self.node = Mux("node", self.params, policy)
@@ -29,6 +32,8 @@ class Net:
         self.window = window
         self.up = set(self.delays)
         self.blackholed = set()
+        self.rates = rates or {}
+        self.busy = {}  # (side, pid) -> when the path's sender has sent what it holds
         self.q = {(side, pid): deque() for side in ("gw", "node") for pid in self.delays}
         self.inflight = {k: 0 for k in self.q}
         self.now = 0.0
@@ -71,7 +76,11 @@ class Net:
                 self.inflight[(side, pid)] += len(data)
                 if pid in self.blackholed:
                     continue  # vanishes, and its bytes never leave the path's window
-                self.q[(side, pid)].append((self.now + self.delays[pid], data))
+                leaves = self.now
+                if pid in self.rates:
+                    start = max(self.now, self.busy.get((side, pid), 0.0))
+                    leaves = self.busy[(side, pid)] = start + len(data) / self.rates[pid]
+                self.q[(side, pid)].append((leaves + self.delays[pid], data))
         for (side, pid), q in self.q.items():
             dst = "node" if side == "gw" else "gw"
             while q and q[0][0] <= self.now:
@@ -194,6 +203,102 @@ def test_black_holed_path_is_detected_by_stall_and_data_resent():
     net.run(done)
     assert bytes(net.received["node"]) == up
     assert net.gw.counters["stall_retransmits"] > 0
+
+
+def _slow_deep_net():
+    # ~4 Mbit/s paths with a window of ~370 KiB: up to 0.75 s of bytes ahead of a message,
+    # longer than stall_min and than 3 x (srtt + 4 rttvar) of the idle paths: the shape
+    # of a cellular carrier with a deep queue, where a timer counted from the send time
+    # resent a fifth of all messages that were merely waiting their turn
+    params = MuxParams(buffer_bytes=4 << 20, message_size=16 << 10)
+    return Net({1: 0.02, 2: 0.03}, params, 370 << 10, rates={1: 500_000, 2: 600_000})
+
+
+def _bulk(net, n, at=None, action=None):
+    """Send ``n`` bytes up; record the longest time a path needed to drain what it held
+    (the scripted path's truth, not the mux's estimate) and when the first stall
+    retransmission happened."""
+    up = payload(n, 7)
+    f = Feeder(net.gw, net.gw.open("10.1.0.5", 40000, "198.51.100.7", 443), up)
+    seen = {"drain": 0.0, "first_stall": None}
+
+    def done():
+        f()
+        if at is not None and net.now >= at:
+            action()
+        for pid, rate in net.rates.items():
+            seen["drain"] = max(seen["drain"], net.inflight[("gw", pid)] / rate)
+        if seen["first_stall"] is None and net.gw.counters["stall_retransmits"]:
+            seen["first_stall"] = net.now
+        return bool(net.kinds("node", m.PeerFinished))
+
+    net.run(done)
+    assert bytes(net.received["node"]) == up
+    return seen
+
+
+def test_message_behind_a_deep_queue_on_a_healthy_path_is_not_resent():
+    net = _slow_deep_net()
+    seen = _bulk(net, 4 << 20)
+    assert seen["drain"] > net.params.stall_min  # the queue really was deep
+    assert net.gw.counters["stall_retransmits"] == 0
+    assert sum(p.sent_bytes for p in net.gw.paths.values()) == 4 << 20  # no byte twice
+    # the histograms show why a timer from the send time would have fired: many
+    # messages were acknowledged after the deadline they were given
+    for p in net.gw.paths.values():
+        assert p.stall_resends == 0 and p.resent_messages == 0
+        assert sum(p.ack_delay) == sum(p.ack_deadline) == p.acked > 0
+    assert sum(p.late for p in net.gw.paths.values()) > 0
+
+
+def test_message_on_a_black_holed_slow_path_is_still_resent():
+    net = _slow_deep_net()
+    seen = _bulk(net, 4 << 20, at=1.0, action=lambda: net.blackholed.add(1))
+    assert net.gw.counters["stall_retransmits"] > 0
+    assert net.gw.paths[1].stall_resends > 0 and net.gw.paths[2].resent_messages > 0
+    # noticed once what was on its way before the black hole has drained and the path
+    # then stayed silent for its stall interval (here stall_min, doubled at most once)
+    assert seen["first_stall"] <= 1.0 + seen["drain"] + 2 * net.params.stall_min + 0.1
+
+
+def test_shell_reported_progress_holds_the_stall_timer_until_the_path_goes_silent():
+    """The kernel's acknowledged bytes advancing (reported by the shell) say the path
+    delivers even when no DATA_ACK has come back yet: no resend while they advance; once
+    they stop, the message is resent after the path's stall interval."""
+    mx = Mux("gateway", MuxParams(stall_min=0.5))
+    mx.path_up(1, 0.0, srtt=0.05)
+    mx.path_up(2, 0.0, srtt=0.08)
+    cid = mx.open("10.1.0.5", 40000, "198.51.100.7", 443)
+    mx.receive(1, wire.OpenOk(cid), 0.0)
+    mx.send(cid, b"x" * 4000)
+    sent = [pid for pid, msg in mx.messages_to_send(0.0) if isinstance(msg, wire.Data)]
+    assert sent == [1]
+    t, resent_at = 0.0, None
+    while t < 5.0 and resent_at is None:
+        t = round(t + 0.1, 6)
+        if t <= 2.0:
+            mx.update_path(1, progress=t)  # the path's socket keeps getting ACKs
+        out = mx.messages_to_send(t)
+        if any(isinstance(msg, wire.Data) and pid == 2 for pid, msg in out):
+            resent_at = t
+    assert resent_at is not None
+    assert 2.0 + 0.5 <= resent_at <= 2.0 + 0.5 + 0.2
+    assert mx.paths[1].stall_resends == 1 and mx.paths[2].resent_messages == 1
+
+
+def test_needless_copies_are_counted_on_the_path_they_arrived_on():
+    def both(info, paths, now):
+        return tuple(p.id for p in paths if p.up and (info.kind != "data" or p.room > 0))
+
+    net = Net({1: 0.005, 2: 0.040}, policy=both)
+    up = payload(4 << 20, 8)
+    transfer(net, up, b"")
+    assert bytes(net.received["node"]) == up
+    fast, slow = net.node.paths[1], net.node.paths[2]
+    # every data message went both ways: the copy on the slow path came second
+    assert slow.duplicates > 0 and slow.duplicates > 10 * fast.duplicates
+    assert slow.duplicate_bytes >= (256 << 10)
+    assert net.node.counters["duplicates"] == fast.duplicates + slow.duplicates
 
 
 def test_redundant_policy_duplicates_are_dropped():
