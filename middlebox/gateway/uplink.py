@@ -317,7 +317,7 @@ class Uplink:
         for s in self.slots.values():
             pc = s.pc
             info = pc.info if pc is not None else None
-            mp = self.mux.paths.get(s.pid)
+            mp = self.mux.path_state(s.pid)
             out.append(
                 {
                     "id": s.pid,
@@ -343,7 +343,7 @@ class Uplink:
 
     def close(self, now: float) -> None:
         """Reset every connection toward the node (RST on every path), close the paths."""
-        for cid in list(self.mux.conns):
+        for cid in self.mux.conn_ids():
             self.mux.abort(cid, wire.RstReason.SHUTDOWN, now)
         pump_mux(self.mux, self.paths, now)
         for s in self.slots.values():
