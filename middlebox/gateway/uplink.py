@@ -351,7 +351,7 @@ class Uplink:
 
     def close(self, now: float) -> None:
         """Reset every connection toward the node (RST on every path), close the paths."""
-        for cid in list(self.mux.conns):
+        for cid in self.mux.conn_ids():
             self.mux.abort(cid, wire.RstReason.SHUTDOWN, now)
         pump_mux(self.mux, self.paths, now)
         for s in self.slots.values():

@@ -136,7 +136,7 @@ class PathConn:
         if self.state == TLS:
             return selectors.EVENT_WRITE if self._want_write else selectors.EVENT_READ
         mask = selectors.EVENT_READ
-        if self.out or self._slice:
+        if self.has_output:
             mask |= selectors.EVENT_WRITE
         return mask
 
@@ -229,6 +229,11 @@ class PathConn:
             raise PathError(f"TLS error: {e.reason or e}") from None
         except OSError as e:
             raise PathError(f"write failed: {e.strerror or e}") from None
+
+    @property
+    def has_output(self) -> bool:
+        """Bytes wait here for the kernel (queued, or a TLS slice being retried)."""
+        return bool(self.out or self._slice)
 
     @property
     def buffered(self) -> int:
@@ -332,7 +337,7 @@ def pump_mux(mux: object, paths: dict[int, PathConn], now: float) -> list[tuple[
             pc.write(msg)
     failed = []
     for pid, pc in paths.items():
-        if pc.out or pc._slice:
+        if pc.has_output:
             try:
                 pc.flush()
             except PathError as e:

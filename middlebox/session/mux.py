@@ -527,6 +527,22 @@ class Mux:
     def pending(self, conn_id: int) -> bool:
         return conn_id in self.conns
 
+    def unread(self, conn_id: int) -> int:
+        """Bytes received for the connection that :meth:`read` has not taken yet (0 once
+        it is gone): a shell passes the peer's FIN on, or closes, only when this is 0."""
+        conn = self.conns.get(conn_id)
+        return len(conn.rbuf) if conn is not None else 0
+
+    def conn_ids(self) -> list[int]:
+        """The connections held now, as a new list (the caller may abort them while it
+        walks the list)."""
+        return list(self.conns)
+
+    def path_state(self, path_id: int) -> PathState | None:
+        """What the mux knows of a path (the record policies see; read it, do not change
+        it: :meth:`update_path` does), or None for a path it does not know."""
+        return self.paths.get(path_id)
+
     def stats(self) -> dict:
         """A plain snapshot for ``mpproxy status`` and logs: counters, paths, connections."""
         return {

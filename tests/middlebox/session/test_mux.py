@@ -826,3 +826,42 @@ def test_sack_ranges_free_exactly_the_messages_they_cover(sizes, data):
     }
     mx.receive(1, wire.DataAck(1, 0, 1 << 20, ranges), 1.0)
     assert set(conn.inflight) == want
+
+
+# -- what shells read: unread bytes, connection ids, a path's state -------------------------
+
+
+def test_unread_is_what_read_has_not_taken_yet():
+    node = opened_node()
+    assert node.unread(7) == 0
+    node.receive(1, wire.Data(7, 0, b"x" * 100), 0.0)
+    node.receive(1, wire.Data(7, 200, b"y" * 50), 0.0)  # out of order: not readable yet
+    assert node.unread(7) == 100
+    assert len(node.read(7, 30)) == 30 and node.unread(7) == 70
+    node.read(7)
+    assert node.unread(7) == 0
+    assert node.unread(8) == 0  # a connection the mux does not hold
+
+
+def test_conn_ids_are_a_copy_the_caller_may_abort_while_walking():
+    gw = Mux("gateway")
+    gw.path_up(1, 0.0)
+    a = gw.open("10.0.0.1", 1000, "198.51.100.1", 80)
+    b = gw.open("10.0.0.1", 1001, "198.51.100.1", 80)
+    assert gw.conn_ids() == [a, b]
+    for cid in gw.conn_ids():
+        gw.abort(cid, wire.RstReason.SHUTDOWN, 1.0)
+    assert gw.conn_ids() == [] and not gw.pending(a) and not gw.pending(b)
+
+
+def test_path_state_shows_what_the_mux_knows_of_a_path():
+    gw = Mux("gateway")
+    assert gw.path_state(1) is None
+    gw.path_up(1, 0.0, srtt=0.03, room=1 << 20)
+    cid = gw.open("10.0.0.1", 1000, "198.51.100.1", 80)
+    gw.send(cid, b"z" * 1000)
+    assert [type(msg) for _, msg in gw.messages_to_send(0.0)] == [wire.Open, wire.Data]
+    p = gw.path_state(1)
+    assert p.up and p.srtt == 0.03 and (p.sent_bytes, p.sent_messages) == (1000, 1)  # DATA
+    gw.path_down(1, 1.0)
+    assert gw.path_state(1).up is False

@@ -4,6 +4,8 @@ connection control through the policy's control class."""
 
 import dataclasses
 
+import pytest
+
 from middlebox.paths.sockets import TcpInfo
 from middlebox.session import wire
 from middlebox.session.mux import MessageInfo, Mux, MuxParams, PathState
@@ -184,3 +186,45 @@ def test_open_is_pinned_to_the_policys_first_choice():
     opens = [pid for pid, msg in out if type(msg) is wire.Open]
     assert len(opens) == 1 and [m.kind for m, _ in spy.seen] == [CONTROL]
     assert mux.conns[cid].pinned == opens[0]
+
+
+def paths(*specs):
+    return [PathState(i, up, srtt, 0.01, room) for i, up, srtt, room in specs]
+
+
+@pytest.mark.parametrize("name", ["minrtt", "context", "roundrobin"])
+def test_scheduler_policy_only_names_up_paths_with_room(name):
+    pol = SchedulerPolicy(SchedulerConfig(policy=name))
+    ps = paths((1, True, 0.02, 0), (2, False, 0.01, 1 << 20), (3, True, 0.05, 1 << 20))
+    for seq in range(0, 10 << 14, 1 << 14):
+        assert pol(MessageInfo(7, "data", 16384, seq), ps, 1.0) == (3,)
+    # a retransmission avoids the paths that carried it; none left: wait
+    assert pol(MessageInfo(7, "retransmit", 16384, 0, avoid=(3,)), ps, 1.0) == ()
+    # ACKs go back where the data came from, even on a full path
+    assert pol(MessageInfo(7, "ack", 32, prefer=1), ps, 1.0) == (1,)
+
+
+def test_scheduler_policy_falls_back_to_builtin_when_the_policy_raises():
+    pol = SchedulerPolicy(SchedulerConfig(policy="minrtt"))
+
+    class Broken:
+        def decide(self, *a):
+            raise RuntimeError("bug")
+
+    pol.policy = Broken()
+    ps = paths((1, True, 0.05, 1 << 20), (2, True, 0.01, 1 << 20))
+    assert pol(MessageInfo(1, "data", 100), ps, 0.0) == (2,) and pol.failed
+
+
+def test_scheduler_policy_estimators_take_tcp_info_samples():
+    from middlebox.paths.sockets import TcpInfo
+
+    pol = SchedulerPolicy(SchedulerConfig(policy="context"))
+    raw = bytearray(300)
+    info = TcpInfo.parse(bytes(raw))
+    info = TcpInfo(**{**info.__dict__, "srtt_us": 30000, "rttvar_us": 5000, "snd_mss": 1448,
+                      "snd_cwnd": 20, "delivery_rate": 2_000_000})  # fmt: skip
+    ctx = pol.sample(4, "carrier-a", info, 1.0, probe_rtt=0.03)
+    assert ctx.path_id == 4 and abs(ctx.srtt - 0.03) < 1e-9 and ctx.delivery_rate == 2_000_000
+    pol.path_down(4, 2.0)
+    assert pol.contexts[4].up is False
