@@ -3,9 +3,11 @@
 Once a second (driven by the gateway's event loop through :meth:`ContextLoop.tick` and
 :meth:`ContextLoop.next_timer`):
 
-1. the configured source (``[context] source``) yields readings; each updates the
-   carrier's :class:`~scheduler.context.CarrierContext`, which goes to the scheduler's
-   long-term source (``CarrierWindowSource.observe``);
+1. the configured source (``[context] source``) yields readings; each goes to the
+   carrier tracker (:class:`scheduler.generators.CarrierTracker`, made here and
+   registered by the gateway's scheduler adapter with its context registry), which
+   publishes the carrier's :class:`~scheduler.context.CarrierContext`; the registry
+   hands it to the long-term source (``CarrierWindowSource.observe``);
 2. the paths' TCP_INFO readings of the last second (fed by the uplink through
    :meth:`ContextLoop.on_info`) become one :class:`~middlebox.context.carriers.CarrierSecond`
    per carrier: its throughput goes to ``observe_throughput`` and, with its RTT, loss and
@@ -34,17 +36,18 @@ from middlebox.config import Config
 from middlebox.context.carriers import (
     CarrierSecond,
     ContextSource,
-    ContextTracker,
     JsonLinesParser,
     PerfMeter,
     Reading,
     ReplaySource,
     load_replay,
+    track,
 )
 from middlebox.errors import UserError
 from middlebox.logs import kv
 from middlebox.paths.conn import forget, set_interest
 from middlebox.session import wire
+from scheduler.generators import CarrierTracker
 
 log = logging.getLogger("mpproxy.context")
 
@@ -138,15 +141,17 @@ class SessionContext:
     (the strong test): a second's bytes acknowledged by the gateway go to
     ``observe_throughput`` when the node's sending was busy and not application-limited,
     ``nan`` otherwise. The RSRP window is made of the reports (one per
-    ``[context] report_interval`` on the gateway: keep it at 1 s). Nothing is learnt
-    here: the gateway learns.
+    ``[context] report_interval`` on the gateway: keep it at 1 s). The tracker and the
+    long-term source go to the session's scheduler adapter (``carriers``, ``longterm``),
+    whose registry hands each carrier context to the source. Nothing is learnt here: the
+    gateway learns.
     """
 
     def __init__(self, predict, window_s: int, now: float) -> None:
         from scheduler.longterm import CarrierWindowSource
 
         self.longterm = CarrierWindowSource(predict)
-        self.tracker = ContextTracker(window_s)
+        self.tracker = CarrierTracker(window_s)
         self.meter = PerfMeter()
         self.next_second = now + 1.0
         self.latest: dict[str, CarrierSecond] = {}
@@ -160,7 +165,7 @@ class SessionContext:
             msg.lat,
             msg.lon,
         )
-        self.longterm.observe(self.tracker.update(r))
+        track(self.tracker, r)
 
     def on_info(self, path_id: int, carrier: str, conn: object, info, now: float) -> None:
         if info is not None:
@@ -207,8 +212,9 @@ def _cell_number(cell: str) -> int:
 
 
 class ContextLoop:
-    """See the module text. Create before the scheduler policy (it owns the long-term
-    source), :meth:`attach` once the uplink exists, :meth:`close` at shutdown."""
+    """See the module text. Create before the scheduler adapter and hand it
+    ``tracker`` and ``longterm`` (``SchedulerPolicy(..., longterm=, carriers=)``),
+    :meth:`attach` once the uplink exists, :meth:`close` at shutdown."""
 
     def __init__(
         self,
@@ -231,7 +237,7 @@ class ContextLoop:
             self.source = ReplaySource(rows, start, c.replay_loop, c.replay_time_scale)
         elif c.source == "command" and not c.command:
             raise UserError("context.command: needed when context.source = command")
-        self.tracker = ContextTracker(cfg.contextdb.window_s)
+        self.tracker = CarrierTracker(cfg.contextdb.window_s)
         self.meter = PerfMeter()
         self.latest: dict[str, CarrierSecond] = {}
         self.db = db
@@ -295,9 +301,7 @@ class ContextLoop:
         if self.source is not None:
             for r in self.source.poll(now):
                 self.counters["readings"] += 1
-                ctx = self.tracker.update(r)
-                if self.longterm is not None:
-                    self.longterm.observe(ctx)
+                track(self.tracker, r)
         if now >= self.next_second:
             self._second(now)
             self.next_second += 1.0

@@ -327,6 +327,7 @@ class Node:
                 self.cfg.scheduler,
                 lowat=self.cfg.paths.notsent_lowat,
                 longterm=sctx.longterm if sctx is not None else None,
+                carriers=sctx.tracker if sctx is not None else None,
             )
             sess = Session(msg.gateway_id, msg.session, params, now, policy)
             sess.context = sctx

@@ -12,7 +12,7 @@ from middlebox.gateway.flowtable import FlowTable
 from middlebox.gateway.listener import Listener
 from middlebox.gateway.process import Bridge, Classifier, reset_for
 from middlebox.session import wire
-from middlebox.session.mux import MessageInfo, Mux, MuxParams, PathState
+from middlebox.session.mux import Mux, MuxParams, PathState
 from middlebox.session.policy import SchedulerPolicy
 from middlebox.tcp import events as ev
 from middlebox.tcp.constants import ACK, RST, SYN
@@ -20,6 +20,9 @@ from middlebox.tcp.endpoint import EndpointTable
 from middlebox.tcp.options import Options
 from middlebox.tcp.packet import Segment
 from scheduler.config import SchedulerConfig
+from scheduler.context import ACK as ACK_KIND
+from scheduler.context import DATA, REINJECTION, MessageInfo
+from scheduler.registry import PATH
 
 CLIENT = ipaddress.ip_address("100.64.0.10").packed
 SERVER = ipaddress.ip_address("198.51.100.10").packed
@@ -103,11 +106,11 @@ def test_scheduler_policy_only_names_up_paths_with_room(name):
     pol = SchedulerPolicy(SchedulerConfig(policy=name))
     ps = paths((1, True, 0.02, 0), (2, False, 0.01, 1 << 20), (3, True, 0.05, 1 << 20))
     for seq in range(0, 10 << 14, 1 << 14):
-        assert pol(MessageInfo(7, "data", 16384, seq), ps, 1.0) == (3,)
-    # a retransmission avoids the paths that carried it; none left: wait
-    assert pol(MessageInfo(7, "retransmit", 16384, 0, avoid=(3,)), ps, 1.0) == ()
+        assert pol(MessageInfo(7, 16384, DATA, offset=seq), ps, 1.0) == (3,)
+    # a reinjection avoids the paths that carried it; none left: wait
+    assert pol(MessageInfo(7, 16384, REINJECTION, avoid=(3,)), ps, 1.0) == ()
     # ACKs go back where the data came from, even on a full path
-    assert pol(MessageInfo(7, "ack", 32, prefer=1), ps, 1.0) == (1,)
+    assert pol(MessageInfo(7, 32, ACK_KIND, prefer=1), ps, 1.0) == (1,)
 
 
 def test_scheduler_policy_falls_back_to_builtin_when_the_policy_raises():
@@ -119,7 +122,7 @@ def test_scheduler_policy_falls_back_to_builtin_when_the_policy_raises():
 
     pol.policy = Broken()
     ps = paths((1, True, 0.05, 1 << 20), (2, True, 0.01, 1 << 20))
-    assert pol(MessageInfo(1, "data", 100), ps, 0.0) == (2,) and pol.failed
+    assert pol(MessageInfo(1, 100, DATA), ps, 0.0) == (2,) and pol.failed
 
 
 def test_scheduler_policy_estimators_take_tcp_info_samples():
@@ -133,7 +136,7 @@ def test_scheduler_policy_estimators_take_tcp_info_samples():
     ctx = pol.sample(4, "carrier-a", info, 1.0, probe_rtt=0.03)
     assert ctx.path_id == 4 and abs(ctx.srtt - 0.03) < 1e-9 and ctx.delivery_rate == 2_000_000
     pol.path_down(4, 2.0)
-    assert pol.contexts[4].up is False
+    assert pol.registry.get(PATH, 4).up is False
 
 
 class FakeConn:

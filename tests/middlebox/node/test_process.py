@@ -458,7 +458,7 @@ def test_context_reports_reach_the_node_and_its_status(pair, echo, tmp_path):
     """CONTEXT gateway -> node: each carrier's latest report, on its own path, is kept per
     gateway and carrier and shown by ``mpproxy status``."""
     from middlebox import control
-    from middlebox.context.carriers import Reading
+    from middlebox.context.carriers import Reading, track
     from middlebox.context.loop import ContextLoop
 
     node, gw, gw_cfg = pair()
@@ -466,11 +466,11 @@ def test_context_reports_reach_the_node_and_its_status(pair, echo, tmp_path):
     loop = ContextLoop(gw_cfg)
     loop.attach(gw.up)
     now = time.monotonic()
-    loop.tracker.update(Reading("c0", now, "26034", -97.25, 53.3498, -6.2603))
-    loop.tracker.update(Reading("c1", now, "0x1f", None))
+    track(loop.tracker, Reading("c0", now, "26034", -97.25, 53.3498, -6.2603))
+    track(loop.tracker, Reading("c1", now, "0x1f", None))
     assert loop.report(now) == 2
     gw.run_until(lambda: len(node.node.contexts.get("train-1", {})) == 2, 10)
-    loop.tracker.update(Reading("c0", now + 1, "26035", -99.0, 53.35, -6.26))
+    track(loop.tracker, Reading("c0", now + 1, "26035", -99.0, 53.35, -6.26))
     loop.report(now + 1)
     gw.run_until(lambda: node.node.contexts["train-1"]["c0"]["reports"] == 2, 10)
     st = control.query(str(tmp_path / "node.sock"))
@@ -490,7 +490,7 @@ def test_node_downlink_scheduler_gets_predictions_from_context_reports(certs, tm
     from contextdb.traces import read_5g_csv
     from middlebox import control
     from middlebox.config import ContextConfig
-    from middlebox.context.carriers import Reading
+    from middlebox.context.carriers import Reading, track
     from middlebox.context.loop import ContextLoop
     from netns import rail
 
@@ -520,7 +520,7 @@ def test_node_downlink_scheduler_gets_predictions_from_context_reports(certs, tm
         seconds = route.carriers[0].seconds[40:45]
         for s in seconds:  # five reports: the node's RSRP window
             now = time.monotonic()
-            loop.tracker.update(Reading("c0", now, str(s.cell_id), s.rsrp))
+            track(loop.tracker, Reading("c0", now, str(s.cell_id), s.rsrp))
             loop.report(now)
             gw.step()
         gw.run_until(lambda: nt.node.contexts.get("train-1", {}).get("c0", {}).get("reports") == 5)

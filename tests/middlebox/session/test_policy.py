@@ -6,10 +6,11 @@ import dataclasses
 
 from middlebox.paths.sockets import TcpInfo
 from middlebox.session import wire
-from middlebox.session.mux import MessageInfo, Mux, MuxParams, PathState
+from middlebox.session.mux import Mux, MuxParams, PathState
 from middlebox.session.policy import SchedulerPolicy
 from scheduler.config import SchedulerConfig
-from scheduler.context import CONTROL, DATA
+from scheduler.context import CONTROL, DATA, MessageInfo
+from scheduler.registry import CONNECTION
 
 MSG = 8 << 10
 
@@ -58,11 +59,11 @@ def test_backlog_is_what_waits_behind_and_the_last_message_marks_app_limited():
         assert m.conn is not None and m.conn.client == "10.1.0.5"
     # every message but the last leaves bytes behind: the application was not dry then
     assert all(m.conn.app_limited_at is None for m, _ in seen[:-1])
-    assert seen[-1][0].backlog == 0 and pol.conns[cid].app_limited_at == 1.0
+    assert seen[-1][0].backlog == 0 and pol.registry.get(CONNECTION, cid).app_limited_at == 1.0
     # more from the application later: it ran dry again once that was handed over
     mux.send(cid, bytes(2 * MSG))  # within the peer's initial window
     mux.messages_to_send(2.5)
-    assert pol.conns[cid].app_limited_at == 2.5
+    assert pol.registry.get(CONNECTION, cid).app_limited_at == 2.5
 
 
 def test_a_download_never_dry_is_no_stream_and_a_dry_one_becomes_one():
@@ -80,7 +81,7 @@ def test_a_download_never_dry_is_no_stream_and_a_dry_one_becomes_one():
         mux.messages_to_send(t + k)
     seen = data_seen(spy)
     assert seen and all(m.backlog > 0 for m, _ in seen)
-    assert pol.conns[cid].app_limited_at is None
+    assert pol.registry.get(CONNECTION, cid).app_limited_at is None
     assert pol.policy.inner.classify(*seen[-1])[0] != "stream"
     # the same connection, its application now slower than the paths: a stream
     mux.update_path(1, room=1 << 30)
@@ -102,13 +103,15 @@ def test_a_download_never_dry_is_no_stream_and_a_dry_one_becomes_one():
 def test_connections_the_shell_did_not_announce_get_a_context_and_are_forgotten():
     pol = SchedulerPolicy(SchedulerConfig(policy="context"))
     ps = [PathState(1, True, 0.02, 0.01, 1 << 20)]
-    pol(MessageInfo(9, "data", 1000, 0, backlog=0), ps, 3.0)
-    assert pol.conns[9].opened == 3.0 and pol.conns[9].app_limited_at == 3.0
+    pol(MessageInfo(9, 1000, DATA, offset=0, backlog=0), ps, 3.0)
+    implicit = pol.registry.get(CONNECTION, 9)
+    assert implicit.opened == 3.0 and implicit.app_limited_at == 3.0
     pol.opened(10, "10.1.0.6", 80, 3.0)
     pol.sample(1, "a", None, 3.0 + 60.0)
-    assert 9 in pol.conns  # still within FORGET_AFTER
+    assert pol.registry.get(CONNECTION, 9) is implicit  # still within FORGET_AFTER
     pol.sample(1, "a", None, 3.0 + 200.0)
-    assert 9 not in pol.conns and 10 in pol.conns  # announced ones wait for closed()
+    assert pol.registry.get(CONNECTION, 9) is None  # forgotten
+    assert pol.registry.get(CONNECTION, 10) is not None  # announced ones wait for closed()
 
 
 def tcp_info(**fields):
@@ -120,7 +123,7 @@ def tcp_info(**fields):
 def test_a_probe_reaches_the_estimator_once_and_idle_only_without_data():
     pol = SchedulerPolicy(SchedulerConfig(policy="context"))
     pol.sample(1, "a", tcp_info(), 0.0)
-    est = pol.estimators[1]
+    est = pol.paths.estimators[1]
     calls = []
     real = est.probe
 
@@ -160,17 +163,17 @@ def test_control_messages_go_to_the_policy_on_any_up_path():
     pol.policy = spy = Spy(pol.policy)
     full, down = PathState(1, True, 0.02, 0.01, 0), PathState(2, False, 0.01, 0.01, 1 << 20)
     slow = PathState(3, True, 0.08, 0.01, 1 << 20)
-    ids = pol(MessageInfo(5, "control", 32), [full, down, slow], 1.0)
+    ids = pol(MessageInfo(5, 32, CONTROL), [full, down, slow], 1.0)
     assert spy.seen[-1][0].kind == CONTROL
     assert ids and set(ids) <= {1, 3}  # room does not matter, a down path never
-    assert pol(MessageInfo(5, "control", 32), [full, down], 1.0) == (1,)
+    assert pol(MessageInfo(5, 32, CONTROL), [full, down], 1.0) == (1,)
 
     class Nothing:
         def decide(self, *a):
             return ()
 
     pol.policy = Nothing()
-    assert pol(MessageInfo(5, "control", 32), [full, down, slow], 1.0) == (1,)
+    assert pol(MessageInfo(5, 32, CONTROL), [full, down, slow], 1.0) == (1,)
 
 
 def test_open_is_pinned_to_the_policys_first_choice():
