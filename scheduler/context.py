@@ -1,8 +1,9 @@
 """Plain records the scheduler reads: path, connection and third-party context, messages.
 
 Units: seconds and bytes throughout; rates in bytes per second; losses as fractions 0..1.
-These are data, not behaviour: estimators (``scheduler.estimators``) produce
-``PathContext``; the gateway, the node or the replay simulator produce the others.
+These are data, not behaviour: the context generators (``scheduler.generators``)
+produce ``PathContext``, ``ConnectionContext`` and ``CarrierContext``; the mux
+(``middlebox.session.mux``) or the replay simulator builds each ``MessageInfo``.
 A policy never mutates them.
 """
 
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Message kinds.
+# Message kinds: new data; data sent again (after a stall or a lost path); connection
+# control (OPEN, OPEN_OK, OPEN_FAIL, FIN); a DATA_ACK.
 DATA = "data"
 REINJECTION = "reinjection"
 CONTROL = "control"
-KINDS = (DATA, REINJECTION, CONTROL)
+ACK = "ack"
+KINDS = (DATA, REINJECTION, CONTROL, ACK)
 
 # Network states of a path (seed 003).
 NORMAL = "normal"
@@ -109,22 +112,28 @@ class CarrierContext:
 
 @dataclass(slots=True)
 class MessageInfo:
-    """One message to place on paths.
+    """One message to place on paths: the question the mux (or the simulator) asks.
 
-    ``backlog`` (bytes of the same connection still waiting behind this message) and
-    ``window`` (connection-level send window still open at the peer, bytes; None when
-    unknown) are what ECF and BLEST need. ``avoid`` names the paths that carry or
+    ``size`` is the payload for data, the bytes on the wire for the others.
+    ``backlog`` (data: bytes of the same connection not yet cut into messages behind
+    this one; 0: the message takes everything its application has handed over so far)
+    and ``window`` (connection-level send window still open at the peer, bytes; None
+    when unknown) are what ECF and BLEST need. ``avoid`` names the paths that carry or
     carried this message already (a reinjection, or a copy of a message a path lost):
     every policy uses them only when no other path is up, since a second copy on the
-    same path shares the fate of the first.
+    same path shares the fate of the first. ``prefer`` (ACKs) is the path the
+    acknowledged data arrived on. ``conn`` is the connection's context from the
+    registry; the mux leaves it None (it knows no owner) and the scheduler adapter
+    fills it in.
     """
 
     conn_id: int
     size: int
-    kind: str = DATA
+    kind: str = DATA  # one of KINDS
     priority: int = 0
     offset: int = 0  # byte offset of the message in its connection's stream
     backlog: int = 0
     window: int | None = None
     conn: ConnectionContext | None = field(default=None)
     avoid: tuple[int, ...] = ()  # path ids the message used already
+    prefer: int | None = None  # ACKs: the path the acknowledged data arrived on

@@ -325,7 +325,9 @@ class PathEstimator:
         self._loss_at: tuple[float, float, float | None, float | None] | None = None
 
     def context(self) -> PathContext:
-        """The current context (a fresh object per update; do not mutate it)."""
+        """The current context (a fresh object per update; only
+        :meth:`scheduler.generators.PathContextGenerator.refresh` writes into it, and the
+        next update starts from what it wrote)."""
         return self._ctx
 
     def set_up(self, up: bool, now: float) -> PathContext:

@@ -1,8 +1,9 @@
 """Context registry: generators publish context by type, consumers read it by type.
 
 Seed 001 describes context generators as small independent services: each produces one
-kind of context (path, connection, third-party) and the scheduler reads whatever is
-registered, without knowing who produced it. Here that is an in-process registry:
+kind of context (path, connection, third-party) and registers it with a context
+manager, which hands the instances to the packet scheduler (or to other generators)
+without their knowing who produced them. Here that manager is an in-process registry:
 
 * a generator has ``provides`` (the kinds it publishes) and ``attach(registry)``;
   registering it calls ``attach`` so it can publish;
@@ -10,17 +11,16 @@ registered, without knowing who produced it. Here that is an in-process registry
   (``None`` removes it) and calls the kind's subscribers;
 * ``get(kind, key)``, ``items(kind)`` and ``paths()`` read.
 
-:class:`Scheduler` ties a registry to a policy: ``decide(message, now)`` reads the
-current path contexts and asks the policy.
+The three generators and the wiring every scheduling module uses (the live gateway,
+the live node, the replay simulator) are in :mod:`scheduler.generators`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from scheduler.context import MessageInfo, PathContext
-from scheduler.policies.base import Policy
+from scheduler.context import PathContext
 
 PATH = "path"
 CONNECTION = "connection"
@@ -84,18 +84,3 @@ class ContextRegistry:
     def _check(kind: str) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown context kind {kind!r} (known: {', '.join(KINDS)})")
-
-
-class Scheduler:
-    """A policy fed from a registry: the object the gateway and the node hold."""
-
-    def __init__(self, policy: Policy, registry: ContextRegistry):
-        self.policy = policy
-        self.registry = registry
-
-    def decide(self, message: MessageInfo, now: float) -> tuple[int, ...]:
-        return self.policy.decide(message, self.registry.paths(), now)
-
-    def decide_many(self, messages: Iterable[MessageInfo], now: float) -> list[tuple[int, ...]]:
-        paths = self.registry.paths()
-        return [self.policy.decide(m, paths, now) for m in messages]

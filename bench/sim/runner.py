@@ -19,13 +19,26 @@ from bench.sim.transport import Transport, TransportParams
 from bench.sim.workloads import Runtime, parse
 from scheduler import policies
 from scheduler.config import SchedulerConfig
+from scheduler.generators import CarrierTracker, Generators
 from scheduler.longterm import LongTermSource
 
 SINGLE = "single:"
 
-# A long-term feed: given the engine and carrier names, returns a fresh source (or None)
-# and schedules its own observations (cell id, RSRP) on the engine.
-LongTermFeed = Callable[[Engine, Sequence[str]], LongTermSource | None]
+
+@dataclass
+class LongTerm:
+    """What a long-term feed gives one run: the source our policy asks and, when the feed
+    reports each carrier's cell and RSRP (as the gateway's context loop does live), the
+    carrier tracker it reports into. The run registers that tracker with its registry,
+    which hands every carrier context to the source (:class:`Generators`)."""
+
+    source: LongTermSource
+    carriers: CarrierTracker | None = None
+
+
+# A long-term feed: given the engine and carrier names, returns a fresh LongTerm (or None)
+# and schedules its own reports (cell id, RSRP) on the engine.
+LongTermFeed = Callable[[Engine, Sequence[str]], LongTerm | None]
 
 
 @dataclass
@@ -84,10 +97,12 @@ def run(
         policy = "minrtt"
     engine = Engine()
     links = _links(scn, carriers)
-    source = scn.longterm(engine, [c.name for c in carriers]) if scn.longterm else None
+    lt = scn.longterm(engine, [c.name for c in carriers]) if scn.longterm else None
+    source = lt.source if lt is not None else None
     pol = policies.get(policy, scn.sched, longterm=source)
+    context = Generators(scn.sched, lt.carriers if lt is not None else None, source)
     rec = Recorder(scn.duration, len(links))
-    transport = Transport(engine, links, pol, rec, scn.params, scn.sched, scn.duration)
+    transport = Transport(engine, links, pol, rec, scn.params, context, scn.duration)
     rt = Runtime(engine, transport, rec, scn.duration, scn.seed)
     workloads = parse(scn.workload)
     for i, w in enumerate(workloads):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench.sim.engine import Engine
 from bench.sim.links import Carrier
-from bench.sim.runner import LongTermFeed
+from bench.sim.runner import LongTerm, LongTermFeed
 
 LTE_TRACES = (
     ("att", "ATT-LTE-driving.down"),
@@ -99,8 +99,10 @@ def rail(seed: int, duration: float, carriers: int = 3, **kw: float):
 
 
 def contextdb_feed(db_path: str, route, config_path: str | None = None) -> LongTermFeed:
-    """Long-term predictions from a trained context database, fed with the route's
-    per-second cell id and RSRP (what the modems would report on the train).
+    """Long-term predictions from a trained context database, and the route's per-second
+    cell id and RSRP (what the modems would report on the train) reported into a carrier
+    tracker, as the gateway's context loop does (the run registers the tracker, and its
+    registry hands each carrier context to the source).
 
     ``route`` is a ``netns.rail.RailRoute`` (the only replayable source that carries
     cell identities besides 5G drive logs; those could feed it the same way).
@@ -127,8 +129,7 @@ def contextdb_feed(db_path: str, route, config_path: str | None = None) -> LongT
     db = ContextDB(store, cfg)
     per_carrier = {c.name: c.seconds for c in route.carriers}
 
-    def feed(engine: Engine, names: Sequence[str]) -> CarrierWindowSource:
-        source = CarrierWindowSource(db.predict)
+    def feed(engine: Engine, names: Sequence[str]) -> LongTerm:
         tracker = CarrierTracker(window=cfg.window_s)
 
         def second(now: float, t: int) -> None:
@@ -136,12 +137,12 @@ def contextdb_feed(db_path: str, route, config_path: str | None = None) -> LongT
                 secs = per_carrier.get(name)
                 if secs is not None and t < len(secs):
                     s = secs[t]
-                    source.observe(tracker.report(name, now, cell_id=str(s.cell_id), rsrp=s.rsrp))
+                    tracker.report(name, now, cell_id=str(s.cell_id), rsrp=s.rsrp)
             if t + 1 < max((len(v) for v in per_carrier.values()), default=0):
                 engine.at(t + 1.0, second, t + 1)
 
         engine.at(0.0, second, 0)
-        return source
+        return LongTerm(CarrierWindowSource(db.predict), tracker)
 
     return feed
 
@@ -199,8 +200,8 @@ def future_feed(
 
     by_name = {c.name: c for c in carriers}
 
-    def feed(engine: Engine, names: Sequence[str]) -> _FutureSource:
+    def feed(engine: Engine, names: Sequence[str]) -> LongTerm:
         links = {n: Link(by_name[n], duration) for n in names if n in by_name}
-        return _FutureSource(links, duration, lookahead, rates)
+        return LongTerm(_FutureSource(links, duration, lookahead, rates))
 
     return feed

@@ -10,11 +10,14 @@ defaults (``wire.message_size``, ``wire.max_payload``, ``node.buffer_bytes``,
   the queue is long, back towards ``message_size`` when dry, never more than the chosen
   path's room); the connection-level window (receiver's ``rcv_nxt + buffer``, 64 KiB
   before the first DATA_ACK) bounds what is sent;
-* the policy from ``scheduler`` decides every message with the same context types the
-  gateway uses: one :class:`~scheduler.estimators.PathEstimator` per path fed every
+* the policy from ``scheduler`` decides every message with context wired as the
+  gateway wires it (:class:`scheduler.generators.Generators`): the path generator
+  (one :class:`~scheduler.estimators.PathEstimator` per path) is fed every
   ``sample_interval`` with what TCP_INFO would report (srtt, rttvar, last delivery-rate
-  sample, cwnd, unacknowledged and not-sent bytes, loss as resent/sent packets), and
-  the live cwnd/inflight/queued set just before each decision;
+  sample, cwnd, unacknowledged and not-sent bytes, loss as resent/sent packets) and is
+  refreshed with the live cwnd/inflight/queued just before each decision; the
+  connection tracker hears of every connection opened and closed, its bytes so far and
+  when its application ran dry; the policy reads both from the registry;
 * a message is committed to a path only while that path's not-sent backlog is under
   ``notsent_lowat`` (keep decisions late); when a decision names several paths, copies
   go on those that can take one now, and the others get theirs once they have room
@@ -51,17 +54,11 @@ from bench.sim.metrics import Recorder
 from middlebox.config import Config
 from middlebox.session.mux import INITIAL_WINDOW, MESSAGE_OVERHEAD, SWS_MIN
 from middlebox.session.wire import max_data_payload
-from scheduler.config import SchedulerConfig
-from scheduler.context import (
-    CONTROL,
-    DATA,
-    REINJECTION,
-    ConnectionContext,
-    MessageInfo,
-    PathContext,
-)
-from scheduler.estimators import PathEstimator, PathSample
+from scheduler.context import CONTROL, DATA, REINJECTION, ConnectionContext, MessageInfo
+from scheduler.estimators import PathSample
+from scheduler.generators import Generators
 from scheduler.policies.base import Policy
+from scheduler.registry import CONNECTION
 
 REQUEST_SIZE = 64  # bytes the policy is told an OPEN message takes (a small control message)
 
@@ -121,7 +118,6 @@ class Conn:
 
     __slots__ = (
         "id",
-        "ctx",
         "total",
         "avail",
         "app",
@@ -141,13 +137,12 @@ class Conn:
         "tag",
     )
 
-    def __init__(self, cid: int, ctx: ConnectionContext, total: float, app: App, base: int):
+    def __init__(self, cid: int, started: float, total: float, app: App, base: int):
         self.id = cid
-        self.ctx = ctx
         self.total = total  # stream length in bytes (math.inf: endless)
         self.avail = total  # bytes the sending application has produced so far
         self.app = app
-        self.started = ctx.opened  # the client's request (flow completion times count from it)
+        self.started = started  # the client's request (flow completion times count from it)
         self.live = False  # the request reached the node: it may send
         self.snd_nxt = base
         self.peer_edge = base + INITIAL_WINDOW
@@ -177,16 +172,14 @@ class App:
 
 
 class SimPath:
-    """One carrier path: its socket (not-sent backlog, in-flight copies), controller,
-    link and estimator."""
+    """One carrier path: its socket (not-sent backlog, in-flight copies), controller and
+    link (its context is the path generator's)."""
 
     __slots__ = (
         "id",
         "carrier",
         "link",
         "cc",
-        "est",
-        "ctx",
         "up",
         "epoch",
         "notsent",
@@ -212,13 +205,11 @@ class SimPath:
         "owed",
     )
 
-    def __init__(self, pid: int, link: Link, cfg: SchedulerConfig) -> None:
+    def __init__(self, pid: int, link: Link) -> None:
         self.id = pid
         self.carrier = link.carrier.name
         self.link = link
         self.cc = Bbr(initial_rtt=2 * link.delay or 0.01)
-        self.est = PathEstimator(pid, self.carrier, cfg)
-        self.ctx: PathContext = self.est.context()
         self.up = True
         self.epoch = 0
         self.notsent: deque[Msg] = deque()
@@ -254,7 +245,8 @@ class SimPath:
 
 
 class Transport:
-    """Connections over paths, driven by an :class:`Engine` and a ``scheduler`` policy."""
+    """Connections over paths, driven by an :class:`Engine` and a ``scheduler`` policy
+    that reads ``context``'s registry (the run's :class:`Generators`, fed here)."""
 
     def __init__(
         self,
@@ -263,7 +255,7 @@ class Transport:
         policy: Policy,
         rec: Recorder,
         params: TransportParams,
-        sched_cfg: SchedulerConfig,
+        context: Generators,
         duration: float,
     ) -> None:
         self.engine = engine
@@ -271,17 +263,18 @@ class Transport:
         self.rec = rec
         self.p = params
         self.duration = duration
-        self.paths = [SimPath(i, link, sched_cfg) for i, link in enumerate(links)]
-        self.ctxs = [p.ctx for p in self.paths]
+        self.registry = context.registry
+        self.path_contexts = context.paths
+        self.conn_contexts = context.connections
+        self.paths = [SimPath(i, link) for i, link in enumerate(links)]
         self.conns: dict[int, Conn] = {}
         self.active: dict[int, Conn] = {}  # connections with something to send
         self._next_id = 1
         self._all_down_since: float | None = None
         self._waiting_for_path: list[Callable[[float], None]] = []
         for p in self.paths:  # connected: TCP_INFO already has the handshake's RTT
-            p.ctx = self.ctxs[p.id] = p.est.update(
-                PathSample(up=True, rtt=p.srtt, rttvar=p.rttvar, cwnd=p.cc.cwnd, mss=MSS), 0.0
-            )
+            first = PathSample(up=True, rtt=p.srtt, rttvar=p.rttvar, cwnd=p.cc.cwnd, mss=MSS)
+            self.path_contexts.add_path(p.id, p.carrier, 0.0, first)
         engine.at(0.0, self._tick)
 
     # -- connections ---------------------------------------------------------------------
@@ -302,8 +295,8 @@ class Transport:
         endless); ``produced``: bytes available at once (default: all of them)."""
         cid = self._next_id
         self._next_id += 1
-        ctx = ConnectionContext(cid, client=client, direction="down", dst_port=dst_port, opened=now)
-        conn = Conn(cid, ctx, total, app, base)
+        self.conn_contexts.opened(cid, now, client=client, direction="down", dst_port=dst_port)
+        conn = Conn(cid, now, total, app, base)
         conn.avail = base + produced if produced is not None else base + total
         conn.total = base + total
         conn.target = self.p.message_size
@@ -322,11 +315,23 @@ class Transport:
     def _request_paths(self, conn: Conn, now: float) -> list[int]:
         """The up paths the policy chooses for the connection's OPEN (a control message;
         the live cwnd, inflight and queued bytes as before a data decision)."""
+        self._refresh()
+        info = MessageInfo(conn.id, REQUEST_SIZE, CONTROL, conn=self._conn_context(conn))
+        return [i for i in self._decide(info, now) if self.paths[i].up]
+
+    def _refresh(self) -> None:
+        """Every path socket's live state into its context, as before a decision round."""
+        refresh = self.path_contexts.refresh
         for p in self.paths:
-            c = p.ctx
-            c.up, c.cwnd, c.inflight, c.queued = p.up, p.cc.cwnd, p.inflight, p.queued
-        info = MessageInfo(conn.id, REQUEST_SIZE, CONTROL, conn=conn.ctx)
-        return [i for i in self.policy.decide(info, self.ctxs, now) if self.paths[i].up]
+            refresh(p.id, up=p.up, cwnd=p.cc.cwnd, inflight=p.inflight, queued=p.queued)
+
+    def _conn_context(self, conn: Conn) -> ConnectionContext | None:
+        """The registry's context of ``conn`` (the tracker's, fed here)."""
+        return self.registry.get(CONNECTION, conn.id)
+
+    def _decide(self, info: MessageInfo, now: float) -> tuple[int, ...]:
+        """The policy's answer, on the registry's path contexts."""
+        return self.policy.decide(info, self.registry.paths(), now)
 
     def _start(self, now: float, conn: Conn) -> None:
         if conn.closed:
@@ -360,9 +365,7 @@ class Transport:
         paths = self.paths
         if not any(p.up and p.queued < lowat for p in paths):
             return
-        for p in paths:
-            c = p.ctx
-            c.up, c.cwnd, c.inflight, c.queued = p.up, p.cc.cwnd, p.inflight, p.queued
+        self._refresh()
         for path in paths:
             if path.owed and path.up:
                 self._pay_owed(path, now)
@@ -393,12 +396,12 @@ class Transport:
                 msg.queued = False
                 continue
             return self._reinject(conn, msg, now)
-        ctx = conn.ctx
+        tracker = self.conn_contexts
         if conn.avail <= conn.snd_nxt:
             # the application has nothing more for now: the mux tells the connection
             # context (our policy classifies a long-lived connection that keeps doing
             # so as a stream, scheduler.context.stream_like)
-            ctx.app_limited_at = now
+            tracker.app_limited(conn.id, now)
         snd_una = next(iter(conn.unacked)) if conn.unacked else conn.snd_nxt
         written = min(conn.avail, snd_una + p.buffer_bytes)
         unsent = written - conn.snd_nxt
@@ -408,7 +411,7 @@ class Transport:
         want = int(min(conn.target, unsent, allowance, p.max_data))
         if want <= 0 or (want < SWS_MIN and want < unsent):
             return -1
-        ctx.bytes_so_far = conn.snd_nxt - conn.base
+        tracker.carried_to(conn.id, conn.snd_nxt - conn.base)
         info = MessageInfo(
             conn.id,
             want,
@@ -416,9 +419,9 @@ class Transport:
             offset=conn.snd_nxt - conn.base,
             backlog=int(min(unsent - want, 1 << 40)),
             window=int(allowance),
-            conn=ctx,
+            conn=self._conn_context(conn),
         )
-        ids, ready = self._usable(self.policy.decide(info, self.ctxs, now))
+        ids, ready = self._usable(self._decide(info, now))
         if not ready:
             return -1
         room = p.notsent_lowat - self.paths[ready[0]].queued - MESSAGE_OVERHEAD
@@ -435,7 +438,7 @@ class Transport:
             conn.target = max(p.message_size, conn.target // 2)
         self._place(ids, ready, msg, now)
         if conn.avail <= conn.snd_nxt:
-            ctx.app_limited_at = now
+            tracker.app_limited(conn.id, now)
         return 1 if left > 0 else 0
 
     def _reinject(self, conn: Conn, msg: Msg, now: float) -> int:
@@ -444,10 +447,10 @@ class Transport:
             msg.size,
             REINJECTION,
             offset=msg.seq - conn.base,
-            conn=conn.ctx,
+            conn=self._conn_context(conn),
             avoid=tuple(msg.paths),
         )
-        ids, ready = self._usable(self.policy.decide(info, self.ctxs, now))
+        ids, ready = self._usable(self._decide(info, now))
         if not ready:
             return -1
         conn.rtx.popleft()
@@ -489,7 +492,6 @@ class Transport:
         wire = msg.size + MESSAGE_OVERHEAD
         path.notsent.append(msg)
         path.queued += wire
-        path.ctx.queued = path.queued
         self.rec.payload_sent += msg.size
         self.rec.wire_sent += wire
         self._pump(path, now)
@@ -539,8 +541,9 @@ class Transport:
             path.inflight += wire
             path.pace_last, path.pace_bytes = now, wire
             self.engine.at(arrival, self._arrive, (path, copy))
-        ctx = path.ctx
-        ctx.inflight, ctx.queued, ctx.cwnd = path.inflight, path.queued, cc.cwnd
+        self.path_contexts.refresh(
+            path.id, cwnd=cc.cwnd, inflight=path.inflight, queued=path.queued
+        )
 
     def _pump_timer(self, now: float, path: SimPath) -> None:
         path.pump_armed = False
@@ -595,6 +598,7 @@ class Transport:
         conn.ooo.clear()
         self.active.pop(conn.id, None)
         self.conns.pop(conn.id, None)
+        self.conn_contexts.closed(conn.id)
 
     # -- acknowledgements ------------------------------------------------------------------
 
@@ -680,8 +684,7 @@ class Transport:
                 up=path.up,
                 mss=MSS,
             )
-            path.ctx = path.est.update(sample, now)
-            self.ctxs[path.id] = path.ctx
+            self.path_contexts.sample(path.id, sample, now)
         self._check_lost(now)
         if reinjected:
             self._schedule(now)
@@ -739,8 +742,7 @@ class Transport:
         path.notsent.clear()
         path.owed.clear()
         path.inflight = path.queued = 0
-        path.ctx = path.est.update(PathSample(up=False, inflight=0, queued=0), now)
-        self.ctxs[path.id] = path.ctx
+        self.path_contexts.sample(path.id, PathSample(up=False, inflight=0, queued=0), now)
         self.engine.at(now + self.p.reconnect_delay, self._reconnect, path)
 
     def _reconnect(self, now: float, path: SimPath) -> None:
@@ -758,8 +760,8 @@ class Transport:
         path.rttvar = path.srtt / 2
         path.pace_last, path.pace_bytes = now, 0
         path.last_progress = now
-        path.ctx = path.est.update(PathSample(up=True, rtt=path.srtt, rttvar=path.rttvar), now)
-        self.ctxs[path.id] = path.ctx
+        sample = PathSample(up=True, rtt=path.srtt, rttvar=path.rttvar)
+        self.path_contexts.sample(path.id, sample, now)
         self._all_down_since = None
         waiting, self._waiting_for_path = self._waiting_for_path, []
         for cb in waiting:

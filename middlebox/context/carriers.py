@@ -10,8 +10,10 @@ Sans-I/O pieces the gateway's context loop (:mod:`middlebox.context.loop`) joins
   modem helper prints into readings (the I/O shell that runs the helper is
   :class:`middlebox.context.loop.CommandSource`). Reading a modem itself (ModemManager, AT
   commands) is out of scope: a helper program does that and prints JSON lines.
-* :class:`ContextTracker` keeps each carrier's :class:`scheduler.context.CarrierContext`
-  (latest cell and RSRP, the RSRP window of the last W seconds, position).
+* :func:`track` hands a reading to the scheduler's carrier tracker
+  (:class:`scheduler.generators.CarrierTracker`, registered with the scheduling
+  module's registry), which keeps each carrier's :class:`scheduler.context.CarrierContext`
+  (latest cell and RSRP, the RSRP window of the last W seconds, handovers, position).
 * :class:`PerfMeter` turns the paths' TCP_INFO readings into one :class:`CarrierSecond`
   per carrier and second: bytes each way, smoothed RTT, retransmitted share, and whether
   the carrier was saturated (see its docstring: measured throughput is what passengers
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import Protocol
 
 from middlebox.errors import UserError
 from scheduler.context import CarrierContext
+from scheduler.generators import CarrierTracker
 
 MEASURE_DIRECTIONS = ("down", "up")
 BUSY_SHARE = 0.8  # share of a second with data moving that counts as saturated
@@ -231,41 +233,11 @@ class JsonLinesParser:
 # -- per-carrier state --------------------------------------------------------------------
 
 
-class ContextTracker:
-    """Each carrier's latest :class:`CarrierContext`, with an RSRP window of ``window_s``.
-
-    The window holds one value per reading (sources report once a second); a reading
-    without RSRP repeats the last value (as the drive-log import bridges short holes), a
-    change of cell keeps the window (the RSRP history is the carrier's, and contextdb
-    matches the new cell's stored windows against it).
-    """
-
-    def __init__(self, window_s: int = 5) -> None:
-        self.window_s = window_s
-        self.contexts: dict[str, CarrierContext] = {}
-        self._windows: dict[str, deque[float]] = {}
-
-    def update(self, r: Reading) -> CarrierContext:
-        win = self._windows.setdefault(r.carrier, deque(maxlen=self.window_s))
-        rsrp = r.rsrp if r.rsrp is not None else (win[-1] if win else None)
-        if rsrp is not None:
-            win.append(rsrp)
-        prev = self.contexts.get(r.carrier)
-        events = prev.handover_events if prev is not None else ()
-        if prev is not None and prev.cell_id and r.cell_id and r.cell_id != prev.cell_id:
-            events = (*events[-7:], (r.t, f"{prev.cell_id}->{r.cell_id}"))
-        pos = (r.lat, r.lon) if r.lat is not None and r.lon is not None else None
-        ctx = CarrierContext(
-            r.carrier,
-            r.cell_id,
-            r.rsrp,
-            tuple(win),
-            events,
-            pos if pos is not None else (prev.position if prev is not None else None),
-            r.t,
-        )
-        self.contexts[r.carrier] = ctx
-        return ctx
+def track(tracker: CarrierTracker, r: Reading) -> CarrierContext:
+    """Report one reading to the carrier tracker (a position only when both coordinates
+    are known)."""
+    pos = (r.lat, r.lon) if r.lat is not None and r.lon is not None else None
+    return tracker.report(r.carrier, r.t, cell_id=r.cell_id, rsrp=r.rsrp, position=pos)
 
 
 @dataclass(slots=True)

@@ -3,9 +3,11 @@
 Once a second (driven by the gateway's event loop through :meth:`ContextLoop.tick` and
 :meth:`ContextLoop.next_timer`):
 
-1. the configured source (``[context] source``) yields readings; each updates the
-   carrier's :class:`~scheduler.context.CarrierContext`, which goes to the scheduler's
-   long-term source (``CarrierWindowSource.observe``);
+1. the configured source (``[context] source``) yields readings; each goes to the
+   carrier tracker (:class:`scheduler.generators.CarrierTracker`, made here and
+   registered by the gateway's scheduler adapter with its context registry), which
+   publishes the carrier's :class:`~scheduler.context.CarrierContext`; the registry
+   hands it to the long-term source (``CarrierWindowSource.observe``);
 2. the paths' TCP_INFO readings of the last second (fed by the uplink through
    :meth:`ContextLoop.on_info`) become one :class:`~middlebox.context.carriers.CarrierSecond`
    per carrier: its throughput goes to ``observe_throughput`` and, with its RTT, loss and
@@ -34,17 +36,18 @@ from middlebox.config import Config
 from middlebox.context.carriers import (
     CarrierSecond,
     ContextSource,
-    ContextTracker,
     JsonLinesParser,
     PerfMeter,
     Reading,
     ReplaySource,
     load_replay,
+    track,
 )
 from middlebox.errors import UserError
 from middlebox.logs import kv
 from middlebox.paths.conn import forget, set_interest
 from middlebox.session import wire
+from scheduler.generators import CarrierTracker
 
 log = logging.getLogger("mpproxy.context")
 
@@ -150,8 +153,9 @@ def _cell_number(cell: str) -> int:
 
 
 class ContextLoop:
-    """See the module text. Create before the scheduler policy (it owns the long-term
-    source), :meth:`attach` once the uplink exists, :meth:`close` at shutdown."""
+    """See the module text. Create before the scheduler adapter and hand it
+    ``tracker`` and ``longterm`` (``SchedulerPolicy(..., longterm=, carriers=)``),
+    :meth:`attach` once the uplink exists, :meth:`close` at shutdown."""
 
     def __init__(
         self,
@@ -174,7 +178,7 @@ class ContextLoop:
             self.source = ReplaySource(rows, start, c.replay_loop, c.replay_time_scale)
         elif c.source == "command" and not c.command:
             raise UserError("context.command: needed when context.source = command")
-        self.tracker = ContextTracker(cfg.contextdb.window_s)
+        self.tracker = CarrierTracker(cfg.contextdb.window_s)
         self.meter = PerfMeter()
         self.latest: dict[str, CarrierSecond] = {}
         self.db = db
@@ -238,9 +242,7 @@ class ContextLoop:
         if self.source is not None:
             for r in self.source.poll(now):
                 self.counters["readings"] += 1
-                ctx = self.tracker.update(r)
-                if self.longterm is not None:
-                    self.longterm.observe(ctx)
+                track(self.tracker, r)
         if now >= self.next_second:
             self._second(now)
             self.next_second += 1.0

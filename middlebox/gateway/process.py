@@ -59,7 +59,10 @@ class Gateway:
         gateway_context(cfg.tls)
         self.context = ContextLoop(cfg, clock)  # reads context files, opens the database
         self.policy = SchedulerPolicy(
-            cfg.scheduler, lowat=cfg.paths.notsent_lowat, longterm=self.context.longterm
+            cfg.scheduler,
+            lowat=cfg.paths.notsent_lowat,
+            longterm=self.context.longterm,
+            carriers=self.context.tracker,
         )
         try:
             self.listener.setup()

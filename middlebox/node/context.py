@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 
-from middlebox.context.carriers import CarrierSecond, ContextTracker, PerfMeter, Reading
+from middlebox.context.carriers import CarrierSecond, PerfMeter, Reading, track
 from middlebox.context.loop import prediction_status
 from middlebox.session import wire
+from scheduler.generators import CarrierTracker
 
 NAN = math.nan
 
@@ -25,15 +26,17 @@ class SessionContext:
     (the strong test): a second's bytes acknowledged by the gateway go to
     ``observe_throughput`` when the node's sending was busy and not application-limited,
     ``nan`` otherwise. The RSRP window is made of the reports (one per
-    ``[context] report_interval`` on the gateway: keep it at 1 s). Nothing is learnt
-    here: the gateway learns.
+    ``[context] report_interval`` on the gateway: keep it at 1 s). The tracker and the
+    long-term source go to the session's scheduler adapter (``carriers``, ``longterm``),
+    whose registry hands each carrier context to the source. Nothing is learnt here: the
+    gateway learns.
     """
 
     def __init__(self, predict, window_s: int, now: float) -> None:
         from scheduler.longterm import CarrierWindowSource
 
         self.longterm = CarrierWindowSource(predict)
-        self.tracker = ContextTracker(window_s)
+        self.tracker = CarrierTracker(window_s)
         self.meter = PerfMeter()
         self.next_second = now + 1.0
         self.latest: dict[str, CarrierSecond] = {}
@@ -47,7 +50,7 @@ class SessionContext:
             msg.lat,
             msg.lon,
         )
-        self.longterm.observe(self.tracker.update(r))
+        track(self.tracker, r)
 
     def on_info(self, path_id: int, carrier: str, conn: object, info, now: float) -> None:
         if info is not None:

@@ -300,6 +300,7 @@ class Gateways:
             self.cfg.scheduler,
             lowat=self.cfg.paths.notsent_lowat,
             longterm=sctx.longterm if sctx is not None else None,
+            carriers=sctx.tracker if sctx is not None else None,
         )
         mux = Mux("node", params, policy)
         return Session(msg.gateway_id, msg.session, mux, policy, self.new_relay(mux), sctx, now)

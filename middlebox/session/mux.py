@@ -38,9 +38,12 @@ Per connection and direction (docs/PROTOCOL.md has the messages):
   answers with :meth:`Mux.accept` (OPEN_OK) or :meth:`Mux.refuse` (OPEN_FAIL).
 
 Path choice goes through a policy ``decide(info, paths, now) -> tuple of path ids`` (the
-interface the scheduler package fills; several ids send copies). The built-in
-:func:`lowest_rtt_policy` takes the path with the lowest smoothed RTT among those with
-room.
+interface the scheduler package fills; several ids send copies). ``info`` is the
+scheduler's own record, :class:`scheduler.context.MessageInfo` (a plain dataclass: the
+core imports nothing else of the scheduler), of kind ``data``, ``reinjection`` (sent
+again after a stall or a lost path), ``control`` (OPEN, OPEN_OK, OPEN_FAIL, FIN) or
+``ack`` (DATA_ACK). The built-in :func:`lowest_rtt_policy` takes the path with the
+lowest smoothed RTT among those with room.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ from middlebox.session.wire import (
     Rst,
     RstReason,
 )
+from scheduler.context import ACK, CONTROL, DATA, REINJECTION, MessageInfo
 
 INITIAL_WINDOW = 64 << 10  # bytes a sender may send before the first DATA_ACK (the
 # smallest buffer_bytes a peer may configure, so it never overflows a conforming receiver)
@@ -126,21 +130,6 @@ class PathState:
         return max(params.stall_min, params.stall_rtt_factor * (self.srtt + 4 * self.rttvar))
 
 
-@dataclass(frozen=True)
-class MessageInfo:
-    """What a policy learns about a message it places."""
-
-    conn_id: int
-    kind: str  # "data", "retransmit", "control" (OPEN, FIN...), "ack"
-    size: int  # bytes on the wire (payload for data)
-    seq: int = 0
-    avoid: tuple[int, ...] = ()  # paths that carry (or carried) this message already
-    prefer: int | None = None  # ACKs: the path the acknowledged data arrived on
-    # data: bytes of the connection not yet cut into messages behind this one (0: the
-    # message takes everything its application has handed over so far)
-    backlog: int = 0
-
-
 Policy = Callable[[MessageInfo, Sequence[PathState], float], tuple[int, ...]]
 
 
@@ -150,14 +139,14 @@ def lowest_rtt_policy(info: MessageInfo, paths: Sequence[PathState], now: float)
     the message has not used yet. An ACK goes back on the path its data came in on
     when that path is up: that path demonstrably works, while the fastest one may be
     silently dropping everything."""
-    small = info.kind in ("control", "ack")
+    small = info.kind in (CONTROL, ACK)
     if info.prefer is not None:
         for p in paths:
             if p.id == info.prefer and p.up:
                 return (p.id,)
     usable = [p for p in paths if p.up and (small or p.room > 0)]
     fresh = [p for p in usable if p.id not in info.avoid]
-    pool = fresh or ([] if info.kind == "retransmit" else usable)
+    pool = fresh or ([] if info.kind == REINJECTION else usable)
     if not pool:
         return ()
     return (min(pool, key=lambda p: (p.srtt, p.id)).id,)
@@ -930,7 +919,7 @@ class Mux:
             if everywhere:
                 ids: tuple[int, ...] = tuple(p.id for p in paths if p.up)
             else:
-                ids = self.policy(MessageInfo(cid, "control", 32), paths, now)
+                ids = self.policy(MessageInfo(cid, 32, CONTROL), paths, now)
             if not ids:
                 keep.append((cid, msg, everywhere))
                 continue
@@ -950,7 +939,7 @@ class Mux:
             edge = conn.consumed + buffer
             ranges = tuple((s, e) for s, e in conn.sacks[:MAX_SACK_RANGES])
             msg = DataAck(conn.id, ack, min(max(edge - ack, 0), U32), ranges)
-            info = MessageInfo(conn.id, "ack", 32 + 16 * len(ranges), prefer=conn.rx_path)
+            info = MessageInfo(conn.id, 32 + 16 * len(ranges), ACK, prefer=conn.rx_path)
             ids = self.policy(info, paths, now)
             if not ids:
                 continue
@@ -973,7 +962,9 @@ class Mux:
                 ids: tuple[int, ...] = (pid,)
             else:
                 size = inf.end - max(inf.seq, conn.sbase)
-                info = MessageInfo(conn.id, "retransmit", size, inf.seq, tuple(inf.paths))
+                info = MessageInfo(
+                    conn.id, size, REINJECTION, offset=inf.seq, avoid=tuple(inf.paths)
+                )
                 ids = self.policy(info, paths, now)
                 if not ids:
                     # No fresh path with room: either the other paths are full (perhaps
@@ -1031,7 +1022,7 @@ class Mux:
             if pid is None:
                 return False
         else:
-            info = MessageInfo(conn.id, "data", want, conn.snd_nxt, backlog=unsent - want)
+            info = MessageInfo(conn.id, want, DATA, offset=conn.snd_nxt, backlog=unsent - want)
             ids = self.policy(info, paths, now)
             if not ids:
                 return False
@@ -1067,7 +1058,7 @@ class Mux:
                 return False
             ids: tuple[int, ...] = (pid,)
         else:
-            ids = self.policy(MessageInfo(conn.id, "control", 20, conn.snd_nxt), paths, now)
+            ids = self.policy(MessageInfo(conn.id, 20, CONTROL, offset=conn.snd_nxt), paths, now)
             if not ids:
                 return False
         conn.fin_seq = conn.snd_nxt

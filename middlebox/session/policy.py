@@ -1,12 +1,24 @@
 """The scheduler package behind the mux's policy interface, fed with live TCP_INFO.
 
-The mux asks ``policy(info, paths, now) -> tuple of path ids`` for every message; the
-scheduler package answers ``decide(MessageInfo, [PathContext], now)``. This adapter keeps
-one :class:`scheduler.estimators.PathEstimator` per path, fed by the shell with kernel
-TCP_INFO readings and PROBE round trips, and translates each question:
+The mux asks ``policy(info, paths, now) -> tuple of path ids`` for every message, with
+the scheduler's own record (:class:`scheduler.context.MessageInfo`); the scheduler
+package answers ``decide(MessageInfo, [PathContext], now)``. This adapter is the
+scheduling module of seed 001: it holds the context registry with its three generators
+(:class:`scheduler.generators.Generators`) and feeds them:
 
-* data and retransmissions go to the configured policy (``[scheduler] policy``), asked
-  only about paths that are up and have room now (a retransmission only about paths it
+* the shell's TCP_INFO readings and PROBE round trips (:meth:`SchedulerPolicy.sample`,
+  :meth:`SchedulerPolicy.path_down`) go to the path generator, one
+  :class:`~scheduler.estimators.PathEstimator` per path;
+* connections opened and closed (:meth:`SchedulerPolicy.opened`,
+  :meth:`SchedulerPolicy.closed`) and what each message says about its connection go
+  to the connection tracker;
+* the carrier tracker is the one the gateway's context loop or the node's session
+  context feeds (``carriers``); the long-term source is subscribed to it.
+
+Each question is then translated:
+
+* data and reinjections go to the configured policy (``[scheduler] policy``), asked
+  only about paths that are up and have room now (a reinjection only about paths it
   has not used yet), so it never commits a message to a full socket;
 * connection control (OPEN, OPEN_OK, OPEN_FAIL, FIN) goes to the policy as its control
   class, asked about every up path (a control message is small and goes regardless of
@@ -16,13 +28,17 @@ TCP_INFO readings and PROBE round trips, and translates each question:
   ACK must go back on the path its data came in on;
 * ``builtin`` as the policy name uses the built-in rule for everything.
 
+The policy sees the registry's path contexts of the candidate paths (with the queued
+bytes the mux's ``room`` implies written in) and the registry's context of the
+message's connection (the adapter fills ``MessageInfo.conn``).
+
 Streams: a data message whose ``backlog`` (bytes of the connection not yet cut into
 messages behind it, from the mux) is 0 hands the last byte the application produced to
 a path, so the connection's ``app_limited_at`` becomes ``now``; the backlog itself goes
 on to the policy, which tells a stream that keeps up from one that fell behind by it.
 Connections the shell did not announce with :meth:`SchedulerPolicy.opened` (the node
 announces none) get a context at their first message, forgotten after
-``FORGET_AFTER`` seconds without one.
+``scheduler.generators.FORGET_AFTER`` seconds without one.
 
 PROBE round trips reach :meth:`PathEstimator.probe` once each (the shell passes the
 latest one with every TCP_INFO reading); on an idle path (nothing unacknowledged or
@@ -31,8 +47,8 @@ estimate of a path that carries nothing follows what the probes see.
 
 ``longterm`` (a :class:`scheduler.longterm.LongTermSource`) is handed to the policy; the
 gateway passes contextdb's predictions there when ``[context] use_contextdb`` is set
-(:mod:`middlebox.context.loop` feeds it each carrier's context and last-second throughput).
-Only ``ours`` uses it; without it nothing changes.
+(:mod:`middlebox.context.loop` feeds the carrier tracker and each carrier's
+last-second throughput). Only ``ours`` uses it; without it nothing changes.
 
 A policy that raises is logged once and replaced by the built-in rule, so a scheduler
 bug degrades scheduling instead of stopping the data path.
@@ -45,19 +61,19 @@ import logging
 from collections.abc import Sequence
 
 from middlebox.paths.sockets import TcpInfo
-from middlebox.session.mux import MessageInfo, PathState, lowest_rtt_policy
+from middlebox.session.mux import PathState, lowest_rtt_policy
 from scheduler import policies
 from scheduler.config import SchedulerConfig
-from scheduler.context import CONTROL, DATA, REINJECTION, ConnectionContext, PathContext
-from scheduler.context import MessageInfo as SchedMessage
-from scheduler.estimators import PathEstimator, PathSample
+from scheduler.context import CONTROL, DATA, REINJECTION, MessageInfo, PathContext
+from scheduler.estimators import PathSample
+from scheduler.generators import CarrierTracker, Generators
 from scheduler.longterm import LongTermSource
+from scheduler.registry import CONNECTION, PATH
 
 log = logging.getLogger("mpproxy.scheduler")
 
 BUILTIN = "builtin"
-FORGET_AFTER = 120.0  # s without a message before an unannounced connection is forgotten
-_KINDS = {"data": DATA, "retransmit": REINJECTION, "control": CONTROL}
+_ASKED = (DATA, REINJECTION, CONTROL)  # the kinds the policy decides (ACKs: built-in rule)
 
 
 class SchedulerPolicy:
@@ -69,17 +85,16 @@ class SchedulerPolicy:
         name: str | None = None,
         lowat: int = 128 << 10,
         longterm: LongTermSource | None = None,
+        carriers: CarrierTracker | None = None,
     ):
         self.cfg = cfg
         self.name = name or cfg.policy
         self.lowat = lowat
         self.longterm = longterm  # contextdb's predictions (gateway with [context] use_contextdb)
         self.policy = None if self.name == BUILTIN else policies.get(self.name, cfg, longterm)
-        self.estimators: dict[int, PathEstimator] = {}
-        self.contexts: dict[int, PathContext] = {}
-        self.conns: dict[int, ConnectionContext] = {}
-        self._implicit: dict[int, float] = {}  # unannounced connection -> last message
-        self._swept = 0.0
+        gens = Generators(cfg, carriers, longterm)
+        self.registry = gens.registry  # what the policy reads
+        self.paths, self.connections, self.carriers = gens.paths, gens.connections, gens.carriers
         self._probes: dict[int, float] = {}  # path -> last PROBE RTT fed to its estimator
         self.failed = False
         self.decisions = 0
@@ -97,12 +112,12 @@ class SchedulerPolicy:
     ) -> PathContext:
         """A TCP_INFO reading (None: the kernel gave none) and the path's latest PROBE
         round trip (None: none yet); a probe already seen is not counted again."""
-        est = self.estimators.get(path_id)
-        if est is None:
-            est = self.estimators[path_id] = PathEstimator(path_id, carrier, self.cfg)
+        gen = self.paths
+        if path_id not in gen.estimators:
+            gen.add_path(path_id, carrier, now)
         fresh = probe_rtt is not None and self._probes.get(path_id) != probe_rtt
         idle = info is None or (info.unacked == 0 and info.notsent_bytes == 0)
-        ctx = est.context()
+        ctx = gen.contexts[path_id]
         if info is not None and info.srtt_us:
             s = PathSample.from_tcp_info(
                 tcpi_rtt=info.srtt_us,
@@ -118,57 +133,32 @@ class SchedulerPolicy:
             if fresh and idle:
                 # nothing in flight: the kernel's RTT is stale, the probe is the delay
                 s = dataclasses.replace(s, rtt=None, rttvar=None)
-            ctx = est.update(s, now)
+            ctx = gen.sample(path_id, s, now)
         if fresh:
             self._probes[path_id] = probe_rtt  # type: ignore[assignment]
             self.probes += 1
-            ctx = est.probe(probe_rtt, now, idle=idle)  # type: ignore[arg-type]
+            ctx = gen.probe(path_id, probe_rtt, now, idle=idle)  # type: ignore[arg-type]
         elif info is None or not info.srtt_us:
-            ctx = est.update(PathSample(), now)  # loss keeps decaying
-        self.contexts[path_id] = ctx
-        self._sweep(now)
+            ctx = gen.sample(path_id, PathSample(), now)  # loss keeps decaying
+        self.connections.sweep(now)
         return ctx
 
     def path_down(self, path_id: int, now: float) -> None:
-        est = self.estimators.get(path_id)
-        if est is not None:
-            self.contexts[path_id] = est.set_up(False, now)
+        self.paths.set_up(path_id, False, now)
 
     def opened(self, conn_id: int, client: str, dst_port: int, now: float) -> None:
-        self.conns[conn_id] = ConnectionContext(conn_id, client, "up", dst_port, now)
-        self._implicit.pop(conn_id, None)
+        self.connections.opened(conn_id, now, client=client, dst_port=dst_port)
 
     def closed(self, conn_id: int) -> None:
-        self.conns.pop(conn_id, None)
-        self._implicit.pop(conn_id, None)
-
-    def _conn(self, conn_id: int, now: float) -> ConnectionContext:
-        conn = self.conns.get(conn_id)
-        if conn is None:
-            conn = self.conns[conn_id] = ConnectionContext(conn_id, opened=now)
-            self._implicit[conn_id] = now
-        elif conn_id in self._implicit:
-            self._implicit[conn_id] = now
-        return conn
-
-    def _sweep(self, now: float) -> None:
-        """Forget unannounced connections silent for ``FORGET_AFTER`` (nobody closes
-        them); at most once a second."""
-        if now - self._swept < 1.0:
-            return
-        self._swept = now
-        for cid, last in list(self._implicit.items()):
-            if now - last > FORGET_AFTER:
-                del self._implicit[cid]
-                self.conns.pop(cid, None)
+        self.connections.closed(conn_id)
 
     # -- the mux's question ---------------------------------------------------------------
 
     def __call__(
         self, info: MessageInfo, paths: Sequence[PathState], now: float
     ) -> tuple[int, ...]:
-        kind = _KINDS.get(info.kind)
-        if self.policy is None or self.failed or kind is None:
+        kind = info.kind
+        if self.policy is None or self.failed or kind not in _ASKED:
             return lowest_rtt_policy(info, paths, now)
         if kind == CONTROL:
             cands = [p for p in paths if p.up]  # small: goes regardless of room
@@ -178,32 +168,23 @@ class SchedulerPolicy:
             cands = [p for p in cands if p.id not in info.avoid]
         if not cands:
             return ()
-        ctxs = []
+        # feed the generators what the mux knows now, then read the registry
+        gen, lowat = self.paths, self.lowat
         for p in cands:
-            c = self.contexts.get(p.id)
-            if c is None:
-                c = self.contexts[p.id] = PathContext(p.id, srtt=p.srtt, rttvar=p.rttvar)
-            c.up = True
-            c.queued = max(0, self.lowat - p.room)
-            ctxs.append(c)
-        conn = self._conn(info.conn_id, now)
-        backlog = 0
+            if p.id not in gen.contexts:
+                gen.placeholder(p.id, p.srtt, p.rttvar)
+            gen.refresh(p.id, up=True, queued=max(0, lowat - p.room))
+        conns, cid = self.connections, info.conn_id
+        conns.seen(cid, now)
         if kind == DATA:
-            backlog = info.backlog
-            conn.bytes_so_far = max(conn.bytes_so_far, info.seq)
-            if backlog == 0:
-                conn.app_limited_at = now  # this message takes all the application gave
-        msg = SchedMessage(
-            info.conn_id,
-            info.size,
-            kind,
-            offset=info.seq,
-            backlog=backlog,
-            conn=conn,
-            avoid=info.avoid,
-        )
+            conns.carried_to(cid, info.offset)
+            if info.backlog == 0:
+                conns.app_limited(cid, now)  # this message takes all the application gave
+        registry = self.registry
+        ctxs = [registry.get(PATH, p.id) for p in cands]
+        info.conn = registry.get(CONNECTION, cid)
         try:
-            ids = self.policy.decide(msg, ctxs, now)
+            ids = self.policy.decide(info, ctxs, now)
         except Exception:
             log.exception("policy %r failed; using the built-in lowest-RTT rule", self.name)
             self.failed = True

@@ -252,16 +252,16 @@ def test_trained_context_database_feeds_our_policy(tmp_path):
     answers = []
 
     def spy(engine, names):
-        source = feed(engine, names)
-        inner = source._predict
+        lt = feed(engine, names)
+        inner = lt.source._predict
 
         def predict(*a):
             p = inner(*a)
             answers.append(p)
             return p
 
-        source._predict = predict
-        return source
+        lt.source._predict = predict
+        return lt
 
     carriers, _ = scenarios.rail(3, 120)
     scn = Scenario(carriers, workload="bulk", duration=60.0, longterm=spy)
@@ -349,8 +349,8 @@ def test_outage_only_future_feed_reports_no_rates():
     from bench.sim import scenarios
 
     carriers = [fixed("a", 10.0, 0.02, outages=((5.0, 6.0),))]
-    full = scenarios.future_feed(carriers, 10.0)(None, ["a"]).predict("a", 3.0)
-    bare = scenarios.future_feed(carriers, 10.0, rates=False)(None, ["a"]).predict("a", 3.0)
+    full = scenarios.future_feed(carriers, 10.0)(None, ["a"]).source.predict("a", 3.0)
+    bare = scenarios.future_feed(carriers, 10.0, rates=False)(None, ["a"]).source.predict("a", 3.0)
     assert full.p_disconnect == bare.p_disconnect == 1.0  # the outage starts within 3 s
     assert full.throughput_var > 0 and bare.throughput_var == 0.0  # 0: not measured
 

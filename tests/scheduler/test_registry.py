@@ -1,4 +1,4 @@
-"""Generators publish context by type; the scheduler reads it; config wiring."""
+"""Generators publish context by type; the policy reads it; config wiring."""
 
 import pytest
 
@@ -7,13 +7,18 @@ from middlebox.config import ConfigError
 from scheduler.config import SchedulerConfig
 from scheduler.context import MessageInfo
 from scheduler.estimators import PathSample
-from scheduler.generators import CarrierTracker, ConnectionTracker, PathContextGenerator
+from scheduler.generators import (
+    CarrierTracker,
+    ConnectionTracker,
+    Generators,
+    PathContextGenerator,
+)
 from scheduler.longterm import CarrierWindowSource, LongTermPrediction, LongTermSource, StubSource
 from scheduler.policies import get
-from scheduler.registry import CARRIER, CONNECTION, PATH, ContextRegistry, Scheduler
+from scheduler.registry import CARRIER, CONNECTION, PATH, ContextRegistry
 
 
-def test_generators_publish_and_scheduler_reads_paths():
+def test_generators_publish_and_the_policy_reads_paths():
     reg = ContextRegistry()
     paths = PathContextGenerator()
     conns = ConnectionTracker()
@@ -26,13 +31,13 @@ def test_generators_publish_and_scheduler_reads_paths():
         paths.sample(0, PathSample(rtt=0.03, delivery_rate=5e6, loss=0.0), 0.1 * i)
         paths.sample(1, PathSample(rtt=0.09, delivery_rate=1e6, loss=0.0), 0.1 * i)
     assert [p.path_id for p in reg.paths()] == [0, 1]
-    sched = Scheduler(get("context"), reg)
+    pol = get("context")
     conn = conns.opened(5, 0.5, client="p", dst_port=22)
     assert reg.get(CONNECTION, 5) is conn
-    assert sched.decide(MessageInfo(5, 8192, conn=conn), 0.6) == (0,)
+    assert pol.decide(MessageInfo(5, 8192, conn=conn), reg.paths(), 0.6) == (0,)
     paths.sample(0, PathSample(up=False), 0.7)
-    assert sched.decide(MessageInfo(5, 8192, conn=conn), 0.7) == (1,)
-    conns.carried(5, 1000)
+    assert pol.decide(MessageInfo(5, 8192, conn=conn), reg.paths(), 0.7) == (1,)
+    conns.carried_to(5, 1000)
     assert conn.bytes_so_far == 1000 and conn.age(2.0) == 1.5
     assert conn.app_limited_at is None
     conns.app_limited(5, 1.5)
@@ -51,9 +56,6 @@ def test_unknown_kind_is_refused():
 
 
 def test_carrier_context_feeds_the_longterm_adapter():
-    reg = ContextRegistry()
-    carriers = CarrierTracker(window=3)
-    reg.register(carriers)
     calls = []
 
     def predict(carrier, cell, window, now):
@@ -62,18 +64,26 @@ def test_carrier_context_feeds_the_longterm_adapter():
 
     src = CarrierWindowSource(predict)
     assert isinstance(src, LongTermSource) and isinstance(StubSource(), LongTermSource)
-    reg.subscribe(CARRIER, lambda key, ctx: src.observe(ctx))
+    # the one wiring: the tracker registered, the source subscribed to carrier contexts
+    gens = Generators(carriers=CarrierTracker(window=3), longterm=src)
+    reg, carriers = gens.registry, gens.carriers
+    assert reg.producers(CARRIER) == [carriers]
+    assert reg.producers(PATH) == [gens.paths] and reg.producers(CONNECTION) == [gens.connections]
     assert src.predict("a", 0.0) is None  # nothing observed yet
     for i, rsrp in enumerate([-90, -91, -92, -93]):
         carriers.report("a", float(i), cell_id="c1", rsrp=rsrp, position=(52.0, 13.0))
-    carriers.handover("a", 4.0, "request")
     ctx = reg.get(CARRIER, "a")
-    assert ctx.rsrp_window == (-91, -92, -93) and ctx.handover_events == ((4.0, "request"),)
+    assert ctx.rsrp_window == (-91, -92, -93) and ctx.handover_events == ()
     assert src.predict("a", 5.0).confidence == 0.5
     assert calls[-1] == ("a", "c1", (-91, -92, -93), 5.0)
-    carriers.report("a", 6.0, cell_id="c2", rsrp=-80)  # new cell: new window
-    assert reg.get(CARRIER, "a").rsrp_window == (-80,)
-    assert reg.get(CARRIER, "a").position == (52.0, 13.0)
+    # a new cell is a handover; the window is the carrier's and goes on (contextdb's
+    # stored windows span cell changes too)
+    carriers.report("a", 6.0, cell_id="c2", rsrp=-80)
+    ctx = reg.get(CARRIER, "a")
+    assert ctx.rsrp_window == (-92, -93, -80) and ctx.handover_events == ((6.0, "c1->c2"),)
+    assert ctx.position == (52.0, 13.0)
+    src.predict("a", 7.0)
+    assert calls[-1] == ("a", "c2", (-92, -93, -80), 7.0)
 
 
 def test_scheduler_section_in_main_config(tmp_path):

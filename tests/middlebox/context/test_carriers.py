@@ -15,18 +15,20 @@ from contextdb.db import ContextDB
 from contextdb.store import MemoryStore, SqliteStore
 from middlebox.config import CarrierConfig, Config, ContextConfig, GatewayConfig
 from middlebox.context.carriers import (
-    ContextTracker,
     JsonLinesParser,
     PerfMeter,
     Reading,
     ReplaySource,
     load_replay,
+    track,
 )
 from middlebox.context.loop import ContextLoop, _cell_number
 from middlebox.errors import UserError
-from middlebox.session.mux import MessageInfo, PathState
+from middlebox.session.mux import PathState
 from middlebox.session.policy import SchedulerPolicy
 from netns import rail
+from scheduler.context import DATA, MessageInfo
+from scheduler.generators import CarrierTracker
 from scheduler.longterm import LongTermPrediction
 
 CARRIERS = ["rail0", "rail1"]
@@ -126,14 +128,14 @@ def test_cell_number_for_the_wire():
 
 
 def test_tracker_window_holds_rsrp_and_records_cell_changes():
-    tr = ContextTracker(window_s=3)
+    tr = CarrierTracker(window=3)
     for t, cell, rsrp in [(1, "10", -80.0), (2, "10", -81.0), (3, "10", None), (4, "11", -90.0)]:
-        ctx = tr.update(Reading("a", float(t), cell, rsrp, 50.0, 8.0))
+        ctx = track(tr, Reading("a", float(t), cell, rsrp, 50.0, 8.0))
     assert ctx.rsrp_window == (-81.0, -81.0, -90.0)
     assert ctx.cell_id == "11" and ctx.rsrp == -90.0
     assert ctx.handover_events == ((4.0, "10->11"),)
     assert ctx.position == (50.0, 8.0)
-    ctx = tr.update(Reading("a", 5.0, "11", -91.0))  # no position: keep the last one
+    ctx = track(tr, Reading("a", 5.0, "11", -91.0))  # no position: keep the last one
     assert ctx.position == (50.0, 8.0)
 
 
@@ -229,14 +231,14 @@ def test_scheduler_sees_predictions(csvs):
     db = StubDB({"rail0": dataclasses.replace(same, p_disconnect=0.99, expected_gap=3.0),
                  "rail1": same})  # fmt: skip
     loop = ContextLoop(cfg, clock=lambda: 100.0, wall=lambda: 1e9, db=db)
-    pol = SchedulerPolicy(cfg.scheduler, longterm=loop.longterm)
-    assert pol.policy.longterm is loop.longterm
+    pol = SchedulerPolicy(cfg.scheduler, longterm=loop.longterm, carriers=loop.tracker)
+    assert pol.policy.longterm is loop.longterm and pol.carriers is loop.tracker
     end = drive(loop, 8)
     assert db.calls == []  # predictions are asked for by the policy, not by the loop
     paths = [PathState(1, srtt=0.05, room=1 << 20), PathState(2, srtt=0.05, room=1 << 20)]
     for p, c in zip(paths, CARRIERS, strict=True):
         pol.sample(p.id, c, None, end)
-    msg = MessageInfo(conn_id=1, size=4096, kind="data", seq=0)
+    msg = MessageInfo(conn_id=1, size=4096, kind=DATA, offset=0)
     assert pol(msg, paths, end) == (2,)
     blind = SchedulerPolicy(cfg.scheduler)  # the same paths without the database
     for p, c in zip(paths, CARRIERS, strict=True):
@@ -267,7 +269,7 @@ def test_without_database_nothing_reaches_the_scheduler(csvs):
     cfg = gw_config(source="replay", replay_files=csvs)
     loop = ContextLoop(cfg, clock=lambda: 0.0)
     assert loop.longterm is None and loop.ingest is None
-    pol = SchedulerPolicy(cfg.scheduler, longterm=loop.longterm)
+    pol = SchedulerPolicy(cfg.scheduler, longterm=loop.longterm, carriers=loop.tracker)
     assert pol.policy.longterm is None
     drive(loop, 3, start=0.0)
     assert set(loop.tracker.contexts) == set(CARRIERS)  # context is still tracked and shown
@@ -404,8 +406,8 @@ def test_gateway_cli_reports_a_missing_context_file_in_one_line(tmp_path):
 
 def test_context_messages_carry_only_valid_values():
     loop = ContextLoop(gw_config(), clock=lambda: 10.0, wall=lambda: 1000.0)
-    loop.tracker.update(Reading("rail0", 10.0, "123", -250.0, 95.0, 10.0))
-    loop.tracker.update(Reading("rail1", 10.5, "0xff", -80.0, 45.0, 9.0))
+    track(loop.tracker, Reading("rail0", 10.0, "123", -250.0, 95.0, 10.0))
+    track(loop.tracker, Reading("rail1", 10.5, "0xff", -80.0, 45.0, 9.0))
     m0, m1 = loop.messages(11.0)
     assert (m0.cell_id, m0.rsrp_dbm, m0.lat, m0.lon) == (123, None, None, None)
     assert (m1.cell_id, m1.rsrp_dbm, m1.lat, m1.lon) == (255, -80.0, 45.0, 9.0)

@@ -10,7 +10,7 @@ def test_context_reports_reach_the_node_and_its_status(pair, echo, tmp_path):
     """CONTEXT gateway -> node: each carrier's latest report, on its own path, is kept per
     gateway and carrier and shown by ``mpproxy status``."""
     from middlebox import control
-    from middlebox.context.carriers import Reading
+    from middlebox.context.carriers import Reading, track
     from middlebox.context.loop import ContextLoop
 
     node, gw, gw_cfg = pair()
@@ -18,11 +18,11 @@ def test_context_reports_reach_the_node_and_its_status(pair, echo, tmp_path):
     loop = ContextLoop(gw_cfg)
     loop.attach(gw.up)
     now = time.monotonic()
-    loop.tracker.update(Reading("c0", now, "26034", -97.25, 53.3498, -6.2603))
-    loop.tracker.update(Reading("c1", now, "0x1f", None))
+    track(loop.tracker, Reading("c0", now, "26034", -97.25, 53.3498, -6.2603))
+    track(loop.tracker, Reading("c1", now, "0x1f", None))
     assert loop.report(now) == 2
     gw.run_until(lambda: len(node.node.gateways.contexts.get("train-1", {})) == 2, 10)
-    loop.tracker.update(Reading("c0", now + 1, "26035", -99.0, 53.35, -6.26))
+    track(loop.tracker, Reading("c0", now + 1, "26035", -99.0, 53.35, -6.26))
     loop.report(now + 1)
     gw.run_until(lambda: node.node.gateways.contexts["train-1"]["c0"]["reports"] == 2, 10)
     st = control.query(str(tmp_path / "node.sock"))

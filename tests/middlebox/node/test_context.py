@@ -15,7 +15,7 @@ def test_node_downlink_scheduler_gets_predictions_from_context_reports(certs, tm
     from contextdb.traces import read_5g_csv
     from middlebox import control
     from middlebox.config import ContextConfig
-    from middlebox.context.carriers import Reading
+    from middlebox.context.carriers import Reading, track
     from middlebox.context.loop import ContextLoop
     from netns import rail
 
@@ -45,7 +45,7 @@ def test_node_downlink_scheduler_gets_predictions_from_context_reports(certs, tm
         seconds = route.carriers[0].seconds[40:45]
         for s in seconds:  # five reports: the node's RSRP window
             now = time.monotonic()
-            loop.tracker.update(Reading("c0", now, str(s.cell_id), s.rsrp))
+            track(loop.tracker, Reading("c0", now, str(s.cell_id), s.rsrp))
             loop.report(now)
             gw.step()
         gw.run_until(

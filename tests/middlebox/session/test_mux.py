@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from middlebox.session import mux as m
 from middlebox.session import wire
-from middlebox.session.mux import MessageInfo, Mux, MuxParams
+from middlebox.session.mux import Mux, MuxParams
+from scheduler.context import ACK, CONTROL, DATA, REINJECTION, MessageInfo
 
 DT = 0.001
 
@@ -573,11 +574,11 @@ def test_policy_gets_message_info_and_lowest_rtt_default():
     cid = gw.open("10.1.0.5", 40000, "198.51.100.7", 443)
     out = gw.messages_to_send(0.0)
     assert out == [(2, gw.conns[cid].open_msg)]
-    assert seen[0].kind == "control" and seen[0].conn_id == cid
+    assert seen[0].kind == CONTROL and seen[0].conn_id == cid
     paths = [m.PathState(1, srtt=0.01, room=0), m.PathState(2, srtt=0.05, room=100)]
-    assert m.lowest_rtt_policy(MessageInfo(1, "data", 10), paths, 0) == (2,)
-    assert m.lowest_rtt_policy(MessageInfo(1, "ack", 10), paths, 0) == (1,)
-    assert m.lowest_rtt_policy(MessageInfo(1, "retransmit", 10, avoid=(2,)), paths, 0) == ()
+    assert m.lowest_rtt_policy(MessageInfo(1, 10, DATA), paths, 0) == (2,)
+    assert m.lowest_rtt_policy(MessageInfo(1, 10, ACK), paths, 0) == (1,)
+    assert m.lowest_rtt_policy(MessageInfo(1, 10, REINJECTION, avoid=(2,)), paths, 0) == ()
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -8,10 +8,12 @@ import pytest
 
 from middlebox.paths.sockets import TcpInfo
 from middlebox.session import wire
-from middlebox.session.mux import MessageInfo, Mux, MuxParams, PathState
+from middlebox.session.mux import Mux, MuxParams, PathState
 from middlebox.session.policy import SchedulerPolicy
 from scheduler.config import SchedulerConfig
-from scheduler.context import CONTROL, DATA
+from scheduler.context import ACK as ACK_KIND
+from scheduler.context import CONTROL, DATA, REINJECTION, MessageInfo
+from scheduler.registry import CONNECTION, PATH
 
 MSG = 8 << 10
 
@@ -60,11 +62,11 @@ def test_backlog_is_what_waits_behind_and_the_last_message_marks_app_limited():
         assert m.conn is not None and m.conn.client == "10.1.0.5"
     # every message but the last leaves bytes behind: the application was not dry then
     assert all(m.conn.app_limited_at is None for m, _ in seen[:-1])
-    assert seen[-1][0].backlog == 0 and pol.conns[cid].app_limited_at == 1.0
+    assert seen[-1][0].backlog == 0 and pol.registry.get(CONNECTION, cid).app_limited_at == 1.0
     # more from the application later: it ran dry again once that was handed over
     mux.send(cid, bytes(2 * MSG))  # within the peer's initial window
     mux.messages_to_send(2.5)
-    assert pol.conns[cid].app_limited_at == 2.5
+    assert pol.registry.get(CONNECTION, cid).app_limited_at == 2.5
 
 
 def test_a_download_never_dry_is_no_stream_and_a_dry_one_becomes_one():
@@ -82,7 +84,7 @@ def test_a_download_never_dry_is_no_stream_and_a_dry_one_becomes_one():
         mux.messages_to_send(t + k)
     seen = data_seen(spy)
     assert seen and all(m.backlog > 0 for m, _ in seen)
-    assert pol.conns[cid].app_limited_at is None
+    assert pol.registry.get(CONNECTION, cid).app_limited_at is None
     assert pol.policy.inner.classify(*seen[-1])[0] != "stream"
     # the same connection, its application now slower than the paths: a stream
     mux.update_path(1, room=1 << 30)
@@ -104,13 +106,15 @@ def test_a_download_never_dry_is_no_stream_and_a_dry_one_becomes_one():
 def test_connections_the_shell_did_not_announce_get_a_context_and_are_forgotten():
     pol = SchedulerPolicy(SchedulerConfig(policy="context"))
     ps = [PathState(1, True, 0.02, 0.01, 1 << 20)]
-    pol(MessageInfo(9, "data", 1000, 0, backlog=0), ps, 3.0)
-    assert pol.conns[9].opened == 3.0 and pol.conns[9].app_limited_at == 3.0
+    pol(MessageInfo(9, 1000, DATA, offset=0, backlog=0), ps, 3.0)
+    implicit = pol.registry.get(CONNECTION, 9)
+    assert implicit.opened == 3.0 and implicit.app_limited_at == 3.0
     pol.opened(10, "10.1.0.6", 80, 3.0)
     pol.sample(1, "a", None, 3.0 + 60.0)
-    assert 9 in pol.conns  # still within FORGET_AFTER
+    assert pol.registry.get(CONNECTION, 9) is implicit  # still within FORGET_AFTER
     pol.sample(1, "a", None, 3.0 + 200.0)
-    assert 9 not in pol.conns and 10 in pol.conns  # announced ones wait for closed()
+    assert pol.registry.get(CONNECTION, 9) is None  # forgotten
+    assert pol.registry.get(CONNECTION, 10) is not None  # announced ones wait for closed()
 
 
 def tcp_info(**fields):
@@ -122,7 +126,7 @@ def tcp_info(**fields):
 def test_a_probe_reaches_the_estimator_once_and_idle_only_without_data():
     pol = SchedulerPolicy(SchedulerConfig(policy="context"))
     pol.sample(1, "a", tcp_info(), 0.0)
-    est = pol.estimators[1]
+    est = pol.paths.estimators[1]
     calls = []
     real = est.probe
 
@@ -162,17 +166,17 @@ def test_control_messages_go_to_the_policy_on_any_up_path():
     pol.policy = spy = Spy(pol.policy)
     full, down = PathState(1, True, 0.02, 0.01, 0), PathState(2, False, 0.01, 0.01, 1 << 20)
     slow = PathState(3, True, 0.08, 0.01, 1 << 20)
-    ids = pol(MessageInfo(5, "control", 32), [full, down, slow], 1.0)
+    ids = pol(MessageInfo(5, 32, CONTROL), [full, down, slow], 1.0)
     assert spy.seen[-1][0].kind == CONTROL
     assert ids and set(ids) <= {1, 3}  # room does not matter, a down path never
-    assert pol(MessageInfo(5, "control", 32), [full, down], 1.0) == (1,)
+    assert pol(MessageInfo(5, 32, CONTROL), [full, down], 1.0) == (1,)
 
     class Nothing:
         def decide(self, *a):
             return ()
 
     pol.policy = Nothing()
-    assert pol(MessageInfo(5, "control", 32), [full, down, slow], 1.0) == (1,)
+    assert pol(MessageInfo(5, 32, CONTROL), [full, down, slow], 1.0) == (1,)
 
 
 def test_open_is_pinned_to_the_policys_first_choice():
@@ -197,11 +201,11 @@ def test_scheduler_policy_only_names_up_paths_with_room(name):
     pol = SchedulerPolicy(SchedulerConfig(policy=name))
     ps = paths((1, True, 0.02, 0), (2, False, 0.01, 1 << 20), (3, True, 0.05, 1 << 20))
     for seq in range(0, 10 << 14, 1 << 14):
-        assert pol(MessageInfo(7, "data", 16384, seq), ps, 1.0) == (3,)
-    # a retransmission avoids the paths that carried it; none left: wait
-    assert pol(MessageInfo(7, "retransmit", 16384, 0, avoid=(3,)), ps, 1.0) == ()
+        assert pol(MessageInfo(7, 16384, DATA, offset=seq), ps, 1.0) == (3,)
+    # a reinjection avoids the paths that carried it; none left: wait
+    assert pol(MessageInfo(7, 16384, REINJECTION, avoid=(3,)), ps, 1.0) == ()
     # ACKs go back where the data came from, even on a full path
-    assert pol(MessageInfo(7, "ack", 32, prefer=1), ps, 1.0) == (1,)
+    assert pol(MessageInfo(7, 32, ACK_KIND, prefer=1), ps, 1.0) == (1,)
 
 
 def test_scheduler_policy_falls_back_to_builtin_when_the_policy_raises():
@@ -213,7 +217,7 @@ def test_scheduler_policy_falls_back_to_builtin_when_the_policy_raises():
 
     pol.policy = Broken()
     ps = paths((1, True, 0.05, 1 << 20), (2, True, 0.01, 1 << 20))
-    assert pol(MessageInfo(1, "data", 100), ps, 0.0) == (2,) and pol.failed
+    assert pol(MessageInfo(1, 100, DATA), ps, 0.0) == (2,) and pol.failed
 
 
 def test_scheduler_policy_estimators_take_tcp_info_samples():
@@ -227,4 +231,4 @@ def test_scheduler_policy_estimators_take_tcp_info_samples():
     ctx = pol.sample(4, "carrier-a", info, 1.0, probe_rtt=0.03)
     assert ctx.path_id == 4 and abs(ctx.srtt - 0.03) < 1e-9 and ctx.delivery_rate == 2_000_000
     pol.path_down(4, 2.0)
-    assert pol.contexts[4].up is False
+    assert pol.registry.get(PATH, 4).up is False
