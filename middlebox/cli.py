@@ -24,7 +24,7 @@ COMMANDS = [
     "contextdb.cli",
     "netns.cli",
     "bench.cli",
-    "middlebox.gateway.capture",
+    "bench.capture_app",
 ]
 
 log = logging.getLogger("mpproxy")

@@ -144,13 +144,13 @@ def spec_from_args(args: argparse.Namespace) -> TestbedSpec:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from netns.errors import TestbedError
+    from netns.errors import NetnsError
     from netns.topology import Testbed
 
     try:
         tb = Testbed(spec_from_args(args), tid=args.id, die_with_parent=False)
         tb.up()
-    except TestbedError as e:
+    except NetnsError as e:  # the testbed's or its plumbing's
         raise UserError(str(e)) from None
     print(f"testbed {tb.tid} is up")
     for role, name in tb.ns.items():
