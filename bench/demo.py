@@ -51,7 +51,7 @@ STATUS = [
 def run(args: argparse.Namespace) -> int:
     from netns import baselines
     from netns.cli import BUNDLED, DEMO_TRACES
-    from netns.errors import TestbedError
+    from netns.errors import NetnsError
     from netns.topology import CarrierSpec, Testbed, TestbedSpec
 
     out = sys.stdout
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
                     rows.append((label, r, tb.capacity_bps(used, r.start, r.seconds)))
             out.write(f"  {label}: done\n")
             out.flush()
-    except TestbedError as e:
+    except NetnsError as e:  # the testbed's or its plumbing's
         raise UserError(str(e)) from None
     except RuntimeError as e:
         raise UserError(f"demo download failed: {e}") from None
