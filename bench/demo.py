@@ -103,18 +103,25 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     rows = []
     with tempfile.TemporaryDirectory(prefix="mpproxy-demo-") as work:
+        setups = {
+            w: EmuSetup(
+                scenario_for(specs, w, args.seconds),
+                specs,
+                Path(work) / w,
+                LEAD,
+                product_paths(),
+                args.cc,
+            )
+            for w in ("bulk", "upload")
+        }
         try:
             for label, row, workload in plan:
-                scn = scenario_for(specs, workload, args.seconds)
-                setup = EmuSetup(scn, specs, Path(work) / workload, LEAD, product_paths(), args.cc)
-                r = run_row(setup, row)
+                r = run_row(setups[workload], row)
                 rows.append((label, r))
                 out.write(f"  {label}: done\n")
                 out.flush()
         except (TestbedError, EmulationError) as e:
             raise UserError(str(e)) from None
-        except RuntimeError as e:
-            raise UserError(f"demo row failed: {e}") from None
     out.write(f"\n{'path':32s} {'goodput':>10s} {'offered':>10s} {'share':>6s} {'subflows':>8s}\n")
     for label, r in rows:
         s = r.summary

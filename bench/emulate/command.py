@@ -16,7 +16,8 @@ from bench.arguments import build, carrier_arguments, link_arguments
 from middlebox.errors import UserError
 
 DESCRIPTION = (
-    "Run the replay's workloads (bulk, web, cbr, file) for real on the emulated testbed: "
+    "Run the replay's workloads (bulk, web, cbr, file, and upload) for real on the emulated "
+    "testbed: "
     "through the proxy (real gateway and node; one row per scheduler policy), over the best "
     "single carrier and over Linux kernel MPTCP, each row on a fresh testbed over the same "
     "seconds of the traces; --repeat N runs every row on N stretches of the traces and "
@@ -35,7 +36,11 @@ def register(bsub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     carrier_arguments(e)
-    e.add_argument("--workload", default="bulk", help="as for 'bench replay' (docs/replay.md)")
+    e.add_argument(
+        "--workload",
+        default="bulk",
+        help="as for 'bench replay' (docs/replay.md), and upload (client to server)",
+    )
     e.add_argument("--duration", type=float, default=60.0, help="seconds of workload per row")
     e.add_argument("--seed", type=int, default=1)
     e.add_argument(

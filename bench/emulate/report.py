@@ -47,13 +47,17 @@ def _dir(d: str, key: str, scale: float = 1.0) -> Getter:
     return get
 
 
-def _nonzero(key: str) -> Getter:
-    return lambda s: s.get(key) or None
+def _part(key: str, other: str) -> Getter:
+    """A direction's goodput, shown when the workload moves payload both ways."""
+    return lambda s: s.get(key) if s.get(other) else None
 
 
 HEADLINE: tuple[tuple[str, Getter], ...] = (
     METRICS[:1]
-    + (("download Mbit/s", _nonzero("download_mbps")), ("upload Mbit/s", _nonzero("upload_mbps")))
+    + (
+        ("download Mbit/s", _part("download_mbps", "upload_mbps")),
+        ("upload Mbit/s", _part("upload_mbps", "download_mbps")),
+    )
     + METRICS[1:]
     + tuple(
         (f"{label} {d}", _dir(d, key, scale))

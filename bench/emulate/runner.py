@@ -85,6 +85,7 @@ class EmuSetup:
     paths: dict | None = None  # [paths] for node and gateway
     cc: str = "bbr"  # server congestion control (single and MPTCP rows)
     traces: list[tuple[DeliveryTrace, DeliveryTrace]] = field(default_factory=list)
+    _written: dict[int, tuple[CarrierSpec, ...]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not self.traces:
@@ -113,6 +114,8 @@ class EmuSetup:
         """The testbed's carriers for a stretch: the traces from its offset on."""
         if stretch.offset == 0:
             return tuple(self.specs)
+        if stretch.index in self._written:
+            return self._written[stretch.index]
         d = self.workdir / "traces" / f"stretch{stretch.index}"
         d.mkdir(parents=True, exist_ok=True)
         span = stretch.lead + stretch.duration + MARGIN_S
@@ -127,7 +130,8 @@ class EmuSetup:
                 write_mahimahi(st.window(trace, stretch.offset, span), path)
                 files.append(str(path))
             out.append(dataclasses.replace(spec, down=files[0], up=files[1]))
-        return tuple(out)
+        self._written[stretch.index] = tuple(out)
+        return self._written[stretch.index]
 
 
 def played(spec: CarrierSpec) -> tuple[DeliveryTrace, DeliveryTrace]:
@@ -271,13 +275,10 @@ def run_row(
 ) -> RunResult:
     """One row on a fresh testbed over one stretch (default: the traces from their start);
     a :class:`RunResult` like the simulator's, named ``row``."""
-    from bench.proxy_bench import ProxyBed
-
     scn = setup.scn
     stretch = stretch or st.Stretch(0, 0.0, setup.lead, scn.duration)
     names = setup.names
     proxy = row != MPTCP and not row.startswith(SINGLE)
-    policy = row if proxy else None
     carrier = None
     if row.startswith(SINGLE):
         carrier = best_single(scn, stretch.start) if row == BEST else row[len(SINGLE) :]
@@ -289,39 +290,12 @@ def run_row(
     d = setup.workdir / (f"stretch{stretch.index}" if stretch.index else "") / row.replace(":", "-")
     spec = TestbedSpec(carriers=setup.stretch_specs(stretch), clients=len(names))
     wall0 = time.perf_counter()
-    counters = PathCounters(names)
-    with ProxyBed(spec, d, policy=policy, start=False, paths=setup.paths) as bed:
-        tb = bed.tb
-        assert tb.trace_start is not None
-        if proxy:
-            bed.start_node()
-            bed.start_gateway()
-        srv = _start_server(bed, setup.cc)
-        if proxy:
-            # every path, or at least one once the lead is nearly over: a carrier in an
-            # outage at the stretch's start joins when it can, as it would on the road
-            bed.wait_paths(len(names), enough_at=tb.trace_start + stretch.lead - 0.3)
-        start_at = max(tb.trace_start + stretch.lead, time.monotonic() + 0.3)
-        lead = start_at - tb.trace_start
-        out = d / "client.json"
-        argv = [sys.executable, "-m", "bench.emulate.apps", "client"]
-        argv += ["--workload", scn.workload, "--duration", f"{scn.duration:g}"]
-        argv += ["--seed", str(scn.seed), "--server", SERVER_ADDRS[0], "--bind", bind]
-        argv += ["--start-at", repr(start_at), "--paths", str(len(names)), "--out", str(out)]
-        argv += ["--mptcp"] if mptcp else []
-        err = open(d / "client.err", "wb")
-        try:
-            cl = tb.popen("client", argv, stderr=err, cwd=ROOT)
-            watch = _Watch(tb, names, start_at, scn.duration, "down" if down else "up")
-            per_path, marks = watch.run(cl, tick, bed if proxy else None, counters)
-        finally:
-            err.close()
-        if cl.returncode != 0 or not out.exists():
-            raise EmulationError(
-                f"row {row}: client program failed: {(d / 'client.err').read_text()[-1500:]}"
-            )
-        srv.terminate()
-    got = json.loads(out.read_text())
+    try:
+        per_path, marks, lead, got = _run(setup, row, stretch, tick, spec, d, bind, mptcp, down)
+    except RuntimeError as e:  # ProxyBed: a process exited, the paths did not come up
+        if isinstance(e, EmulationError):
+            raise
+        raise EmulationError(f"row {row}: {e}") from None
     rec = recorder_from_json(got["recorder"])
     rec.path_useful = [
         per_path[i] if i in used else [0.0] * len(per_path[i]) for i in range(len(names))
@@ -362,6 +336,58 @@ def run_row(
         [lk.outages for lk in links],
         [capacity_series(lk, scn.duration) for lk in links],
     )
+
+
+def _run(
+    setup: EmuSetup,
+    row: str,
+    stretch: st.Stretch,
+    tick: Callable[[float], None] | None,
+    spec: TestbedSpec,
+    d: Path,
+    bind: str,
+    mptcp: bool,
+    down: bool,
+) -> tuple[list[list[float]], list, float, dict]:
+    """The row's testbed, processes and client; (per-carrier bytes per second, the start
+    and end snapshots of the proxy's counters, the lead it started at, the client's
+    output)."""
+    from bench.proxy_bench import ProxyBed
+
+    scn, names = setup.scn, setup.names
+    proxy = row != MPTCP and not row.startswith(SINGLE)
+    counters = PathCounters(names)
+    with ProxyBed(spec, d, policy=row if proxy else None, start=False, paths=setup.paths) as bed:
+        tb = bed.tb
+        assert tb.trace_start is not None
+        if proxy:
+            bed.start_node()
+            bed.start_gateway()
+        srv = _start_server(bed, setup.cc)
+        if proxy:
+            # every path, or at least one once the lead is nearly over: a carrier in an
+            # outage at the stretch's start joins when it can, as it would on the road
+            bed.wait_paths(len(names), enough_at=tb.trace_start + stretch.lead - 0.3)
+        start_at = max(tb.trace_start + stretch.lead, time.monotonic() + 0.3)
+        out = d / "client.json"
+        argv = [sys.executable, "-m", "bench.emulate.apps", "client"]
+        argv += ["--workload", scn.workload, "--duration", f"{scn.duration:g}"]
+        argv += ["--seed", str(scn.seed), "--server", SERVER_ADDRS[0], "--bind", bind]
+        argv += ["--start-at", repr(start_at), "--paths", str(len(names)), "--out", str(out)]
+        argv += ["--mptcp"] if mptcp else []
+        err = open(d / "client.err", "wb")
+        try:
+            cl = tb.popen("client", argv, stderr=err, cwd=ROOT)
+            watch = _Watch(tb, names, start_at, scn.duration, "down" if down else "up")
+            per_path, marks = watch.run(cl, tick, bed if proxy else None, counters)
+        finally:
+            err.close()
+        if cl.returncode != 0 or not out.exists():
+            raise EmulationError(
+                f"row {row}: client program failed: {(d / 'client.err').read_text()[-1500:]}"
+            )
+        srv.terminate()
+    return per_path, marks, start_at - tb.trace_start, json.loads(out.read_text())
 
 
 def _proxy_totals(rec, dirs: dict) -> None:
