@@ -4,7 +4,8 @@ The :class:`Recorder` is filled during the run (cheap appends and counters); the
 summary functions turn it into numbers a person compares across policies:
 
 * **goodput**: bytes delivered in order to the receiving application, per second and
-  over the run;
+  over the run; the part carried upstream (uploads: client to server) is kept apart too,
+  so a report gives download and upload goodput;
 * **oracle bound**: the integral of the sum of every carrier's instantaneous capacity
   (IP bytes), so a goodput reads as a fraction of what was physically possible;
 * **flow completion time** per size class (request sent to last byte delivered);
@@ -52,6 +53,7 @@ class Recorder:
     n_paths: int
     step: float = 1.0
     goodput: list[float] = field(default_factory=list)  # in-order bytes per step
+    uploaded: list[float] = field(default_factory=list)  # ... of which client to server
     path_useful: list[list[float]] = field(default_factory=list)  # first copies per path
     # (kind, size, start, completion time)
     flows: list[tuple[str, int, float, float]] = field(default_factory=list)
@@ -79,12 +81,17 @@ class Recorder:
     def __post_init__(self) -> None:
         n = int(math.ceil(self.duration / self.step)) + 1
         self.goodput = [0.0] * n
+        self.uploaded = [0.0] * n
         self.path_useful = [[0.0] * n for _ in range(self.n_paths)]
 
-    def delivered(self, t: float, nbytes: int) -> None:
+    def delivered(self, t: float, nbytes: int, up: bool = False) -> None:
+        """``nbytes`` reached a receiving application in order at ``t``; ``up``: the
+        server's, from an upload."""
         i = int(t / self.step)
         if i < len(self.goodput):
             self.goodput[i] += nbytes
+            if up:
+                self.uploaded[i] += nbytes
 
     def useful(self, t: float, path: int, nbytes: int) -> None:
         i = int(t / self.step)
@@ -119,7 +126,9 @@ def summarize(rec: Recorder, oracle_bytes: float, measure_from: float = 0.0) -> 
     span = rec.duration - measure_from
     first = int(measure_from / rec.step)
     delivered = sum(rec.goodput[first:])
+    uploaded = sum(rec.uploaded[first:])
     goodput_mbps = delivered * 8 / span / 1e6 if span > 0 else 0.0
+    upload_mbps = uploaded * 8 / span / 1e6 if span > 0 else 0.0
     oracle_mbps = oracle_bytes * 8 / span / 1e6 if span > 0 else 0.0
     fct: dict[str, dict] = {}
     for name, _ in SIZE_CLASSES:
@@ -132,6 +141,8 @@ def summarize(rec: Recorder, oracle_bytes: float, measure_from: float = 0.0) -> 
     ooo_all = ooo + [0.0] * max(n_msgs - len(ooo), 0)
     return {
         "goodput_mbps": goodput_mbps,
+        "download_mbps": goodput_mbps - upload_mbps,
+        "upload_mbps": upload_mbps,
         "delivered_bytes": delivered,
         "oracle_mbps": oracle_mbps,
         "oracle_fraction": goodput_mbps / oracle_mbps if oracle_mbps > 0 else None,
