@@ -70,6 +70,13 @@ def register(bsub: argparse._SubParsersAction) -> None:
         help="seconds between the stretches' starts (default: duration + 10, or the shortest "
         "varying trace's period / N if the stretches would pass its end)",
     )
+    e.add_argument(
+        "--start",
+        type=float,
+        default=0.0,
+        help="trace second at which the link emulator starts for the first stretch (its "
+        "workload starts --lead seconds later)",
+    )
     e.add_argument("--cc", default="bbr", help="server congestion control (TCP and MPTCP rows)")
     e.add_argument("--calibrate", action="store_true", help="also simulate and compare")
     e.add_argument("--out", default="emulate-report", help="directory for the reports")
@@ -130,6 +137,7 @@ def _command(args: argparse.Namespace) -> str:
         ("--lead", args.lead, 4.0),
         ("--repeat", args.repeat, 1),
         ("--stride", args.stride, None),
+        ("--start", args.start, 0.0),
         ("--cc", args.cc, "bbr"),
     ):
         if value != default:
@@ -169,6 +177,8 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         raise UserError("--lead must be >= 0.5 s")
     if args.repeat < 1 or (args.stride is not None and args.stride <= 0):
         raise UserError("--repeat must be >= 1 and --stride > 0")
+    if not args.start >= 0:
+        raise UserError("--start must be >= 0 (a trace second)")
     args.contextdb, args.future_context, args.config = None, False, None
     scn = build(args)
     n, dur = args.repeat, scn.duration
@@ -177,13 +187,15 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     stride = args.stride
     if stride is None and args.rail is not None:
         stride = stretches.default_stride(dur, n, [])  # the route is made long enough
-    span = args.lead + (n - 1) * stride + dur + MARGIN_S if stride is not None else None
+    span = (
+        args.start + args.lead + (n - 1) * stride + dur + MARGIN_S if stride is not None else None
+    )
     specs, carriers = carrier_specs(args, scn, work / "traces", span)
     scn.carriers = carriers
     setup = EmuSetup(scn, specs, work, lead=args.lead, paths=product_paths(), cc=args.cc)
     if stride is None:
         stride = stretches.default_stride(dur, n, setup.all_periods())
-    plan = stretches.plan(n, args.lead, dur, stride)
+    plan = stretches.plan(n, args.lead, dur, stride, start=args.start)
     todo = rows(args.policies, scn, tuple(s.start for s in plan))
     periods = setup.periods()
     out = sys.stdout

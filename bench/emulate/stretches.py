@@ -3,9 +3,9 @@
 A stretch is one run of every row: the testbed's link emulator starts ``offset`` seconds
 into every trace (the runner hands it the traces from there on), the workload starts
 ``lead`` seconds later, once the proxy's paths are up, and lasts ``duration`` seconds. So
-stretch ``k`` measures trace seconds ``lead + k * stride`` to ``lead + k * stride +
-duration`` (``offset = k * stride``), on every row: comparisons pair rows on the same
-seconds.
+stretch ``k`` measures trace seconds ``start + lead + k * stride`` to that plus ``duration``
+(``offset = start + k * stride``; ``--start`` defaults to 0), on every row: comparisons
+pair rows on the same seconds.
 
 Traces repeat with their own period (a Mahimahi file's last timestamp; the bundled
 T-Mobile and Verizon LTE traces are 140 s long, AT&T's 786 s), so a stretch may wrap
@@ -118,11 +118,14 @@ def default_stride(duration: float, n: int, periods: Sequence[float | None]) -> 
     return round(stride, 3)
 
 
-def plan(n: int, lead: float, duration: float, stride: float) -> list[Stretch]:
-    """The ``n`` stretches: stretch ``k`` starts the emulator at trace second ``k * stride``."""
+def plan(n: int, lead: float, duration: float, stride: float, start: float = 0.0) -> list[Stretch]:
+    """The ``n`` stretches: stretch ``k`` starts the emulator at trace second
+    ``start + k * stride`` (its workload ``lead`` seconds later)."""
     if n < 1:
         raise ValueError("need at least one stretch")
-    return [Stretch(k, round(k * stride, 3), lead, duration) for k in range(n)]
+    if start < 0:
+        raise ValueError("the first stretch cannot start before the traces")
+    return [Stretch(k, round(start + k * stride, 3), lead, duration) for k in range(n)]
 
 
 def window(trace: DeliveryTrace, offset: float, seconds: float) -> DeliveryTrace:

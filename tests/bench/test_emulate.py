@@ -120,6 +120,11 @@ def test_stretch_k_starts_at_lead_plus_k_strides_and_says_which_seconds_it_cover
         "period_s": 100.0,
         "wraps": True,
     }
+    # --start moves every stretch by the same number of trace seconds
+    later = stretches.plan(2, lead=4.0, duration=30.0, stride=40.0, start=400.0)
+    assert [(s.offset, s.start, s.end) for s in later] == [(400, 404, 434), (440, 444, 474)]
+    with pytest.raises(ValueError):
+        stretches.plan(1, lead=4.0, duration=30.0, stride=40.0, start=-1.0)
 
 
 def test_default_stride_is_duration_plus_gap_unless_the_shortest_trace_would_wrap():
