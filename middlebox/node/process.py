@@ -136,6 +136,7 @@ class Node:
             "sessions": sessions,
             "counters": self.counters,
             "handshaking": len(self.gateways.handshaking),
+            "limits": self.gateways.limits(),
         }
 
     def close(self) -> None:

@@ -94,6 +94,8 @@ class MuxParams:
     stall_rtt_factor: float = 3.0  # ... or this many (srtt + 4 rttvar) of its path if longer
     paths_lost_timeout: float = 30.0  # no path up this long: reset every connection
     linger: float = 10.0  # seconds a finished connection answers late duplicates
+    reorder_overhead: int = 512 << 10  # bookkeeping bytes of held out-of-order pieces, per conn
+    max_connections: int = 1 << 22  # node: OPENs beyond it are refused (no resources)
 
 
 @dataclass
