@@ -24,9 +24,11 @@ The node faces the whole Internet, so everything before HELLO is cheap and bound
   any TLS work; when the global cap is full a newcomer from a lighter address takes the
   place of the oldest pending handshake of the heaviest one, so one flooding address (or
   a few) cannot keep a gateway out;
-* ``accept()`` is called at most :data:`ACCEPT_BATCH` times per readiness, and when it
-  fails for want of descriptors or memory the listener is left alone for
-  ``node.accept_backoff`` seconds (the pending connection would make the loop spin);
+* ``accept()`` is called at most :data:`ACCEPT_BATCH` times per readiness; after a batch
+  that hit a cap the listener rests :data:`FLOOD_PAUSE` (a flood is taken in batches,
+  not one loop turn per connection), and when accept() fails for want of descriptors or
+  memory it rests ``node.accept_backoff`` seconds (the queued connection would make the
+  loop spin);
 * refusals and accept failures are counted and logged at most once a minute per kind.
 
 An up path from which nothing arrived for ``paths.user_timeout`` is closed (the gateway
@@ -69,6 +71,7 @@ log = logging.getLogger("mpproxy.node")
 INFO_INTERVAL = 0.2  # seconds between TCP_INFO readings of a path
 MAX_CONTEXT_CARRIERS = 32  # carriers whose CONTEXT a gateway may report (bounds memory)
 ACCEPT_BATCH = 64  # accept() calls per readiness of the listener (the loop serves the rest)
+FLOOD_PAUSE = 0.02  # seconds the listener rests after a batch that hit a handshake cap
 LISTEN_BACKLOG = 1024  # the kernel's queue of connections accept() has not taken yet
 LOG_EVERY = 60.0  # seconds between two warnings of one kind under a flood
 RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -76,19 +79,23 @@ RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.EN
 
 class Throttle:
     """Warnings of one kind at most once per :data:`LOG_EVERY`, saying how many were
-    left out: a flood must not become a flood of log lines."""
+    left out: a flood must not become a flood of log lines (nor of formatting them)."""
 
     def __init__(self) -> None:
         self._last: dict[str, float] = {}
         self._held: dict[str, int] = {}
 
-    def warn(self, kind: str, now: float, msg: str, *args: object) -> None:
+    def due(self, kind: str, now: float) -> bool:
+        """Whether a warning of ``kind`` may be logged now (then call :meth:`warn`)."""
         last = self._last.get(kind)
         if last is not None and now - last < LOG_EVERY:
             self._held[kind] = self._held.get(kind, 0) + 1
-            return
-        held = self._held.pop(kind, 0)
+            return False
         self._last[kind] = now
+        return True
+
+    def warn(self, kind: str, msg: str, *args: object) -> None:
+        held = self._held.pop(kind, 0)
         log.warning(msg + (f" ({held} more like it not logged)" if held else ""), *args)
 
 
@@ -180,6 +187,7 @@ class Gateways:
             "paths_accepted": 0,
             "paths_refused": 0,
             "sessions_replaced": 0,
+            "handshakes_started": 0,  # connections accepted for TLS and HELLO
             "handshakes_rejected": 0,  # closed at accept: a handshake cap was reached
             "handshakes_evicted": 0,  # pending, closed for a newcomer (global cap full)
             "accept_errors": 0,  # accept() failed (EMFILE...): the listener paused
@@ -283,19 +291,20 @@ class Gateways:
     # -- paths ----------------------------------------------------------------------------
 
     def _accept(self, mask: int, now: float) -> None:
+        flooded = False
         for _ in range(ACCEPT_BATCH):
             try:
                 sock, peer = self.listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as e:
                 self._accept_failed(e, now)
                 return
             if not self._admit(peer[0], now):
+                flooded = True
                 self.counters["handshakes_rejected"] += 1
-                self.throttle.warn(
-                    "rejected", now, "path rejected %s", kv(peer=peer[0], why="handshake cap")
-                )
+                if self.throttle.due("rejected", now):
+                    self.throttle.warn("rejected", "path rejected %s (handshake cap)", peer[0])
                 hard_close(sock)  # RST: no TLS work, no TIME-WAIT
                 continue
             self._configure(sock, now)
@@ -310,10 +319,19 @@ class Gateways:
                 max_output=self.cfg.paths.max_output,
             )
             pc.since = now
+            self.counters["handshakes_started"] += 1
             self.handshaking[pc] = now + self.cfg.paths.connect_timeout
             self._source[pc] = peer[0]
             self._per_source[peer[0]] = self._per_source.get(peer[0], 0) + 1
             self._watch(pc)
+        if flooded:
+            # a flood: take the next batch a little later rather than wake the loop for
+            # every connection it makes (a gateway's waits FLOOD_PAUSE in the backlog)
+            self._pause_accepting(now + FLOOD_PAUSE)
+
+    def _pause_accepting(self, until: float) -> None:
+        self._accept_paused = until
+        forget(self.sel, self.listener)
 
     def _accept_failed(self, e: OSError, now: float) -> None:
         """accept() failed. Out of descriptors or memory, the connection stays queued and
@@ -321,11 +339,11 @@ class Gateways:
         self.counters["accept_errors"] += 1
         if e.errno in RESOURCE_ERRORS:
             pause = self.cfg.node.accept_backoff
-            self._accept_paused = now + pause
-            forget(self.sel, self.listener)
-            self.throttle.warn("accept", now, "accept failed, pausing %.2f s: %s", pause, e)
-        else:
-            self.throttle.warn("accept", now, "accept failed: %s", e)
+            self._pause_accepting(now + pause)
+            if self.throttle.due("accept", now):
+                self.throttle.warn("accept", "accept failed, pausing %.2f s: %s", pause, e)
+        elif self.throttle.due("accept", now):
+            self.throttle.warn("accept", "accept failed: %s", e)
 
     def _admit(self, source: str, now: float) -> bool:
         """Whether a new connection from ``source`` may start its handshake (see the
@@ -515,7 +533,8 @@ class Gateways:
         self, pc: PathConn, why: str, reason: wire.CloseReason | None, now: float
     ) -> None:
         self.counters["paths_refused"] += 1
-        self.throttle.warn("refused", now, "path refused %s", kv(peer=pc.label, why=repr(why)))
+        if self.throttle.due("refused", now):
+            self.throttle.warn("refused", "path refused %s", kv(peer=pc.label, why=repr(why)))
         self._unpend(pc)
         forget(self.sel, pc.fd)
         pc.close(reason, why)

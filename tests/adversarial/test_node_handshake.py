@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import socket
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -174,39 +176,69 @@ def test_accept_out_of_descriptors_backs_off_instead_of_spinning():
 def test_flood_of_idle_connections_leaves_a_transfer_and_a_new_session(
     certs, tmp_path, echo, loopback
 ):
-    """Many idle TCP connections to node.listen, from many addresses, held while a
-    gateway's transfer runs: the transfer keeps >= 90 % of its goodput without the flood,
-    and a second gateway brings its session up within a second."""
+    """Many idle TCP connections to node.listen (1000, from 25 addresses), held while a
+    gateway's transfer runs: the transfer keeps >= 90 % of its goodput without the flood
+    (the median of five rounds each, interleaved), and a second gateway brings its session
+    up within a second. The machine is shared and loaded, so wall-clock goodput varies by
+    half from one run to the next; the assertion is on goodput per CPU second of the node's
+    thread (what a flood takes from the node is CPU), the wall-clock figures are printed."""
 
     from middlebox.session import mux as m
 
     node_cfg, gw_cfg = loopback.configs(certs, tmp_path, max_handshakes=256)
+    # the node (a thread of this process) has 600 descriptors to spare: the flood's 1000
+    # connections would take them all if the pending handshakes were not capped
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 600, hard))
     n = loopback.NodeThread(node_cfg)
     port = int(node_cfg.node.listen.rsplit(":", 1)[1])
     gw = loopback.Gateway(gw_cfg)
     flood = None
     try:
         gw.run_until(lambda: gw.paths_up() == 2)
-        data = os.urandom(8 << 20)
+        data = os.urandom(32 << 20)
 
-        def goodput() -> float:
-            t = time.monotonic()
+        node_clock = time.pthread_getcpuclockid(n.t.ident)
+
+        def goodput() -> tuple[float, float]:
+            """Bytes echoed per second of wall clock and per second of the node thread's
+            CPU."""
+            t, cpu = time.monotonic(), time.clock_gettime(node_clock)
             cid = gw.open(echo.port, data)
             gw.run_until(lambda: not gw.mux.pending(cid), 60)
             assert bytes(gw.conns[cid]["got"]) == data
             assert any(isinstance(e, m.Closed) for e in gw.conns[cid]["events"])
-            return 2 * len(data) / (time.monotonic() - t)
+            n = 2 * len(data)
+            return n / (time.monotonic() - t), n / (time.clock_gettime(node_clock) - cpu)
 
-        calm = [goodput(), goodput()]
-        flood = subprocess.Popen(
-            [sys.executable, "-c", FLOOD, str(port), "40", "8"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert flood.stdout.readline().startswith("flooding")
-        wait_for(lambda: len(n.node.gateways.handshaking) >= 200, 10, "the flood")
-        stormy = [goodput(), goodput()]
+        def seen() -> int:
+            c = n.node.gateways.counters
+            return c["handshakes_started"] + c["handshakes_rejected"]
+
+        def start_flood() -> subprocess.Popen:
+            before = seen()
+            p = subprocess.Popen(
+                [sys.executable, "-c", FLOOD, str(port), "40", "25", "3.0"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            assert p.stdout.readline().startswith("flooding")
+            wait_for(lambda: seen() >= before + 1000, 10, "the flood's 1000 connections")
+            time.sleep(0.5)  # its burst settled: what is measured is 1000 idle connections
+            return p
+
+        goodput()  # warm up (windows, message sizes)
+        calm, stormy = [], []
+        for _ in range(5):  # interleaved: the shared machine's load hits both alike
+            calm.append(goodput())
+            flood = start_flood()
+            stormy.append(goodput())
+            flood.kill()
+            flood.wait()
+            flood = None
+            wait_for(lambda: not n.node.gateways.handshaking, 10, "the flood to end")
+        flood = start_flood()
         # a second gateway comes up within a second, the flood still going
         gw2_cfg = loopback.other_gateway(gw_cfg)
         assert len(n.node.gateways.handshaking) >= 200
@@ -218,10 +250,12 @@ def test_flood_of_idle_connections_leaves_a_transfer_and_a_new_session(
         finally:
             g2.close()
         counters = n.node.counters
-        print(f"goodput calm {calm} flood {stormy} B/s; second session up in {took:.3f} s;"
-              f" {counters}")  # fmt: skip
+        print(f"goodput MB/s (wall, per node CPU s): calm {fmt(calm)} flood {fmt(stormy)};"
+              f" second session up in {took:.3f} s; {counters}")  # fmt: skip
         assert took < 1.0
-        assert max(stormy) >= 0.9 * max(calm)
+        assert statistics.median(c for _, c in stormy) >= 0.9 * statistics.median(
+            c for _, c in calm
+        )
         assert counters["handshakes_rejected"] + counters["handshakes_evicted"] > 0
     finally:
         if flood is not None:
@@ -229,14 +263,22 @@ def test_flood_of_idle_connections_leaves_a_transfer_and_a_new_session(
             flood.wait()
         gw.close()
         n.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-# Holds per_source idle connections from each of `sources` addresses 127.0.0.10...; one
-# the node closes is opened again after a pause (an idle flood, not a connect storm).
+def fmt(rates: list[tuple[float, float]]) -> str:
+    return " ".join(f"{w / 1e6:.1f}/{c / 1e6:.1f}" for w, c in rates)
+
+
+# Holds `per` idle connections from each of `sources` addresses 127.0.0.10...; one the
+# node closes is opened again after `pause` seconds (an idle flood, not a connect storm).
 FLOOD = textwrap.dedent(
     """
-    import selectors, socket, sys, time
+    import resource, selectors, socket, sys, time
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # not the node's low limit
     port, per, sources = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    pause = float(sys.argv[4])
     sel = selectors.DefaultSelector()
     def dial(src):
         s = socket.socket(); s.bind((src, 0)); s.setblocking(False)
@@ -255,7 +297,7 @@ FLOOD = textwrap.dedent(
                 gone = True
             if gone:
                 sel.unregister(key.fileobj); key.fileobj.close()
-                again.append((time.monotonic() + 0.2, key.data))
+                again.append((time.monotonic() + pause, key.data))
         now = time.monotonic()
         while again and again[0][0] <= now:
             dial(again.pop(0)[1])
