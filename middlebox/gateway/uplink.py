@@ -42,7 +42,7 @@ from middlebox.paths.conn import (
 from middlebox.paths.sockets import PathOptions, PathSetupError, ReconnectPolicy, open_path_socket
 from middlebox.paths.tls import gateway_context
 from middlebox.session import wire
-from middlebox.session.mux import Mux, Policy
+from middlebox.session.mux import Budget, Mux, Policy
 
 log = logging.getLogger("mpproxy.uplink")
 
@@ -99,7 +99,8 @@ class Uplink:
         self.node_addr = infos[0][4][:2]
         self.family = infos[0][0]
         kw = {"policy": policy} if policy is not None else {}
-        self.mux = Mux("gateway", cfg.mux_params("gateway"), **kw)
+        self.budget = Budget(cfg.gateway.memory_budget)  # the one session: the whole process
+        self.mux = Mux("gateway", cfg.mux_params("gateway"), budget=self.budget, **kw)
         self.policy = policy
         self.slots: dict[int, Slot] = {}
         for carrier in cfg.gateway.carriers:
@@ -368,6 +369,15 @@ class Uplink:
                 }
             )
         return out
+
+    def limits(self) -> dict[str, int | float]:
+        """The gateway's limits on the session toward the node (for ``mpproxy status``)."""
+        return {
+            "memory_budget": self.budget.limit,
+            "max_output": self.cfg.paths.max_output,
+            "silent_timeout": self.cfg.paths.user_timeout,
+            "reorder_overhead": self.cfg.wire.reorder_overhead,
+        }
 
     def close(self, now: float) -> None:
         """Reset every connection toward the node (RST on every path), close the paths."""

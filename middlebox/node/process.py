@@ -124,6 +124,7 @@ class Node:
                     "connections": st["connections"],
                     "counters": st["counters"],
                     "buffered_bytes": sess.relay.buffered(),
+                    "memory": st["memory"],
                     "relays": len(sess.relay.conns),
                     "context": self.gateways.context_status(sess, now),
                 }
@@ -137,6 +138,7 @@ class Node:
             "counters": self.counters,
             "handshaking": len(self.gateways.handshaking),
             "limits": self.gateways.limits(),
+            "memory": self.gateways.budget.status(),
         }
 
     def close(self) -> None:

@@ -63,7 +63,7 @@ from middlebox.paths.conn import (
 from middlebox.paths.sockets import PathOptions, configure
 from middlebox.paths.tls import PeerAuthError, check_gateway_id
 from middlebox.session import wire
-from middlebox.session.mux import Mux
+from middlebox.session.mux import Budget, Mux
 from middlebox.session.policy import SchedulerPolicy
 
 log = logging.getLogger("mpproxy.node")
@@ -174,6 +174,8 @@ class Gateways:
         self.ctx = ctx  # None with tls.plaintext
         self.path_opts = PathOptions.for_node(cfg.paths)
         self.sessions: dict[str, Session] = {}  # by gateway id
+        # what the connections of all sessions may hold, and each session's share
+        self.budget = Budget(cfg.node.memory_budget)
         self.handshaking: dict[PathConn, float] = {}  # path -> deadline for HELLO, oldest first
         self._owners: dict[PathConn, tuple[Session, int]] = {}  # up path -> session, path id
         self._source: dict[PathConn, str] = {}  # pending path -> its peer address
@@ -469,7 +471,7 @@ class Gateways:
             longterm=sctx.longterm if sctx is not None else None,
             carriers=sctx.tracker if sctx is not None else None,
         )
-        mux = Mux("node", params, policy)
+        mux = Mux("node", params, policy, Budget(self.cfg.node.session_memory, self.budget))
         return Session(msg.gateway_id, msg.session, mux, policy, self.new_relay(mux), sctx, now)
 
     def _path_message(self, pc: PathConn, msg: wire.Message, now: float) -> None:
