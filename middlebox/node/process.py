@@ -47,7 +47,7 @@ class Node:
         self.clock = clock
         self.started = clock()
         self.policy = DestinationPolicy.from_config(cfg.node)
-        ctx = node_context(cfg.tls)
+        ctx = node_context(cfg.tls, cfg.node.listen)
         self.sel = selectors.DefaultSelector()
         # contextdb's predictions for the downlink scheduler (read-only: gateways learn)
         self.context_db = (
