@@ -116,6 +116,7 @@ class Gateways:
         self.new_relay = new_relay
         self.context_db = context_db
         self.ctx = ctx  # None with tls.plaintext
+        self.admit: Callable[[str], str | None] = lambda gateway_id: None  # node/admission.py
         self.path_opts = PathOptions.for_node(cfg.paths)
         self.sessions: dict[str, Session] = {}  # by gateway id
         self.handshaking: dict[PathConn, float] = {}  # path -> deadline for HELLO
@@ -262,6 +263,9 @@ class Gateways:
             except (PeerAuthError, ValueError) as e:  # ValueError: no finished handshake
                 self._refuse_path(pc, str(e), wire.CloseReason.AUTH_FAILED)
                 return
+        if (why := self.admit(msg.gateway_id)) is not None:
+            self._refuse_path(pc, why, wire.CloseReason.AUTH_FAILED)
+            return
         sess = self.sessions.get(msg.gateway_id)
         if sess is not None and sess.session != msg.session:
             log.info(
