@@ -56,7 +56,7 @@ class Gateway:
         self.table = EndpointTable(cfg.tcp.params(), buffer_room=cfg.gateway.buffer_bytes)
         self.classifier = Classifier(self.table, self.flows)
         Uplink.check(cfg)  # configuration errors before anything is created
-        gateway_context(cfg.tls)
+        gateway_context(cfg.tls, cfg.gateway.node)
         self.context = ContextLoop(cfg, clock)  # reads context files, opens the database
         self.policy = SchedulerPolicy(
             cfg.scheduler,

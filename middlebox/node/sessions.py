@@ -172,6 +172,7 @@ class Gateways:
         self.new_relay = new_relay
         self.context_db = context_db
         self.ctx = ctx  # None with tls.plaintext
+        self.admit: Callable[[str], str | None] = lambda gateway_id: None  # node/admission.py
         self.path_opts = PathOptions.for_node(cfg.paths)
         self.sessions: dict[str, Session] = {}  # by gateway id
         # what the connections of all sessions may hold, and each session's share
@@ -430,6 +431,9 @@ class Gateways:
             except (PeerAuthError, ValueError) as e:  # ValueError: no finished handshake
                 self._refuse_path(pc, str(e), wire.CloseReason.AUTH_FAILED, now)
                 return
+        if (why := self.admit(msg.gateway_id)) is not None:
+            self._refuse_path(pc, why, wire.CloseReason.AUTH_FAILED, now)
+            return
         sess = self.sessions.get(msg.gateway_id)
         if sess is not None and sess.session != msg.session:
             log.info(

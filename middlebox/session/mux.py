@@ -27,13 +27,15 @@ Per connection and direction (docs/PROTOCOL.md has the messages):
   whatever order the DATA_ACKs arrive in. The window starts at ``buffer_bytes`` and
   doubles, up to ``buffer_max``, whenever more than half of it is held behind a hole
   (bytes that arrived on fast paths while the byte the reader needs next is still on a
-  slow one): the connection then waits on its slowest path, and a larger window lets the
-  others keep sending meanwhile. A reader that is merely slow never makes it grow (its
-  bytes are in order). The sender never sends beyond the highest edge it has seen
-  (before the first DATA_ACK: :data:`INITIAL_WINDOW`), and its buffer bound follows the
-  window the peer advertises. Bytes leave the receive buffer only when the shell takes
-  them with :meth:`Mux.read`, so a slow reader closes the window all the way back to the
-  client's TCP window.
+  slow one) while the reader keeps up (at most a quarter of the window waits unread):
+  the connection then waits on its slowest path, and a larger window lets the others
+  keep sending meanwhile. A reader that is merely slow never makes it grow, and when the
+  reader falls behind a grown window falls back to ``buffer_bytes`` (its edge stops
+  advancing until then). The sender never sends beyond the highest edge it has seen
+  (before the first DATA_ACK: :data:`INITIAL_WINDOW`); it holds ``buffer_bytes``, or
+  while a hole holds the front twice what the peer has acknowledged beyond it. Bytes
+  leave the receive buffer only when the shell takes them with :meth:`Mux.read`, so a
+  slow reader closes the window all the way back to the client's TCP window.
 * **FIN, RST, half-close.** Each direction ends on its own with FIN (stream length,
   retransmitted until acknowledged as one extra sequence number); RST aborts both
   directions and goes out on every path. A connection ends when both FINs are
@@ -328,6 +330,7 @@ class Conn:
         self.sbase = 0  # lowest unacknowledged offset
         self.snd_nxt = 0  # next offset to cut into a new message
         self.peer_edge = INITIAL_WINDOW  # highest ack + window seen
+        self.sack_top = 0  # highest byte the peer acknowledged selectively
         self.inflight: dict[int, _Inflight] = {}
         self.rtx: deque[_Inflight] = deque()
         self.fin_wanted = False
@@ -359,9 +362,11 @@ class Conn:
         return len(self.sbuf)
 
     def send_limit(self, params: MuxParams) -> int:
-        """Bytes the send side may hold: ``buffer_bytes``, or the window the peer
-        advertised if that is larger (its window grew), at most ``buffer_max``."""
-        return min(params.buffer_max, max(params.buffer_bytes, self.peer_edge - self.sbase))
+        """Bytes the send side may hold: ``buffer_bytes``, or while a hole holds the front
+        (the peer acknowledged bytes beyond it selectively) twice the span from the hole
+        to the highest byte acknowledged, at most ``buffer_max``: the sender's side of
+        the window growth (the peer grows its window under the same condition)."""
+        return min(params.buffer_max, max(params.buffer_bytes, 2 * (self.sack_top - self.sbase)))
 
     def held(self) -> int:
         """Bytes this connection holds: send buffer, received and out-of-order data."""
@@ -628,6 +633,10 @@ class Mux:
         conn.consumed += n
         if n:
             self._account(conn)
+        if conn.window > self.params.buffer_bytes and len(conn.rbuf) > conn.window // 4:
+            # the reader, not a hole, holds the connection now: the window falls back
+            # (the advertised edge never moves back, it stops advancing meanwhile)
+            conn.window = max(self.params.buffer_bytes, conn.adv_edge - conn.consumed)
         edge = conn.consumed + conn.window
         opened = edge - conn.adv_edge
         if opened >= conn.window // 4 or (opened > 0 and conn.adv_edge - conn.rcv_nxt < SWS_MIN):
@@ -877,6 +886,7 @@ class Mux:
             self._account(conn)
             if (
                 conn.max_seen - conn.rcv_nxt > conn.window // 2
+                and len(conn.rbuf) <= conn.window // 4
                 and conn.window < self.params.buffer_max
             ):
                 # half the window waits behind a hole: the connection is held by its
@@ -966,6 +976,7 @@ class Mux:
                     covered.append(q)
             for seq in covered:
                 self._acked(conn.inflight.pop(seq), now)
+            conn.sack_top = max(conn.sack_top, max(e for _, e in ranges))
         if conn.rtx:
             conn.rtx = deque(i for i in conn.rtx if i.seq in conn.inflight)
         edge = ack + msg.window

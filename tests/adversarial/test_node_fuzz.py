@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from middlebox.config import Config, NodeConfig, PathConfig, TLSConfig
+from middlebox.node.destpolicy import DestinationPolicy
 from middlebox.node.process import Node
 from middlebox.paths.conn import PathConn
 from middlebox.session import mux as m
@@ -39,12 +40,12 @@ FLOW_BYTES = 256 << 10
 LOCAL = ipaddress.ip_address("127.0.0.1")
 
 
-class OnlyLoopback:
+class OnlyLoopback(DestinationPolicy):
     """The destination policy of this test: loopback only (random OPENs never leave the
     machine)."""
 
-    def refusal(self, dst: ipaddress._BaseAddress) -> str | None:
-        return None if dst == LOCAL else "test: loopback only"
+    def refusal(self, addr) -> str | None:
+        return None if ipaddress.ip_address(addr) == LOCAL else "test: loopback only"
 
 
 class Fuzzer:
@@ -188,7 +189,8 @@ class Harness:
         )
         self.cfg = cfg
         self.node = Node(cfg, control=False)
-        self.node.policy = OnlyLoopback()
+        self.node.policy.close()
+        self.node.policy = OnlyLoopback.make()
         self.g = self.node.gateways
         self.session = self.rng.getrandbits(63)
         self.paths: dict[int, tuple[PathConn, socket.socket, wire.Decoder]] = {}

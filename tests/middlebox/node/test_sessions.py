@@ -141,7 +141,7 @@ def test_a_silent_path_is_closed_after_the_user_timeout(certs, tmp_path, loopbac
     for paths.user_timeout is closed by the node (counted as paths_silent)."""
     node_cfg, gw_cfg = loopback.configs(certs, tmp_path)
     node_cfg = dataclasses.replace(
-        node_cfg, paths=dataclasses.replace(node_cfg.paths, user_timeout=1.0)
+        node_cfg, paths=dataclasses.replace(node_cfg.paths, user_timeout=2.0)
     )
     gw_cfg = dataclasses.replace(
         gw_cfg, paths=dataclasses.replace(gw_cfg.paths, probe_interval=0.1)
@@ -150,13 +150,13 @@ def test_a_silent_path_is_closed_after_the_user_timeout(certs, tmp_path, loopbac
     g = loopback.Gateway(gw_cfg)
     try:
         g.run_until(lambda: g.paths_up() == 2)
-        end = time.monotonic() + 2.0  # alive while the gateway runs (it probes)
+        end = time.monotonic() + 3.0  # alive while the gateway runs (it probes)
         while time.monotonic() < end:
             g.step()
         assert n.node.counters["paths_silent"] == 0
         t = time.monotonic()  # the gateway falls silent (its loop stops)
-        wait_for(lambda: n.node.counters["paths_silent"] == 2, 4, "silent paths closed")
-        assert 0.7 < time.monotonic() - t < 2.5
+        wait_for(lambda: n.node.counters["paths_silent"] == 2, 8, "silent paths closed")
+        assert 1.6 < time.monotonic() - t < 5.0
         assert all(not s["paths"] for s in n.node.status()["sessions"])
     finally:
         g.close()
