@@ -323,6 +323,14 @@ class GatewayConfig:
     control_socket: str = opt(
         "/run/mpproxy/gateway.sock", "Unix socket 'mpproxy status' reads the gateway's state from."
     )
+    memory_budget: int = opt(
+        512 << 20,
+        "Bytes the connections' buffers toward the node may hold at the gateway together "
+        "(received, out-of-order and unacknowledged data). As it fills, new connections get "
+        "smaller windows and windows stop growing; no accepted byte is dropped.",
+        min=1 << 20,
+        max=1 << 40,
+    )
 
 
 @dataclass(frozen=True)
@@ -376,6 +384,50 @@ class NodeConfig:
     control_socket: str = opt(
         "/run/mpproxy/node.sock", "Unix socket 'mpproxy status' reads the node's state from."
     )
+    max_handshakes: int = opt(
+        512,
+        "Paths accepted at once that have not finished TLS and HELLO (each has "
+        "paths.connect_timeout). Beyond it a newcomer takes the place of the oldest pending "
+        "handshake of the address holding the most, or is closed at once, before any TLS work.",
+        min=1,
+        max=1 << 20,
+    )
+    max_handshakes_per_source: int = opt(
+        32,
+        "Pending handshakes from one address; beyond it new connections from that address "
+        "are closed at once.",
+        min=1,
+        max=1 << 20,
+    )
+    accept_backoff: float = opt(
+        0.5,
+        "Seconds the node stops accepting paths after accept() failed for want of "
+        "descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM); counted, logged once a minute.",
+        min=0.01,
+        max=60.0,
+    )
+    session_connections: int = opt(
+        16384,
+        "Connections one gateway session may hold at the node; an OPEN beyond it is answered "
+        "with OPEN_FAIL (no resources), so the gateway resets that client.",
+        min=1,
+        max=1 << 22,
+    )
+    session_memory: int = opt(
+        256 << 20,
+        "Bytes the connections of one gateway session may hold in their buffers at the node "
+        "(received, out-of-order and unacknowledged data). As it fills, new connections get "
+        "smaller windows and windows stop growing; no accepted byte is dropped.",
+        min=1 << 20,
+        max=1 << 40,
+    )
+    memory_budget: int = opt(
+        1 << 30,
+        "Bytes the connection buffers of all sessions may hold at the node together; "
+        "enforced like session_memory.",
+        min=1 << 20,
+        max=1 << 40,
+    )
 
 
 @dataclass(frozen=True)
@@ -420,7 +472,8 @@ class PathConfig:
     user_timeout: float = opt(
         10.0,
         "Seconds sent data may stay unacknowledged before the kernel drops the path "
-        "(TCP_USER_TIMEOUT).",
+        "(TCP_USER_TIMEOUT); also how long a path may stay silent (nothing received) before "
+        "the gateway or the node closes it.",
         min=1.0,
         max=600.0,
     )
@@ -464,6 +517,14 @@ class PathConfig:
         min=1.0,
         max=3600.0,
     )
+    max_output: int = opt(
+        4 << 20,
+        "Bytes a path may hold for its peer beyond notsent_lowat (answers such as PROBE_ACK, "
+        "DATA_ACK and RST that a peer which does not read lets pile up); beyond it the path "
+        "is closed and counted (paths_unread).",
+        min=64 << 10,
+        max=1 << 30,
+    )
 
 
 @dataclass(frozen=True)
@@ -480,6 +541,14 @@ class WireConfig:
         "Target DATA message size in bytes (adapted at run time up to max_payload).",
         min=512,
         max=16 << 20,
+    )
+    reorder_overhead: int = opt(
+        512 << 10,
+        "Bytes of bookkeeping a connection's out-of-order data may cost beyond the data "
+        "itself (each piece held above a hole costs about 200 bytes more than its payload); "
+        "a peer that cuts more holes than this is reset (counted as reorder_overflow).",
+        min=16 << 10,
+        max=1 << 30,
     )
 
 
@@ -664,6 +733,8 @@ class Config:
             max_data=max_data,
             stall_min=self.paths.stall_min,
             paths_lost_timeout=self.paths.lost_timeout,
+            reorder_overhead=self.wire.reorder_overhead,
+            **({"max_connections": self.node.session_connections} if side == "node" else {}),
         )
 
 

@@ -136,6 +136,7 @@ class Gateway:
                     "connections": mux["connections"],
                     "counters": {**mux["counters"], **self.uplink.counters},
                     "buffered_bytes": self.bridge.buffered(),
+                    "memory": mux["memory"],
                     "context": context["carriers"],
                 }
             ],
@@ -156,6 +157,7 @@ class Gateway:
                 "send_errors": shell.stats.send_errors if shell else 0,
             },
             "counters": dict(self.bridge.counters),
+            "limits": self.uplink.limits(),
             "scheduler": {"policy": self.policy.name, "decisions": self.policy.decisions},
         }
 

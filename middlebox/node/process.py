@@ -128,6 +128,7 @@ class Node:
                     "connections": st["connections"],
                     "counters": st["counters"],
                     "buffered_bytes": sess.relay.buffered(),
+                    "memory": st["memory"],
                     "relays": len(sess.relay.conns),
                     "context": self.gateways.context_status(sess, now),
                 }
@@ -142,6 +143,8 @@ class Node:
             "handshaking": len(self.gateways.handshaking),
             "admission": self.admission.status(),
             "destinations": self.policy.status(),
+            "limits": self.gateways.limits(),
+            "memory": self.gateways.budget.status(),
         }
 
     def close(self) -> None:

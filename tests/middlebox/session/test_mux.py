@@ -91,7 +91,7 @@ class Net:
                     self.mux(dst).receive(pid, msg, self.now)
         for side in ("gw", "node"):
             self._app(side)
-        held = sum(len(c.rbuf) + sum(map(len, c.ooo.values())) for c in self.node.conns.values())
+        held = sum(len(c.rbuf) + c.store.data_bytes for c in self.node.conns.values())
         self.max_node_held = max(self.max_node_held, held)
         queued = sum(c.queued_bytes for c in self.gw.conns.values())
         self.max_gw_queued = max(self.max_gw_queued, queued)
@@ -857,7 +857,7 @@ def test_reassembly_property_any_order_overlap_and_duplicates(size, cuts, seed):
         node.receive(1, wire.Data(7, a, data[a:b]), 0.001 * i)
         acks(node, 0.001 * i)  # builds DataAck: raises if ranges were malformed
     assert bytes(node.read(7)) == data
-    assert node.conns[7].sacks == [] and not node.conns[7].ooo
+    assert not node.conns[7].store and node.conns[7].store.data_bytes == 0
 
 
 def test_paths_lost_reset_reaches_the_peer_when_a_path_returns():
