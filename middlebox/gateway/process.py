@@ -53,7 +53,9 @@ class Gateway:
         self.stopping = False
         prefixes = local_prefixes()
         self.flows = FlowTable.from_config(cfg.gateway, prefixes)
-        self.table = EndpointTable(cfg.tcp.params(), buffer_room=cfg.gateway.buffer_bytes)
+        self.table = EndpointTable(
+            cfg.tcp.params(), buffer_room=cfg.gateway.buffer_bytes, auto_accept=True
+        )
         self.classifier = Classifier(self.table, self.flows)
         Uplink.check(cfg)  # configuration errors before anything is created
         gateway_context(cfg.tls)
@@ -146,6 +148,11 @@ class Gateway:
                 **{f"packets_{a.value}": n for a, n in fc.packets.items()},
                 "expired": fc.expired,
                 "overflow": fc.overflow,
+                "evicted": fc.evicted,
+                "source_full": fc.source_full,
+                "source_rate": fc.source_rate,
+                "untracked_packets": fc.untracked,
+                "sources": self.flows.sources(),
                 "bypassed_packets": self.classifier.bypassed,
                 "denied_packets": self.classifier.denied,
             },
