@@ -46,6 +46,7 @@ from middlebox.config import GatewayConfig
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 _CTL = FIN | SYN | RST
+_DECIDED_MAX = 4096
 
 
 class Action(enum.Enum):
@@ -264,6 +265,16 @@ class FlowTable:
             gw.flow_new_per_source,
         )
 
+    @property
+    def rules(self) -> Rules:
+        return self._rules
+
+    @rules.setter
+    def rules(self, rules: Rules) -> None:
+        """New rules (for flows not seen yet); forgets the answers of the old ones."""
+        self._rules = rules
+        self._decided: dict[tuple, Action] = {}  # the rules' answers (see decide)
+
     def __len__(self) -> int:
         return len(self._flows)
 
@@ -297,9 +308,19 @@ class FlowTable:
         return flow.action
 
     def decide(self, key: Hashable) -> Action:
-        """The rules' action for ``key`` without recording anything (an untracked packet)."""
+        """The rules' action for ``key`` without recording a flow (an untracked packet, or
+        a new flow's first). Answers are remembered per (source, destination, port), a
+        few thousand at most: a flood of stray packets to one server pays a dict lookup,
+        not the rules."""
         src, _sport, dst, dport = key  # type: ignore[misc]
-        return self.rules.decide(src, dst, dport)
+        k = (src, dst, dport)
+        action = self._decided.get(k)
+        if action is None:
+            action = self.rules.decide(src, dst, dport)
+            if len(self._decided) >= _DECIDED_MAX:
+                self._decided.clear()
+            self._decided[k] = action
+        return action
 
     def track(self, key: Hashable, action: Action, state: State, now: float) -> bool:
         """Record a flow the caller knows to exist (e.g. a handshake completed with a SYN

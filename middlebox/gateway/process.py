@@ -153,6 +153,7 @@ class Gateway:
                 "source_rate": fc.source_rate,
                 "untracked_packets": fc.untracked,
                 "sources": self.flows.sources(),
+                **self.listener.kernel_counters(),
                 "bypassed_packets": self.classifier.bypassed,
                 "denied_packets": self.classifier.denied,
             },
