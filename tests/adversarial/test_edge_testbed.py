@@ -42,13 +42,19 @@ def quiet(bed):
     return r
 
 
+def unharmed(r: dict, quiet: dict, rate: float) -> dict:
+    """The flood ran at its rate, the download kept 90 % of its goodput without it, and
+    each new connection of the third passenger completed within 1 s."""
+    assert r["flood"]["rate"] > 0.8 * rate, r
+    assert r["goodput_mbit"] >= 0.9 * quiet["goodput_mbit"], (r, quiet)
+    assert all(0 < t < 1.0 for t in r["connect_s"]), r
+    return r["gateway"]
+
+
 @pytest.mark.timeout(120)
 def test_syn_flood_beside_a_download_and_a_new_passenger(bed, quiet):
     r = attacked_download(bed, "syn", 2000, SECONDS)
-    assert r["flood"]["rate"] > 1500, r
-    assert r["goodput_mbit"] >= 0.9 * quiet["goodput_mbit"], (r, quiet)
-    assert all(0 < t < 1.0 for t in r["connect_s"]), r
-    gw = r["gateway"]
+    gw = unharmed(r, quiet, 2000)
     # the kernel drops what is beyond the passenger's SYN rate; what passes fills the
     # passenger's half-open slots and is then answered with cookies
     assert gw["syn_rate_dropped"] > 0 and gw["syn_cookies_sent"] > 0 and gw["half_open"] <= 64, r
@@ -58,10 +64,7 @@ def test_syn_flood_beside_a_download_and_a_new_passenger(bed, quiet):
 @pytest.mark.timeout(120)
 def test_ack_flood_beside_a_download_and_a_new_passenger(bed, quiet):
     r = attacked_download(bed, "ack", 2200, SECONDS)
-    assert r["flood"]["rate"] > 1800, r
-    assert r["goodput_mbit"] >= 0.9 * quiet["goodput_mbit"], (r, quiet)
-    assert all(0 < t < 1.0 for t in r["connect_s"]), r
-    gw = r["gateway"]
+    gw = unharmed(r, quiet, 2200)
     assert gw["untracked_packets"] >= r["flood"]["sent"] * 0.9, r
     before, after = gw["flows_tracked"]
     assert after <= before + len(r["connect_s"]) + 1, r  # the ACKs made no entry
