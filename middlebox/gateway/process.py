@@ -9,8 +9,8 @@ Assembly (each piece is its own module):
   proxied, bypassed, denied or dropped per flow.
 * :class:`~middlebox.gateway.uplink.Uplink` holds the carrier paths and the session's mux.
 * :class:`~middlebox.gateway.bridge.Bridge` joins the endpoint's connections to the mux's:
-  early accept, bytes each way with both buffers bounded, FIN each way on its own, RST
-  both ways.
+  OPEN at the client's completed handshake, bytes each way with both buffers bounded,
+  FIN each way on its own, RST both ways.
 * :class:`~middlebox.context.loop.ContextLoop` measures the carriers, reports their
   context to the node and feeds the scheduler (``[context]``).
 
