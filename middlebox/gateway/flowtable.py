@@ -9,12 +9,14 @@ packet takes the *fast path*: one dict lookup returns the cached action, the idl
 is touched, and only packets carrying SYN, FIN or RST (or the handshake's last ACK) pay
 for a state update.
 
-Only a SYN makes an entry. A packet of no known flow that is not a SYN (a bare ACK, a
-FIN, a RST, data after a gateway restart) gets the rules' action without an entry
-(:meth:`FlowTable.classify` returns None, the caller asks :meth:`FlowTable.decide`), so a
-flood of such packets costs no memory; the user-space endpoint answers them as a host
-would (a rate-limited RST) and the caller records a flow the endpoint turns out to know
-(:meth:`FlowTable.track`, e.g. after a SYN-cookie handshake). New entries are held to
+Only a SYN of a flow the rules let pass (proxied or bypassed) makes an entry; a denied
+or dropped one is answered from the rules and kept nowhere. A packet of no known flow
+that is not a SYN (a bare ACK, a FIN, a RST, data after a gateway restart) gets the
+rules' action without an entry (:meth:`FlowTable.classify` returns None, the caller
+asks :meth:`FlowTable.decide`), so a flood of such packets costs no memory; the
+user-space endpoint answers them as a host would (a rate-limited RST) and the caller
+records a flow the endpoint turns out to know (:meth:`FlowTable.track`, e.g. after a
+SYN-cookie handshake). New entries are held to
 quotas, as HAProxy holds its clients: at most ``max_per_source`` entries and
 ``new_per_source`` new ones per second for each source address, and when the whole table
 is full the oldest entry that is not established (a half-open handshake, a closed flow)
@@ -408,15 +410,20 @@ class FlowTable:
         return len(self._per_source)
 
     def _slow_path(self, key: Hashable, now: float) -> Action:
-        """A SYN of a new flow: the quotas, the rules, a SYN_SEEN entry."""
+        """A SYN of a new flow: the rules, then (for flows that pass) the quotas and a
+        SYN_SEEN entry. A denied or dropped flow keeps nothing: its answer needs no state."""
         self.remove(key)  # a closed flow's tuple used again
+        action = self.decide(key)
+        if action is Action.DENY or action is Action.DROP:
+            self._counters.flows[action] += 1
+            return action
         if not self._room(key[0], now, rate=True):  # type: ignore[index]
             return Action.DROP
-        flow = Flow(key, self.decide(key), State.SYN_SEEN, now)
+        flow = Flow(key, action, State.SYN_SEEN, now)
         flow.packets = 1
         self._add(flow, now)
-        self._counters.flows[flow.action] += 1
-        return flow.action
+        self._counters.flows[action] += 1
+        return action
 
     def _room(self, src: object, now: float, rate: bool) -> bool:
         """Whether a new entry of ``src`` fits its quotas and the table (making room by

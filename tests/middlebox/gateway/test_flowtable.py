@@ -37,6 +37,7 @@ def test_default_rules_proxy_deny_bypass():
     c = t.counters()
     assert c.flows[Action.PROXY] == c.flows[Action.DENY] == c.flows[Action.BYPASS] == 1
     assert c.flows[Action.DROP] == 0
+    assert len(t) == 2  # the denied flow is answered and kept nowhere
 
 
 def test_packed_address_keys_work_like_text():
@@ -133,8 +134,10 @@ def test_rst_closes_and_new_syn_reclassifies():
     assert t.get(k).state is State.CLOSED
     t.rules = Rules.make(deny=[SERVER + "/32"])  # rules changed meanwhile
     assert t.classify(k, SYN, 2) is Action.DENY
-    assert t.get(k).state is State.SYN_SEEN
+    assert t.get(k) is None  # a refused flow keeps no entry: its answer needs none
     assert t.counters().flows[Action.PROXY] == 1 and t.counters().flows[Action.DENY] == 1
+    t.rules = Rules.make()
+    assert t.classify(k, SYN, 3) is Action.PROXY and t.get(k).state is State.SYN_SEEN
 
 
 def test_packets_of_no_flow_that_are_not_a_syn_make_no_entry():
