@@ -287,7 +287,25 @@ class GatewayConfig:
         "bypass lists; the first match decides; no match: deny list, then bypass list, then proxy.",
     )
     flow_table_size: int = opt(
-        65536, "Most flows tracked at once; new flows beyond it are dropped.", min=64, max=1 << 24
+        65536,
+        "Most flows tracked at once. When full, a new flow takes the place of the oldest "
+        "half-open or closed one; only a table full of established flows drops it.",
+        min=64,
+        max=1 << 24,
+    )
+    flow_table_per_source: int = opt(
+        4096,
+        "Most flows tracked at once for one passenger (source address); its new flows "
+        "beyond it are dropped, so one passenger cannot fill the table.",
+        min=1,
+        max=1 << 24,
+    )
+    flow_new_per_source: int = opt(
+        500,
+        "Most new flows (SYNs of new tuples) one passenger may start per second; beyond "
+        "it they are dropped (the client retries), before any endpoint work.",
+        min=1,
+        max=1 << 20,
     )
     flow_timeout_half_open: float = opt(
         30.0, "Seconds a flow may stay idle before its handshake completes.", min=1.0, max=3600.0
@@ -610,6 +628,47 @@ class TcpConfig:
         "Most connections at once; SYNs beyond it are refused with RST.",
         min=1,
         max=1 << 22,
+    )
+    max_connections_per_source: int = opt(
+        _TCP.max_connections_per_source,
+        "Most connections of one passenger (client address) at once; its SYNs beyond it are "
+        "refused with RST.",
+        min=1,
+        max=1 << 22,
+    )
+    max_half_open: int = opt(
+        _TCP.max_half_open,
+        "Most connections whose handshake is not complete (SYN-RECEIVED) at once; SYNs "
+        "beyond it are answered with SYN cookies (no state kept).",
+        min=1,
+        max=1 << 22,
+    )
+    max_half_open_per_source: int = opt(
+        _TCP.max_half_open_per_source,
+        "Most half-open connections of one passenger; its SYNs beyond it get SYN cookies.",
+        min=1,
+        max=1 << 22,
+    )
+    syn_cookies: bool = opt(
+        _TCP.syn_cookies,
+        "Answer SYNs beyond the half-open limits with SYN cookies; false: drop them (the "
+        "client retries). A cookie keeps the MSS (rounded down to 536, 1300, 1440 or 1460), "
+        "window scaling and SACK only with clients that use timestamps.",
+    )
+    rst_rate: int = opt(
+        _TCP.rst_rate,
+        "Most RSTs per second answering segments of no connection (stray ACKs, FINs, data; "
+        "refused SYNs); beyond it they are dropped and counted.",
+        min=1,
+        max=1 << 24,
+    )
+    ofo_memory: int = opt(
+        _TCP.ofo_memory,
+        "Bytes one connection's out-of-order data may hold, counting 96 bytes per stored "
+        "piece and per range besides the payload; out-of-order segments beyond it are "
+        "dropped (the client sends them again). Keep it above gateway.buffer_bytes.",
+        min=64 << 10,
+        max=1 << 30,
     )
     gso: bool = opt(
         _TCP.gso, "Hand segments of up to 64 KiB to the kernel to cut (PACKET_VNET_HDR + GSO)."
