@@ -96,7 +96,7 @@ def test_teardown_on_sigterm_and_parallel_testbeds(state_dir, tmp_path):
         procs[0].send_signal(signal.SIGTERM)
         procs[1].send_signal(signal.SIGINT)  # Ctrl-C
         for p in procs:
-            assert p.wait(20) != 0
+            assert p.wait(60) != 0  # teardown of a testbed takes seconds on a loaded machine
         for i in ids:
             assert not any(plumbing.exists(f"mpp{i}-{s}") for s in ("cl", "gw", "em", "nd", "sv"))
             assert not (state_dir / f"testbed-{i}.json").exists()
