@@ -81,7 +81,7 @@ def test_teardown_on_sigterm_and_parallel_testbeds(state_dir, tmp_path):
         f"spec = TestbedSpec(carriers=(CarrierSpec('10mbit'),))\n"
         f"with Testbed(spec, tid=sys.argv[1], state_dir=Path({str(state_dir)!r})) as tb:\n"
         "    print('up', flush=True)\n"
-        "    time.sleep(60)\n"
+        "    time.sleep(600)\n"  # until signalled (the other testbed may take a minute to come up)
     )
     ids = [tid(), tid()]
     procs = [
