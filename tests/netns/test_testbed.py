@@ -75,7 +75,10 @@ def test_teardown_on_sigterm_and_parallel_testbeds(state_dir, tmp_path):
     """A testbed process stopped by SIGTERM or Ctrl-C still removes everything it made."""
     script = tmp_path / "tb.py"
     script.write_text(
-        "import sys, time\n"
+        "import signal, sys, time\n"
+        # a job started in the background of a shell inherits SIGINT ignored, and Python
+        # then installs no KeyboardInterrupt: give the child the Ctrl-C a terminal gives
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from pathlib import Path\n"
         "from netns.topology import Testbed, TestbedSpec, CarrierSpec\n"
         f"spec = TestbedSpec(carriers=(CarrierSpec('10mbit'),))\n"
