@@ -466,9 +466,10 @@ class PathConfig:
     """Socket options of the carrier paths, on the gateway and on the node."""
 
     notsent_lowat: int = opt(
-        128 << 10,
+        4 << 20,
         "TCP_NOTSENT_LOWAT of a path socket: the most unsent bytes the kernel may hold, so a "
-        "message is committed to a path only shortly before it can leave (see notsent_time).",
+        "message is committed to a path only shortly before it can leave (see notsent_time, "
+        "which sets the level below this bound; the bound only caps very fast carriers).",
         min=4096,
         max=64 << 20,
     )

@@ -458,7 +458,8 @@ class Gateways:
         sess.names[pid] = pc.label
         sess.carriers[pid] = msg.carrier
         pc.write(wire.HelloAck(self.cfg.node.id, pid, max_payload=self.cfg.wire.max_payload))
-        sess.mux.path_up(pid, now)
+        pc.tcp_info()  # the room follows the path's rate from its first message on
+        sess.mux.path_up(pid, now, room=pc.room())
         self.counters["paths_accepted"] += 1
         log.info(
             "path up %s",

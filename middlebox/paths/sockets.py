@@ -49,7 +49,7 @@ class PathOptions:
     interface: str = ""  # empty: not bound to a device
     source: str = ""  # empty: the kernel picks
     congestion_control: str = "bbr"
-    notsent_lowat: int = 128 << 10
+    notsent_lowat: int = 4 << 20
     keepalive_idle: int = 5
     keepalive_interval: int = 2
     keepalive_count: int = 3

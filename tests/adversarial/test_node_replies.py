@@ -37,8 +37,9 @@ def hello_path(gw_cfg, node_cfg, rcvbuf: int = 4096) -> socket.socket:
 def test_a_path_that_never_reads_is_dropped_and_others_go_on(certs, tmp_path, echo, loopback):
     node_cfg, gw_cfg = loopback.configs(certs, tmp_path)
     node_cfg = dataclasses.replace(
-        node_cfg, paths=dataclasses.replace(node_cfg.paths, max_output=64 << 10)
-    )
+        node_cfg,
+        paths=dataclasses.replace(node_cfg.paths, max_output=64 << 10, notsent_lowat=128 << 10),
+    )  # a small bound (notsent_lowat + max_output), reached within the test's time
     gw2_cfg = loopback.other_gateway(gw_cfg)
     n = loopback.NodeThread(node_cfg)
     good = loopback.Gateway(gw2_cfg)
