@@ -80,17 +80,16 @@ def lte(directory: Path | None = None, **kw: float) -> list[Carrier]:
     return [Carrier(n, load_trace(str(base / f)), **kw) for n, f in LTE_TRACES]  # type: ignore[arg-type]
 
 
-def rail(seed: int, duration: float, carriers: int = 3, **kw: float):
-    """Carriers of a synthetic high-speed rail route, and the route itself (for the
-    per-second cell and RSRP context)."""
+def rail(spec: int | str, duration: float, carriers: int = 3, **kw: float):
+    """Carriers of a synthetic high-speed rail route (``SEED``) or of a day on a rail
+    line (``line:SEED:day:N``), and the route itself (for the per-second cell, RSRP and
+    position context)."""
     from netns import rail as railgen
 
     try:
-        route = railgen.generate(
-            railgen.RailParams(seed=seed, carriers=carriers, duration_s=max(1, int(duration)))
-        )
+        route = railgen.route_from_spec(str(spec), max(1, int(duration)), carriers)
     except ValueError as e:
-        raise ScenarioError(f"rail route: {e}") from None
+        raise ScenarioError(str(e) if "rail route" in str(e) else f"rail route: {e}") from None
     out = [
         Carrier(c.name, route.delivery(k, "down"), **kw)  # type: ignore[arg-type]
         for k, c in enumerate(route.carriers)
