@@ -240,6 +240,7 @@ def cmd_rail(args: argparse.Namespace) -> int:
             for k, c in enumerate(route.carriers):
                 path = where / f"{c.name}.csv"
                 rail.write_csv(route, k, path)
+                rail.write_events(route, k, where / f"{c.name}.events")
                 kinds = Counter(h.kind for h in c.handovers)
                 print(
                     f"{path}: {len(c.seconds)} s, {len({s.cell_id for s in c.seconds})} cells, "

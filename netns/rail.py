@@ -644,3 +644,27 @@ def route_from_spec(text: str, duration_s: int = 600, carriers: int = 3) -> Rail
         return generate(RailParams(seed=seed, carriers=carriers, duration_s=duration_s))
     _check_carriers(carriers, LineParams.peak_dl_mbit)
     return _cached_day(seed, carriers, day)
+
+
+EVENT_COLUMNS = ("Seconds", "Kind", "Gap", "FromCell", "ToCell", "Position")
+
+
+def write_events(route: RailRoute, carrier: int, path: str | Path) -> None:
+    """The carrier's disconnections and handovers as the path layer would time them:
+    ``Seconds`` after the run's first row, ``Gap`` seconds, ``Position`` km. The context
+    database reads this file next to the CSV (``rail0.events`` beside ``rail0.csv``)
+    instead of inferring gaps from the one-second rows."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(EVENT_COLUMNS)
+        for h in route.carriers[carrier].handovers:
+            w.writerow(
+                [
+                    round(h.t, 3),
+                    h.kind,
+                    round(h.gap_s, 3),
+                    h.from_cell,
+                    h.to_cell,
+                    round(h.position_km, 4),
+                ]
+            )

@@ -8,6 +8,7 @@ testbed would.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -130,8 +131,12 @@ def contextdb_feed(db_path: str, route, config_path: str | None = None) -> LongT
 
     def feed(engine: Engine, names: Sequence[str]) -> LongTerm:
         tracker = CarrierTracker(window=cfg.window_s)
+        source = CarrierWindowSource(db.predict, db.forecast, cfg.lookahead_s)
+        first = route.carriers[0].seconds if route.carriers else []
 
         def second(now: float, t: int) -> None:
+            if t < len(first) and math.isfinite(first[t].speed_kmh):  # the odometer
+                source.observe_position(first[t].position_km, first[t].speed_kmh)
             for name in names:
                 secs = per_carrier.get(name)
                 if secs is not None and t < len(secs):
@@ -141,7 +146,7 @@ def contextdb_feed(db_path: str, route, config_path: str | None = None) -> LongT
                 engine.at(t + 1.0, second, t + 1)
 
         engine.at(0.0, second, 0)
-        return LongTerm(CarrierWindowSource(db.predict), tracker)
+        return LongTerm(source, tracker)
 
     return feed
 
