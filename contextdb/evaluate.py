@@ -228,12 +228,14 @@ def _score_position(
     for carrier, result in results:
         w = result.windows
         for i in range(len(w)):
-            p, j = _pass_at(result, float(w.t[i]))
             key = (carrier, w.cell[i])
-            if p is None or key not in cell_rate or not np.isfinite(w.last[i]):
-                continue
-            f = db.forecast(carrier, p.direction * p.u[j], p.speed[j], la, p.direction)
+            if key not in cell_rate or not np.isfinite(w.last[i]):
+                continue  # not scored by the cell key either
             c = db.predict(carrier, w.cell[i], w.rsrp[i], float(w.t[i]), float(w.last[i]))
+            p, j = _pass_at(result, float(w.t[i]))
+            f = None
+            if p is not None:  # off the line (no position): no forecast
+                f = db.forecast(carrier, p.direction * p.u[j], p.speed[j], la, p.direction)
             if f is None or c is None:
                 out.no_forecast += 1
                 continue
