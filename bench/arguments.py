@@ -17,13 +17,18 @@ def carrier_arguments(p: argparse.ArgumentParser) -> None:
     """--lte / --rail / --trace (shared by replay and emulate)."""
     src = p.add_argument_group("carriers (one of --lte, --rail, --trace)")
     src.add_argument("--lte", action="store_true", help="the three bundled LTE traces")
-    src.add_argument("--rail", type=int, metavar="SEED", help="a synthetic high-speed rail route")
+    src.add_argument(
+        "--rail",
+        metavar="SEED|line:SEED:day:N",
+        help="a synthetic high-speed rail route (new per seed), or day N on rail line SEED",
+    )
     src.add_argument(
         "--trace",
         action="append",
         default=[],
         metavar="[NAME=]SPEC",
-        help="one carrier per --trace: a Mahimahi file, a 5G CSV, <N>mbit or rail:<seed>:<carrier>",
+        help="one carrier per --trace: a Mahimahi file, a 5G CSV, <N>mbit, rail:<seed>:<carrier> "
+        "or line:<seed>:day:<n>:<carrier>",
     )
 
 
@@ -71,7 +76,9 @@ def build(args: argparse.Namespace):
 
     chosen = sum([bool(args.lte), args.rail is not None, bool(args.trace)])
     if chosen != 1:
-        raise UserError("give exactly one of --lte, --rail SEED, --trace SPEC (repeatable)")
+        raise UserError(
+            "give exactly one of --lte, --rail SEED|line:SEED:day:N, --trace SPEC (repeatable)"
+        )
     if args.duration <= 0 or args.warmup < 0 or args.warmup >= args.duration:
         raise UserError("--duration must be > 0 and --warmup in [0, duration)")
     if args.delay < 0 or not 0 <= args.loss < 1 or args.queue_bytes < 1500:
@@ -89,7 +96,7 @@ def build(args: argparse.Namespace):
             name = "bundled LTE traces"
         elif args.rail is not None:
             carriers, route = scenarios.rail(args.rail, args.duration, **kw)
-            name = f"rail route seed {args.rail}"
+            name = f"rail route {route.spec}"
         else:
             carriers = [scenarios.carrier_from_spec(s, i, **kw) for i, s in enumerate(args.trace)]
             name = "traces"

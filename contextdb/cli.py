@@ -109,6 +109,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="instead of --train/--test: test each run with all the others as training",
     )
     q.add_argument("--k", type=int, help="override contextdb.k")
+    q.add_argument(
+        "--position",
+        action="store_true",
+        help="score the position along the line as a key too (the logs' Position column, "
+        "or their GPS placed on the longest training run's track)",
+    )
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=cmd_evaluate)
 
@@ -169,22 +175,25 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read(paths: list[str], carrier: str | None = None):
+def _read(paths: list[str], carrier: str | None = None, cfg=None):
+    from contextdb.config import ContextDBConfig
     from contextdb.traces import expand_paths, read_5g_csv
 
-    return [read_5g_csv(p, carrier) for p in expand_paths(paths)]
+    cfg = cfg or ContextDBConfig()
+    classes = (cfg.success_max_s, cfg.failure_max_s)
+    return [read_5g_csv(p, carrier, classes) for p in expand_paths(paths)]
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     import time
 
-    runs = _read(args.paths, args.carrier)
+    runs = _read(args.paths, args.carrier, _config(args))
     db = _open(args, readonly=False)
     try:
         start = time.perf_counter()
         rows = 0
         for run in runs:
-            report = db.ingest(run.samples)
+            report = db.ingest(run.samples, run.events)
             rows += run.rows
             missing = ", ".join(f"{k} {v}" for k, v in sorted(run.missing.items())) or "none"
             print(
@@ -288,11 +297,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _leave_one_out(args, cfg)
     if not args.train or not args.test:
         raise ContextDBError(f"evaluate: --train and --test are required ({EXAMPLE_SPLIT})")
-    train = [r.samples for r in _read(args.train)]
-    test = [r.samples for r in _read(args.test)]
-    res = evaluate(train, test, cfg)
+    res = evaluate(_read(args.train, None, cfg), _read(args.test, None, cfg), cfg, args.position)
     if args.json:
-        print(json.dumps(dataclasses.asdict(res), indent=2))
+        out = dataclasses.asdict(res)
+        if res.position is not None:
+            out["position"]["long_gap_share"] = res.position.long_gap_share
+        print(json.dumps(out, indent=2))
         return 0
     print(
         f"train {res.train_windows} windows; test {res.test_windows} windows, {res.scored} "
@@ -308,19 +318,46 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         extra = f"   (confidence >= 0.5, {res.confident} windows: {conf / 1e6:.2f})" if conf else ""
         print(f"  {name:<11} {v / 1e6:7.2f}{extra}")
     print(_brier_line(la, res.brier))
+    if res.position is not None:
+        _print_position(res.position, la)
     return 0
+
+
+def _print_position(pos, la: int) -> None:
+    where = "GPS placed on a reference track" if pos.projected else "odometer"
+    print(
+        f"position as a key ({where}): {pos.scored} windows with a position forecast "
+        f"({pos.no_forecast} without one)"
+    )
+    if not pos.scored:
+        return
+    last = pos.mae_bps["last value"]
+    for name, v in pos.mae_bps.items():
+        print(f"  {name:<14} {v / 1e6:7.2f} Mbit/s  ({v / last:.2f}x last value)")
+    b = pos.brier
+    print(
+        f"  disconnection within {la} s (observed in {b['observed rate']:.1%}), Brier score: "
+        f"position {b['position']:.4f}, contextdb {b['contextdb']:.4f}, cell base rate "
+        f"{b['cell base rate']:.4f}; skill score vs the cell base rate {pos.brier_skill:.2f}"
+    )
+    share = pos.long_gap_share
+    share_s = "-" if math.isnan(share) else f"{share:.0%}"
+    print(
+        f"  dark spells > 2 s: {pos.long_gaps_forecast} of {pos.long_gaps} ({share_s}) "
+        f"forecast {la} s ahead to start within 2 s of when they did"
+    )
 
 
 def _leave_one_out(args: argparse.Namespace, cfg) -> int:
     from contextdb.evaluate import PREDICTORS, evaluate
 
-    runs = _read(args.leave_one_out)
+    runs = _read(args.leave_one_out, None, cfg)
     if len(runs) < 2:
         raise ContextDBError("evaluate: --leave-one-out needs at least two runs")
     folds = {}
     for i, held in enumerate(runs):
-        train = [r.samples for j, r in enumerate(runs) if j != i]
-        folds[held.name] = evaluate(train, [held.samples], cfg)
+        train = [r for j, r in enumerate(runs) if j != i]
+        folds[held.name] = evaluate(train, [held], cfg)
     if args.json:
         print(json.dumps({k: dataclasses.asdict(v) for k, v in folds.items()}, indent=2))
         return 0

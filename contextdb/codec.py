@@ -15,7 +15,7 @@ import numpy as np
 
 from contextdb.errors import ContextDBError
 from contextdb.records import CLASSES, HandoverEvent
-from contextdb.windows import ARRAY_FIELDS, Windows
+from contextdb.windows import ARRAY_FIELDS, OPTIONAL_FIELDS, Windows
 
 
 def encode_chunk(windows: Windows, events: list[HandoverEvent], origin: str = "") -> bytes:
@@ -37,6 +37,8 @@ def decode_chunk(data: bytes, carrier: str, cell: str) -> tuple[Windows, list[Ha
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         n = len(arrays["t"])
+        for k in OPTIONAL_FIELDS:
+            arrays.setdefault(k, np.full(n, np.nan))
         windows = Windows(cell=[cell] * n, **{k: arrays[k] for k in ARRAY_FIELDS})
         events = [
             HandoverEvent(carrier, float(t), cell, to or None, float(g), CLASSES[int(k)])

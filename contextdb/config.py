@@ -84,6 +84,13 @@ class ContextDBConfig:
         min=0.1,
         max=60.0,
     )
+    position_bin_m: float = _opt(
+        50.0,
+        "Length of a position bin along the line, metres: the history of each carrier is "
+        "kept per bin (what it carried there, where it went dark) for position forecasts.",
+        min=5.0,
+        max=5000.0,
+    )
     fleet_url: str = _opt(
         "",
         "Shared fleet store, redis://HOST:PORT[/DB]; empty: the embedded store only.",

@@ -17,6 +17,13 @@ from contextdb.codec import decode_chunk, encode_chunk
 from contextdb.config import ContextDBConfig
 from contextdb.errors import ContextDBError
 from contextdb.index import CellIndex, throughput_coord
+from contextdb.position import (
+    POSITION_CELL,
+    PositionForecast,
+    PositionHistory,
+    decode_passes,
+    encode_passes,
+)
 from contextdb.records import CLASSES, HandoverEvent, Sample
 from contextdb.store import Store
 from contextdb.windows import Windows, process
@@ -64,6 +71,7 @@ class Prediction:
     n_neighbors: int = 0
     nearest_distance: float = math.nan
     now: float = 0.0
+    dark_in_s: float = math.inf  # the cell key does not say when; the position key does
 
 
 @dataclass
@@ -125,6 +133,8 @@ class ContextDB:
         self.cfg = cfg or ContextDBConfig()
         self._cells: dict[tuple[str, str], _Cell] = {}
         self._touched: set[tuple[str, str]] = set()
+        self.positions = PositionHistory(self.cfg.position_bin_m)
+        self._positions_loaded: dict[str, int] = {}  # chunks per carrier in memory
         want = {"format": FORMAT, **{k: getattr(self.cfg, k) for k in META_KEYS}}
         have = store.get_meta()
         if have is None:
@@ -156,6 +166,9 @@ class ContextDB:
         for carrier, result in process(samples, self.cfg, events).items():
             report.counts.update(result.counts)
             self.add(carrier, result.windows, result.events, commit=False)
+            if result.passes:
+                self.store.append(carrier, POSITION_CELL, encode_passes(result.passes, self.origin))
+                self._touched.add((carrier, POSITION_CELL))
             report.windows += len(result.windows)
             report.events.update(e.kind for e in result.events)
         self.commit()
@@ -184,6 +197,9 @@ class ContextDB:
         self.store.commit()
         touched, self._touched = self._touched, set()
         for carrier, cell in sorted(touched):
+            if cell == POSITION_CELL:
+                self._load_positions(carrier)
+                continue
             self._entry(carrier, cell)
             self._load(carrier, cell, self._cells[(carrier, cell)])
 
@@ -205,13 +221,23 @@ class ContextDB:
         entry.index.settle()
         return len(new)
 
+    def _load_positions(self, carrier: str) -> int:
+        start = self._positions_loaded.get(carrier, 0)
+        new = self.store.chunks(carrier, POSITION_CELL, start)
+        for raw in new:
+            self.positions.add(carrier, decode_passes(raw, carrier))
+        self._positions_loaded[carrier] = start + len(new)
+        return len(new)
+
     def refresh(self) -> int:
         """Load every cell and whatever other writers (processes, gateways of the fleet)
         appended since the last call; returns the number of new chunks. Call it off the
         data path, e.g. every few tens of seconds."""
         n = 0
         for carrier, cell in self.store.cells():
-            if (carrier, cell) not in self._cells:
+            if cell == POSITION_CELL:
+                n += self._load_positions(carrier)
+            elif (carrier, cell) not in self._cells:
                 self._entry(carrier, cell)
                 n += self._cells[(carrier, cell)].loaded
             else:
@@ -298,13 +324,39 @@ class ContextDB:
             now=now,
         )
 
+    def forecast(
+        self,
+        carrier: str,
+        pos_km: float,
+        speed_kmh: float,
+        horizon_s: float,
+        direction: int = 1,
+    ) -> PositionForecast | None:
+        """In the next ``horizon_s`` seconds from ``pos_km`` (km along the line) at
+        ``speed_kmh``: when ``carrier`` goes dark, for how long, and what it carries
+        (:class:`contextdb.position.PositionForecast`); None without history there.
+        Memory only, like :meth:`predict`."""
+        return self.positions.forecast(carrier, pos_km, speed_kmh, horizon_s, direction)
+
     # -- statistics ----------------------------------------------------------------------
 
     def stats(self) -> dict:
         """Per carrier and cell: windows, mean look-ahead throughput, handover counts by
         class and gap percentiles. Loads everything."""
         self.refresh()
-        out: dict = {"parameters": {k: getattr(self.cfg, k) for k in META_KEYS}, "carriers": {}}
+        out: dict = {
+            "parameters": {k: getattr(self.cfg, k) for k in META_KEYS},
+            "carriers": {},
+            "positions": {},
+        }
+        for carrier in self.positions.carriers():
+            passes = self.positions.passes(carrier)
+            kinds = Counter(CLASSES[int(k)] for p in passes for k in p.ev_kind)
+            out["positions"][carrier] = {
+                "passes": len(passes),
+                "km": round(sum(float(p.u[-1] - p.u[0]) for p in passes), 3),
+                "handovers": {k: kinds[k] for k in CLASSES},
+            }
         for (carrier, cell), entry in sorted(self._cells.items()):
             perf = entry.index.all_perf()
             kinds = Counter(e.kind for e in entry.events)

@@ -35,7 +35,7 @@ from contextdb.windows import RUN_BREAK_S, cut_windows, detect_events, to_grid
 SETTLE_S = 10.0  # seconds a window waits after its look-ahead before it is stored
 MAX_ABS = 1e15  # any value beyond: unknown (a petabit per second, a million years of RTT)
 MAX_T = 1e11  # seconds since the epoch (the year 5138)
-VALUES = ("rsrp", "lat", "lon", "dl_bps", "rtt", "loss")
+VALUES = ("rsrp", "lat", "lon", "dl_bps", "rtt", "loss", "pos_km", "speed_kmh")
 
 
 def clean(sample: Sample) -> Sample | None:

@@ -25,7 +25,8 @@ class Sample:
 
     ``t`` is seconds since the epoch (the second the sample describes), ``rsrp`` dBm,
     ``dl_bps`` bit/s delivered during that second (``nan``: not measured, e.g. idle),
-    ``rtt`` seconds, ``loss`` fraction 0..1.
+    ``rtt`` seconds, ``loss`` fraction 0..1; ``pos_km`` the vehicle's position along its
+    line (odometer or map-matched GPS, km; ``nan`` when unknown), ``speed_kmh`` its speed.
     """
 
     carrier: str
@@ -37,6 +38,8 @@ class Sample:
     dl_bps: float = NAN
     rtt: float = NAN
     loss: float = NAN
+    pos_km: float = NAN
+    speed_kmh: float = NAN
 
 
 @dataclass(frozen=True, slots=True)

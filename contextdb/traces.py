@@ -1,9 +1,11 @@
 """Reader for the per-second 5G/LTE driving logs (Raca et al., MMSys 2020).
 
-Each file is one drive (a *run*). Rows become :class:`Sample` records; ``-`` and values
-outside physical ranges become ``nan``/``None`` and are counted per column, so a user can
-see how much of a file was usable. A file that is not such a log (missing columns, a
-row of the wrong width, text where a number belongs) is rejected with file and line.
+Each file is one drive (a *run*). Optional columns: ``Speed`` (km/h) and ``Position``
+(km along the line, written by the testbed's rail line generator). Rows become
+:class:`Sample` records; ``-`` and values outside physical ranges become ``nan``/``None``
+and are counted per column, so a user can see how much of a file was usable. A file that
+is not such a log (missing columns, a row of the wrong width, text where a number
+belongs) is rejected with file and line.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contextdb.errors import ContextDBError
-from contextdb.records import NAN, Sample
+from contextdb.records import NAN, HandoverEvent, Sample, classify
 
 REQUIRED = (
     "Timestamp",
@@ -44,6 +46,7 @@ class TraceRun:
     samples: list[Sample]
     rows: int = 0
     missing: Counter = field(default_factory=Counter)
+    events: list[HandoverEvent] | None = None  # exactly timed, from a ``.events`` file
 
 
 def _number(text: str, column: str, where: str, missing: Counter) -> float:
@@ -84,8 +87,19 @@ def _timestamp(text: str, where: str) -> float:
         ) from None
 
 
-def read_5g_csv(path: str | Path, carrier: str | None = None) -> TraceRun:
-    """Read one driving log. ``carrier`` overrides the file's ``Operatorname``."""
+def _optional(row: list[str], col: dict[str, int], name: str, where: str, missing: Counter):
+    """A column some logs have (``Speed`` km/h; ``Position``, km along the line, which the
+    rail generator writes): nan when the log has no such column."""
+    i = col.get(name)
+    return NAN if i is None else _number(row[i], name, where, missing)
+
+
+def read_5g_csv(
+    path: str | Path, carrier: str | None = None, classes: tuple[float, float] = (0.1, 5.0)
+) -> TraceRun:
+    """Read one driving log. ``carrier`` overrides the file's ``Operatorname``. A file
+    ``<name>.events`` beside it holds exactly timed events (:func:`read_events`,
+    classified with ``classes``)."""
     path = Path(path)
     try:
         fh = path.open(newline="", encoding="utf-8")
@@ -129,6 +143,8 @@ def read_5g_csv(path: str | Path, carrier: str | None = None) -> TraceRun:
                 if row[col["State"]] != "D":
                     missing["DL_bitrate (idle)"] += 1
                     dl = NAN
+                pos = _optional(row, col, "Position", where, missing)
+                speed = _optional(row, col, "Speed", where, missing)
                 rtt = _number(row[col["PINGAVG"]], "PINGAVG", where, missing)
                 loss = _number(row[col["PINGLOSS"]], "PINGLOSS", where, missing)
                 run.samples.append(
@@ -142,13 +158,59 @@ def read_5g_csv(path: str | Path, carrier: str | None = None) -> TraceRun:
                         dl_bps=dl * 1000.0,
                         rtt=rtt / 1000.0,
                         loss=loss / 100.0,
+                        pos_km=pos,
+                        speed_kmh=speed,
                     )
                 )
         except (csv.Error, UnicodeDecodeError) as e:
             raise ContextDBError(f"{path}:{reader.line_num}: unreadable row: {e}") from None
     if run.rows == 0:
         raise ContextDBError(f"{path}: no data rows")
+    events_path = path.with_suffix(".events")
+    if events_path.is_file() and run.samples:
+        run.events = read_events(events_path, run.samples[0], classes)
     return run
+
+
+EVENT_COLUMNS = ("Seconds", "Gap", "FromCell", "ToCell")
+
+
+def read_events(
+    path: Path, first: Sample, classes: tuple[float, float] = (0.1, 5.0)
+) -> list[HandoverEvent]:
+    """Disconnections and handovers timed by the source (the testbed's rail generator
+    writes them beside its CSV, like a gateway's path layer times them): ``Seconds``
+    after the log's first row, ``Gap`` seconds, cells. Classified by gap with
+    ``classes`` = (success_max_s, failure_max_s), like the events found in the rows."""
+    try:
+        fh = path.open(newline="", encoding="utf-8")
+    except OSError as e:
+        raise ContextDBError(f"{path}: cannot read: {e.strerror}") from None
+    out = []
+    with fh:
+        reader = csv.reader(fh)
+        header = next(reader, [])
+        absent = [c for c in EVENT_COLUMNS if c not in header]
+        if absent:
+            raise ContextDBError(f"{path}:1: not an events file: missing {', '.join(absent)}")
+        col = {name: i for i, name in enumerate(header)}
+        missing: Counter = Counter()
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if len(row) != len(header):
+                raise ContextDBError(f"{where}: expected {len(header)} fields, found {len(row)}")
+            t = _number(row[col["Seconds"]], "Seconds", where, missing)
+            gap = _number(row[col["Gap"]], "Gap", where, missing)
+            if not (t >= 0 and gap >= 0):
+                raise ContextDBError(f"{where}: Seconds and Gap must be numbers >= 0")
+            kind = classify(gap, *classes)
+            to = row[col["ToCell"]].strip() or None
+            out.append(
+                HandoverEvent(
+                    first.carrier, first.t + t, row[col["FromCell"]].strip(), to, gap, kind
+                )
+            )
+    return out
 
 
 def expand_paths(paths: list[str]) -> list[Path]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from contextdb.config import ContextDBConfig
+from contextdb.position import Pass, split_passes
 from contextdb.records import SUCCESS, HandoverEvent, Sample, classify
 
 RUN_BREAK_S = 300  # a hole this long ends a run: what follows is another drive
@@ -43,6 +44,8 @@ class Grid:
     rtt: np.ndarray
     loss: np.ndarray
     present: np.ndarray
+    pos: np.ndarray  # km along the line, nan unknown
+    speed: np.ndarray  # km/h
 
     def __len__(self) -> int:
         return len(self.cell)
@@ -63,6 +66,13 @@ class Windows:
     gap: np.ndarray  # longest failure/outage starting in the look-ahead, 0 if none
     last: np.ndarray  # bit/s in the window's last second (the "last value" baseline)
     recent_var: np.ndarray  # variance of the bit/s over the window's seconds (short-term)
+    pos: np.ndarray = None  # type: ignore[assignment]  # km along the line at the last second
+    speed: np.ndarray = None  # type: ignore[assignment]  # km/h likewise (nan unknown)
+
+    def __post_init__(self) -> None:
+        for k in OPTIONAL_FIELDS:  # callers that know no position leave them out
+            if getattr(self, k) is None:
+                setattr(self, k, np.full(len(self.cell), np.nan))
 
     def __len__(self) -> int:
         return len(self.cell)
@@ -90,7 +100,21 @@ class Windows:
         )
 
 
-ARRAY_FIELDS = ("t", "lat", "lon", "rsrp", "thr", "rtt", "loss", "gap", "last", "recent_var")
+ARRAY_FIELDS = (
+    "t",
+    "lat",
+    "lon",
+    "rsrp",
+    "thr",
+    "rtt",
+    "loss",
+    "gap",
+    "last",
+    "recent_var",
+    "pos",
+    "speed",
+)
+OPTIONAL_FIELDS = ("pos", "speed")  # absent from chunks written before they existed: nan
 
 
 def empty_windows(width: int) -> Windows:
@@ -103,6 +127,7 @@ class RunResult:
     windows: Windows
     events: list[HandoverEvent]
     counts: Counter = field(default_factory=Counter)
+    passes: list[Pass] = field(default_factory=list)  # runs over a line (position known)
 
 
 def _merge(old: Sample, new: Sample) -> Sample:
@@ -121,6 +146,8 @@ def _merge(old: Sample, new: Sample) -> Sample:
         dl_bps=pick(old.dl_bps, new.dl_bps),
         rtt=pick(old.rtt, new.rtt),
         loss=pick(old.loss, new.loss),
+        pos_km=pick(old.pos_km, new.pos_km),
+        speed_kmh=pick(old.speed_kmh, new.speed_kmh),
     )
 
 
@@ -160,7 +187,7 @@ def to_grid(samples: list[Sample], fill_gap_s: int, counts: Counter | None = Non
             slots[i] = _merge(slots[i], s)
             counts["samples merged"] += 1
     nan = np.full(n, np.nan)
-    rsrp, lat, lon, dl, rtt, loss = (nan.copy() for _ in range(6))
+    rsrp, lat, lon, dl, rtt, loss, pos, speed = (nan.copy() for _ in range(8))
     present = np.zeros(n, dtype=bool)
     cell: list[str | None] = [None] * n
     for i, s in enumerate(slots):
@@ -170,6 +197,7 @@ def to_grid(samples: list[Sample], fill_gap_s: int, counts: Counter | None = Non
         cell[i] = s.cell
         rsrp[i], lat[i], lon[i] = s.rsrp, s.lat, s.lon
         dl[i], rtt[i], loss[i] = s.dl_bps, s.rtt, s.loss
+        pos[i], speed[i] = s.pos_km, s.speed_kmh
     # bridge short holes
     i = 0
     while i < n:
@@ -189,7 +217,7 @@ def to_grid(samples: list[Sample], fill_gap_s: int, counts: Counter | None = Non
         else:
             counts["seconds absent"] += j - i
         i = j
-    return Grid(samples[0].carrier, t0, cell, rsrp, lat, lon, dl, rtt, loss, present)
+    return Grid(samples[0].carrier, t0, cell, rsrp, lat, lon, dl, rtt, loss, present, pos, speed)
 
 
 def detect_events(grid: Grid, cfg: ContextDBConfig) -> list[HandoverEvent]:
@@ -282,6 +310,8 @@ def cut_windows(grid: Grid, events: list[HandoverEvent], cfg: ContextDBConfig) -
         gap=gap,
         last=grid.dl[ends],
         recent_var=_recent_var(grid.dl, ends, w),
+        pos=grid.pos[ends],
+        speed=grid.speed[ends],
     )
 
 
@@ -298,6 +328,13 @@ def _recent_var(dl: np.ndarray, ends: np.ndarray, w: int) -> np.ndarray:
     return out
 
 
+def grid_passes(grid: Grid, events: list[HandoverEvent]) -> list[Pass]:
+    """The passes over the line of one run: seconds absent from the log delivered
+    nothing, like in the windows."""
+    dl = np.where(grid.present, grid.dl, 0.0)
+    return split_passes(float(grid.t0), grid.pos, grid.speed, dl, grid.rtt, grid.loss, events)
+
+
 def process(
     samples: list[Sample], cfg: ContextDBConfig, events: list[HandoverEvent] | None = None
 ) -> dict[str, RunResult]:
@@ -312,7 +349,7 @@ def process(
     out: dict[str, RunResult] = {}
     for carrier, ss in by_carrier.items():
         counts: Counter = Counter()
-        parts, found = [], []
+        parts, found, line_passes = [], [], []
         for run in split_runs(ss):
             grid = to_grid(run, cfg.fill_gap_s, counts)
             if events is None:
@@ -321,9 +358,13 @@ def process(
                 end = grid.t0 + len(grid)
                 ev = [e for e in events if e.carrier == carrier and grid.t0 <= e.t < end]
             wins = cut_windows(grid, ev, cfg)
+            if np.isfinite(grid.pos).any():
+                passes = grid_passes(grid, ev)
+                counts["passes"] += len(passes)
+                line_passes.extend(passes)
             counts["samples"] += len(run)
             counts["windows"] += len(wins)
             parts.append(wins)
             found.extend(ev)
-        out[carrier] = RunResult(Windows.concat(parts, cfg.window_s), found, counts)
+        out[carrier] = RunResult(Windows.concat(parts, cfg.window_s), found, counts, line_passes)
     return out

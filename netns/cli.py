@@ -82,7 +82,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     rl.add_argument("--carriers", type=int, default=3)
     rl.add_argument("--duration", type=int, default=600, help="seconds")
     rl.add_argument("--speed", type=float, default=320.0, help="km/h")
-    rl.add_argument("--out", required=True, help="directory for rail<k>.csv")
+    rl.add_argument(
+        "--line",
+        type=int,
+        metavar="SEED",
+        help="days on rail line SEED instead of a new route (--seed, --duration, --speed "
+        "are then the line's)",
+    )
+    rl.add_argument(
+        "--days", default="1", metavar="A[-B]", help="with --line: days to write (default 1)"
+    )
+    rl.add_argument(
+        "--out", required=True, help="directory for rail<k>.csv (with --line: day<NN>/rail<k>.csv)"
+    )
     rl.set_defaults(func=cmd_rail)
     ex = tsub.add_parser("exec", help="run a command in a namespace of a testbed")
     ex.add_argument("id")
@@ -199,24 +211,41 @@ def cmd_rail(args: argparse.Namespace) -> int:
 
     from netns import rail
 
-    try:
-        params = rail.RailParams(
-            seed=args.seed, carriers=args.carriers, duration_s=args.duration, speed_kmh=args.speed
-        )
-    except ValueError as e:
-        raise TestbedError(str(e)) from None
     out = Path(args.out)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        route = rail.generate(params)
-        for k, c in enumerate(route.carriers):
-            path = out / f"{c.name}.csv"
-            rail.write_csv(route, k, path)
-            kinds = Counter(h.kind for h in c.handovers)
-            print(
-                f"{path}: {len(c.seconds)} s, {len({s.cell_id for s in c.seconds})} cells, "
-                + ", ".join(f"{kinds[x]} {x}" for x in rail.HANDOVER_KINDS)
+        if args.line is not None:
+            a, _, b = args.days.partition("-")
+            if not a.isdigit() or not (b or a).isdigit() or not 1 <= int(a) <= int(b or a):
+                raise TestbedError(f"--days {args.days!r}: expected A or A-B, days from 1")
+            runs = [
+                (
+                    out / f"day{d:02d}",
+                    rail.route_from_spec(f"line:{args.line}:day:{d}", 0, args.carriers),
+                )
+                for d in range(int(a), int(b or a) + 1)
+            ]
+        else:
+            params = rail.RailParams(
+                seed=args.seed,
+                carriers=args.carriers,
+                duration_s=args.duration,
+                speed_kmh=args.speed,
             )
+            runs = [(out, rail.generate(params))]
+    except ValueError as e:
+        raise TestbedError(str(e)) from None
+    try:
+        for where, route in runs:
+            where.mkdir(parents=True, exist_ok=True)
+            for k, c in enumerate(route.carriers):
+                path = where / f"{c.name}.csv"
+                rail.write_csv(route, k, path)
+                rail.write_events(route, k, where / f"{c.name}.events")
+                kinds = Counter(h.kind for h in c.handovers)
+                print(
+                    f"{path}: {len(c.seconds)} s, {len({s.cell_id for s in c.seconds})} cells, "
+                    + ", ".join(f"{kinds[x]} {x}" for x in rail.HANDOVER_KINDS)
+                )
     except OSError as e:
         raise TestbedError(f"cannot write {out}: {e.strerror}") from None
     return 0

@@ -2,9 +2,11 @@
 
 ``<N>mbit`` (fixed rate), a Mahimahi file, ``<file>.csv[:ul=<Mbit/s>]`` (5G drive log;
 its uplink is the one the testbed assumes, :data:`netns.traces.FIVEG_UPLINK_MBIT`) or
-``rail:<seed>:<carrier>`` (synthetic high-speed rail route). It sits above both the trace
-readers (:mod:`netns.traces`) and the rail generator (:mod:`netns.rail`), which builds its
-traces from the readers' records, so neither of the two needs the other's module.
+``rail:<seed>:<carrier>`` (synthetic high-speed rail route, new per seed) or
+``line:<seed>:day:<n>:<carrier>`` (day n on rail line seed: the same line every day).
+It sits above both the trace readers (:mod:`netns.traces`) and the rail generator
+(:mod:`netns.rail`), which builds its traces from the readers' records, so neither of
+the two needs the other's module.
 """
 
 from __future__ import annotations
@@ -28,12 +30,20 @@ def load(spec: str, direction: str = "down") -> DeliveryTrace:
     low = text.lower()
     if low.endswith("mbit") and _is_number(low[:-4]):
         return fixed_rate(float(low[:-4]) * 1e6)
-    if low.startswith("rail:"):
-        parts = text.split(":")
-        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
-            raise TraceError(text, None, "rail trace spec is rail:<seed>:<carrier index>")
-        route = rail.generate(rail.RailParams(seed=int(parts[1])))
-        carrier = int(parts[2])
+    if low.startswith(("rail:", "line:")):
+        head, _, index = text.rpartition(":")
+        try:
+            if not index.isdigit():
+                raise ValueError
+            route = rail.route_from_spec(head)
+        except ValueError:
+            raise TraceError(
+                text,
+                None,
+                "rail trace spec is rail:<seed>:<carrier index> or "
+                f"{rail.LINE_SPEC}:<carrier index>",
+            ) from None
+        carrier = int(index)
         if carrier >= len(route.carriers):
             raise TraceError(text, None, f"route has {len(route.carriers)} carriers")
         return route.delivery(carrier, direction)

@@ -14,15 +14,26 @@ to this interface.
 Units: throughput in bit/s (as contextdb stores it; the policy converts to bytes/s),
 RTT in seconds, loss as a fraction, confidence N/K in 0..1, p_disconnect the probability
 of a disconnection within the look-ahead, expected_gap its expected length in seconds.
+
+Position along the line is the second key. A source with a ``forecast(carrier, pos_km,
+speed_kmh, horizon_s, direction)`` (contextdb's ``ContextDB.forecast``) answers, per
+carrier, when it goes dark in the next seconds and for how long
+(:class:`PositionForecastLike`). :class:`CarrierWindowSource` takes one: it keeps the
+vehicle's latest position and speed (``observe_position``), and its ``predict`` then
+merges both answers (throughput: the MVUE of the cell's and the position's estimates;
+disconnection: the position's, which knows where the tunnels are), while
+``dark(carrier, now, horizon_s)`` hands a policy the position forecast itself.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from scheduler.context import CarrierContext
+from scheduler.fusion import fuse2
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +47,29 @@ class LongTermPrediction:
     confidence: float = 0.0  # 0..1 (N/K)
     p_disconnect: float = 0.0  # 0..1 within the look-ahead
     expected_gap: float = 0.0  # s
+    dark_in_s: float = math.inf  # s until the predicted disconnection (inf: none predicted)
+
+
+class PositionForecastLike(Protocol):
+    """When a carrier goes dark within ``horizon_s`` and for how long (contextdb's
+    ``PositionForecast``): probability, seconds until, seconds dark, capacity meanwhile."""
+
+    horizon_s: float
+    p_dark: float
+    dark_in_s: float
+    dark_for_s: float
+    kind: str
+    throughput_mean: float
+    throughput_var: float
+    rtt_mean: float
+    rtt_var: float
+    loss_mean: float
+    loss_var: float
+    passes: int
+    confidence: float
+
+
+PositionForecaster = Callable[[str, float, float, float, int], PositionForecastLike | None]
 
 
 class PredictionLike(Protocol):
@@ -92,11 +126,17 @@ class CarrierWindowSource:
     """
 
     def __init__(
-        self, predict: Callable[[str, str, Sequence[float], float], PredictionLike | None]
+        self,
+        predict: Callable[[str, str, Sequence[float], float], PredictionLike | None],
+        forecast: PositionForecaster | None = None,
+        horizon_s: float = 5.0,
     ):
         self._predict = predict
+        self._forecast = forecast
+        self.horizon_s = horizon_s
         self._latest: dict[str, CarrierContext] = {}
         self._recent_bps: dict[str, float] = {}
+        self._position: tuple[float, float, int] | None = None  # km, km/h, direction
 
     def observe(self, ctx: CarrierContext) -> None:
         self._latest[ctx.carrier] = ctx
@@ -105,11 +145,63 @@ class CarrierWindowSource:
         """Bits the carrier delivered in its last full second, per second."""
         self._recent_bps[carrier] = bps
 
+    def observe_position(self, pos_km: float, speed_kmh: float, direction: int = 1) -> None:
+        """The vehicle's position along the line (km), speed and direction of travel
+        (+1: the position grows), from the odometer or map-matched GPS."""
+        if math.isfinite(pos_km) and math.isfinite(speed_kmh):
+            self._position = (pos_km, max(0.0, speed_kmh), direction)
+
+    def dark(
+        self, carrier: str, now: float, horizon_s: float | None = None
+    ) -> PositionForecastLike | None:
+        """When ``carrier`` goes dark in the next ``horizon_s`` seconds (default: the
+        source's horizon) and for how long; None without a position or history there."""
+        if self._forecast is None or self._position is None:
+            return None
+        pos, speed, direction = self._position
+        return self._forecast(carrier, pos, speed, horizon_s or self.horizon_s, direction)
+
     def predict(self, carrier: str, now: float) -> PredictionLike | None:
         ctx = self._latest.get(carrier)
-        if ctx is None or not ctx.cell_id:
-            return None
-        recent = self._recent_bps.get(carrier)
-        if recent is None:
-            return self._predict(carrier, ctx.cell_id, ctx.rsrp_window, now)
-        return self._predict(carrier, ctx.cell_id, ctx.rsrp_window, now, recent_dl_bps=recent)
+        cell = None
+        if ctx is not None and ctx.cell_id:
+            recent = self._recent_bps.get(carrier)
+            if recent is None:
+                cell = self._predict(carrier, ctx.cell_id, ctx.rsrp_window, now)
+            else:
+                cell = self._predict(
+                    carrier, ctx.cell_id, ctx.rsrp_window, now, recent_dl_bps=recent
+                )
+        where = self.dark(carrier, now)
+        if where is None:
+            return cell
+        return merge(cell, where)
+
+
+def merge(cell: PredictionLike | None, where: PositionForecastLike) -> LongTermPrediction:
+    """One long-term answer from the cell key's prediction (may be None) and the
+    position key's forecast: each quantity is the MVUE of the two estimates (inverse
+    variance weights); the disconnection is the position's (it knows where the line
+    goes dark), its ``expected_gap`` how long, ``dark_in_s`` when."""
+    thr, thr_var = where.throughput_mean, where.throughput_var
+    rtt, rtt_var = where.rtt_mean, where.rtt_var
+    loss, loss_var = where.loss_mean, where.loss_var
+    confidence = where.confidence
+    if cell is not None:
+        thr, thr_var = fuse2(cell.throughput_mean, cell.throughput_var, thr, thr_var)
+        rtt, rtt_var = fuse2(cell.rtt_mean, cell.rtt_var, rtt, rtt_var)
+        loss, loss_var = fuse2(cell.loss_mean, cell.loss_var, loss, loss_var)
+        confidence = max(confidence, cell.confidence)
+    dark = where.p_dark > 0 and math.isfinite(where.dark_in_s)
+    return LongTermPrediction(
+        throughput_mean=thr,
+        throughput_var=thr_var,
+        rtt_mean=rtt,
+        rtt_var=rtt_var,
+        loss_mean=loss,
+        loss_var=loss_var,
+        confidence=confidence,
+        p_disconnect=where.p_dark,
+        expected_gap=where.dark_for_s if dark else 0.0,
+        dark_in_s=where.dark_in_s if dark else math.inf,
+    )

@@ -185,7 +185,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     work = Path(args.workdir) if args.workdir else out_dir / "work"
     stride = args.stride
-    if stride is None and args.rail is not None:
+    if stride is None and args.rail is not None and not str(args.rail).startswith("line:"):
         stride = stretches.default_stride(dur, n, [])  # the route is made long enough
     span = (
         args.start + args.lead + (n - 1) * stride + dur + MARGIN_S if stride is not None else None

@@ -8,6 +8,7 @@ testbed would.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,17 +81,16 @@ def lte(directory: Path | None = None, **kw: float) -> list[Carrier]:
     return [Carrier(n, load_trace(str(base / f)), **kw) for n, f in LTE_TRACES]  # type: ignore[arg-type]
 
 
-def rail(seed: int, duration: float, carriers: int = 3, **kw: float):
-    """Carriers of a synthetic high-speed rail route, and the route itself (for the
-    per-second cell and RSRP context)."""
+def rail(spec: int | str, duration: float, carriers: int = 3, **kw: float):
+    """Carriers of a synthetic high-speed rail route (``SEED``) or of a day on a rail
+    line (``line:SEED:day:N``), and the route itself (for the per-second cell, RSRP and
+    position context)."""
     from netns import rail as railgen
 
     try:
-        route = railgen.generate(
-            railgen.RailParams(seed=seed, carriers=carriers, duration_s=max(1, int(duration)))
-        )
+        route = railgen.route_from_spec(str(spec), max(1, int(duration)), carriers)
     except ValueError as e:
-        raise ScenarioError(f"rail route: {e}") from None
+        raise ScenarioError(str(e) if "rail route" in str(e) else f"rail route: {e}") from None
     out = [
         Carrier(c.name, route.delivery(k, "down"), **kw)  # type: ignore[arg-type]
         for k, c in enumerate(route.carriers)
@@ -131,8 +131,12 @@ def contextdb_feed(db_path: str, route, config_path: str | None = None) -> LongT
 
     def feed(engine: Engine, names: Sequence[str]) -> LongTerm:
         tracker = CarrierTracker(window=cfg.window_s)
+        source = CarrierWindowSource(db.predict, db.forecast, cfg.lookahead_s)
+        first = route.carriers[0].seconds if route.carriers else []
 
         def second(now: float, t: int) -> None:
+            if t < len(first) and math.isfinite(first[t].speed_kmh):  # the odometer
+                source.observe_position(first[t].position_km, first[t].speed_kmh)
             for name in names:
                 secs = per_carrier.get(name)
                 if secs is not None and t < len(secs):
@@ -142,7 +146,7 @@ def contextdb_feed(db_path: str, route, config_path: str | None = None) -> LongT
                 engine.at(t + 1.0, second, t + 1)
 
         engine.at(0.0, second, 0)
-        return LongTerm(CarrierWindowSource(db.predict), tracker)
+        return LongTerm(source, tracker)
 
     return feed
 

@@ -153,3 +153,16 @@ def test_engine_runs_ties_in_scheduling_order():
     eng.run(2.0)
     assert seen == [(1.0, "a"), (1.0, "b"), (1.0, "c"), (1.0, "d")]
     assert eng.now == 2.0
+
+
+def test_replay_takes_a_day_on_a_rail_line(tmp_path, capsys):
+    out = tmp_path / "rep"
+    args = ["bench", "replay", "--rail", "line:3:day:2", "--duration", "6", "--out", str(out)]
+    assert cli.main([*args, "--workload", "bulk", "--policies", "minrtt", "--no-progress"]) == 0
+    data = json.loads((out / "report.json").read_text())
+    assert data["results"]["minrtt"]["goodput_mbps"] > 0
+    assert "line:3:day:2" in (out / "report.md").read_text()
+    capsys.readouterr()
+    assert cli.main(["bench", "replay", "--rail", "line:3:day:0", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "line:<seed>:day:<n>" in err[0]

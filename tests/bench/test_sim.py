@@ -412,3 +412,37 @@ def test_open_loop_web_offers_the_same_pages_however_fast_they_load(monkeypatch)
     open_slow = pages(0.5, "web:clients=3,think=2,open=1")
     assert open_fast == open_slow  # same start times: the offered load is fixed
     assert len(open_fast) >= len(closed_fast)
+
+
+def test_a_line_day_feeds_position_forecasts_to_the_source(tmp_path):
+    rail = pytest.importorskip("netns.rail")
+    from bench.sim import scenarios
+    from contextdb.config import ContextDBConfig
+    from contextdb.db import ContextDB
+    from contextdb.fleet import open_store
+    from contextdb.traces import read_5g_csv
+
+    yesterday = rail.route_from_spec("line:5:day:1")
+    db_path = tmp_path / "ctx.db"
+    db = ContextDB(open_store(str(db_path), "", "default"), ContextDBConfig(path=str(db_path)))
+    for k, c in enumerate(yesterday.carriers):
+        rail.write_csv(yesterday, k, tmp_path / f"{c.name}.csv")
+        rail.write_events(yesterday, k, tmp_path / f"{c.name}.events")
+        run_ = read_5g_csv(tmp_path / f"{c.name}.csv")
+        db.ingest(run_.samples, run_.events)
+    db.store.close()
+    carriers, today = scenarios.rail("line:5:day:2", 60)
+    feed = scenarios.contextdb_feed(str(db_path), today)
+    seen = []
+
+    def spy(engine, names):
+        lt = feed(engine, names)
+        seen.append(lt.source)
+        return lt
+
+    scn = Scenario(carriers, workload="bulk", duration=60.0, longterm=spy)
+    assert run(scn, "context").summary["goodput_mbps"] > 0
+    source = seen[0]
+    f = source.dark("rail0", 60.0)
+    assert f is not None and f.passes == 1
+    assert source.predict("rail0", 60.0).throughput_mean > 0

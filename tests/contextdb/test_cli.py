@@ -111,3 +111,38 @@ def test_evaluate_leave_one_out_and_argument_errors(capsys, tmp_path):
     assert code == 2 and "--train and --test are required" in err
     code, _, err = run(capsys, "contextdb", "evaluate", "--leave-one-out", str(a))
     assert code == 2 and "at least two runs" in err
+
+
+def _line_days(tmp_path, days):
+    """Days on a short rail line as the testbed writes them (CSV + exactly timed events)."""
+    from netns import rail
+
+    line = rail.make_line(rail.LineParams(seed=3, length_km=12.0))
+    out = []
+    for d in days:
+        where = tmp_path / f"day{d:02d}"
+        where.mkdir()
+        route = rail.line_day(line, d)
+        for k, c in enumerate(route.carriers):
+            rail.write_csv(route, k, where / f"{c.name}.csv")
+            rail.write_events(route, k, where / f"{c.name}.events")
+        out.append(str(where))
+    return out
+
+
+def test_evaluate_on_a_line_with_position_as_a_key(capsys, tmp_path):
+    days = _line_days(tmp_path, range(1, 6))
+    args = ["contextdb", "evaluate", "--position", "--train", *days[:4], "--test", days[4]]
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    assert "position as a key (odometer)" in out
+    assert "skill score vs the cell base rate" in out and "dark spells > 2 s" in out
+    code, out, _ = run(capsys, *args, "--json")
+    pos = json.loads(out)["position"]
+    assert pos["scored"] > 500 and not pos["projected"]
+    assert pos["mae_bps"]["position"] < pos["mae_bps"]["last value"]
+    assert pos["brier"]["position"] < pos["brier"]["cell base rate"]
+    # a broken events file is the user's: one line
+    (tmp_path / "day05" / "rail0.events").write_text("Seconds,Gap,FromCell,ToCell\nx,1,2,3\n")
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "rail0.events:2: column Seconds: not a number" in err

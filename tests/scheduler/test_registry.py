@@ -122,3 +122,59 @@ def test_contextdb_prediction_fits_the_longterm_interface():
     theirs = {f.name for f in dataclasses.fields(db.Prediction)}
     ours = {f.name for f in dataclasses.fields(LongTermPrediction)}
     assert ours <= theirs, ours - theirs
+
+
+def test_position_forecast_merges_into_the_longterm_answer():
+    """With a position, predict() is the MVUE of the cell's and the position's estimates,
+    and the disconnection is the position's; dark() hands a policy the forecast itself."""
+    import math
+    from types import SimpleNamespace
+
+    from scheduler.fusion import fuse2
+
+    def predict(carrier, cell, window, now, recent_dl_bps=None):
+        return LongTermPrediction(
+            throughput_mean=8e6,
+            throughput_var=4e12,
+            rtt_var=math.inf,
+            loss_var=math.inf,
+            confidence=0.5,
+            p_disconnect=0.02,
+        )
+
+    asked = []
+
+    def forecast(carrier, pos_km, speed_kmh, horizon_s, direction):
+        asked.append((carrier, pos_km, speed_kmh, horizon_s, direction))
+        return SimpleNamespace(
+            horizon_s=horizon_s,
+            p_dark=0.9,
+            dark_in_s=3.0,
+            dark_for_s=4.5,
+            kind="outage",
+            throughput_mean=2e6,
+            throughput_var=1e12,
+            rtt_mean=0.05,
+            rtt_var=1e-4,
+            loss_mean=0.01,
+            loss_var=1e-4,
+            passes=10,
+            confidence=0.8,
+        )
+
+    src = CarrierWindowSource(predict, forecast, horizon_s=5.0)
+    carriers = CarrierTracker(window=2)
+    Generators(carriers=carriers, longterm=src)
+    for i in range(3):
+        carriers.report("a", float(i), cell_id="c1", rsrp=-90.0)
+    assert src.predict("a", 3.0).p_disconnect == 0.02  # no position yet: the cell's answer
+    assert src.dark("a", 3.0) is None
+    src.observe_position(12.5, 300.0)
+    p = src.predict("a", 3.0)
+    assert asked[-1] == ("a", 12.5, 300.0, 5.0, 1)
+    assert p.throughput_mean == pytest.approx(fuse2(8e6, 4e12, 2e6, 1e12)[0])
+    assert p.rtt_mean == 0.05  # the cell knew no RTT: the position's
+    assert (p.p_disconnect, p.expected_gap, p.dark_in_s) == (0.9, 4.5, 3.0)
+    assert src.dark("a", 3.0, horizon_s=10.0).dark_in_s == 3.0 and asked[-1][3] == 10.0
+    # a carrier without a cell context still gets the position's answer
+    assert src.predict("b", 3.0).throughput_mean == 2e6
