@@ -1,6 +1,7 @@
 """The cloud node: accepts gateways' carrier paths and talks to the real servers.
 
-One process, one ``selectors`` loop, no threads. Assembly (each piece is its own
+One process, one ``selectors`` loop, no threads but the ``[metrics]`` listener's (it
+reads only the snapshots the loop publishes). Assembly (each piece is its own
 module):
 
 * :class:`~middlebox.node.sessions.Gateways` listens on ``node.listen``, checks each
@@ -29,6 +30,7 @@ from middlebox.node.admission import Admission
 from middlebox.node.destpolicy import DestinationPolicy
 from middlebox.node.relay import Relay
 from middlebox.node.sessions import Gateways, Session
+from middlebox.observe import web
 from middlebox.paths.tls import node_context
 from middlebox.session.mux import Mux
 
@@ -63,6 +65,7 @@ class Node:
         if control:
             self.control = ControlServer(cfg.node.control_socket, self.status)
             self.control.register(self.sel)
+        self.observer = web.start(cfg.metrics, self.status)
         log.info("listening %s", kv(address=cfg.node.listen, tls=ctx is not None))
 
     def _new_relay(self, mux: Mux) -> Relay:
@@ -97,6 +100,8 @@ class Node:
             self._pump(sess, now)
         if self.control is not None:
             self.control.expire(now)
+        if self.observer is not None:
+            self.observer.tick(now)
 
     def _timers(self) -> list[float]:
         times = [self.gateways.next_timer()]
@@ -130,6 +135,11 @@ class Node:
                     "buffered_bytes": sess.relay.buffered(),
                     "memory": st["memory"],
                     "relays": len(sess.relay.conns),
+                    "scheduler": {
+                        "policy": sess.policy.name,
+                        "decisions": sess.policy.decisions,
+                        "duplicated": sess.policy.duplicated,
+                    },
                     "context": self.gateways.context_status(sess, now),
                 }
             )
@@ -156,6 +166,9 @@ class Node:
         self.policy.close()
         if self.control is not None:
             self.control.close()
+        if self.observer is not None:
+            self.observer.close()
+            self.observer = None
         if self.context_db is not None:
             self.context_db.store.close()
             self.context_db = None
