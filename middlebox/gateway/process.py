@@ -182,6 +182,7 @@ class Gateway:
                 "failed": self.policy.failed,
             },
             "clients": by_client(link.key for link in self.bridge.links.values()),
+            **({"metrics": self.observer.status()} if self.observer else {}),
         }
 
     def close(self) -> None:

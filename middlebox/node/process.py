@@ -155,6 +155,7 @@ class Node:
             "destinations": self.policy.status(),
             "limits": self.gateways.limits(),
             "memory": self.gateways.budget.status(),
+            **({"metrics": self.observer.status()} if self.observer else {}),
         }
 
     def close(self) -> None:

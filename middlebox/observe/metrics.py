@@ -550,7 +550,7 @@ def counter_areas(st: dict, role: str, own: str) -> Iterator[tuple[str, str, dic
     for sess in st.get("sessions") or []:
         yield sess.get("gateway", ""), "session", sess.get("counters") or {}
     proc = own if role == "gateway" else ""
-    areas = ("flows", "endpoint", "capture", "counters", "admission", "context")
+    areas = ("flows", "endpoint", "capture", "counters", "admission", "context", "metrics")
     for area in areas:
         d = st.get(area)
         if isinstance(d, dict):

@@ -175,6 +175,11 @@ class Observer:
     def tick(self, now: float) -> None:
         self.publisher.tick(now)
 
+    def status(self) -> dict:
+        """For the status dict: requests served, requests that failed, and the longest
+        time a publication took the loop (ms)."""
+        return {**self.server.counters, "publish_ms_max": round(self.publisher.publish_ms_max, 2)}
+
     def close(self) -> None:
         self.server.close()
 

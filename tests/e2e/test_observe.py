@@ -23,12 +23,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.proxy_bench import ROOT, ProxyBed, _section
+from middlebox import control
 from netns.topology import client_addr
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 CARRIERS = 3  # rail_case's (tests/e2e/conftest.py)
-DOWNLOAD_S = 45
+DOWNLOAD_S = 60
 PAGE_AT_S = 32  # into the download: the context database has windows to draw by then
 LISTEN = "127.0.0.1:9464"
 FETCH = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=20).read().decode())"  # noqa: E501
@@ -103,6 +104,7 @@ def test_metrics_and_status_page_after_a_download(tmp_path, rail_case, download)
         gw = scrape(bed, "gateway", tmp_path / "gateway-metrics.txt")
         node = scrape(bed, "node", tmp_path / "node-metrics.txt")
         gw_log = bed.log("gateway")
+        status_page = control.render(bed.status("gateway"))
 
     # the page: no script error, no console output, carriers and a track drawn
     assert console == [], console
@@ -152,6 +154,10 @@ def test_metrics_and_status_page_after_a_download(tmp_path, rail_case, download)
     }
     assert sum(v for _, v in sent) > 1 << 20  # the node sent the download
     assert [v for _, v in series(node, "mpproxy_sessions")] == [1.0]
+    assert [v for _, v in series(node, "mpproxy_scheduler_decisions", "_total")][0] > 0
+    assert series(node, "mpproxy_scheduler_duplicated_decisions", "_total")
+    served = series(node, "mpproxy_events", "_total")  # the listener's own counters
+    assert any(lab["area"] == "metrics" and lab["event"] == "requests" for lab, _ in served)
     assert {lab["client"] for lab, _ in series(node, "mpproxy_client_connections")} == {"train-1"}
     assert {lab["carrier"] for lab, _ in series(node, "mpproxy_carrier_cell_info")} == {
         f"carrier{k}" for k in range(CARRIERS)
@@ -160,3 +166,5 @@ def test_metrics_and_status_page_after_a_download(tmp_path, rail_case, download)
         lab["limit"] for lab, _ in series(node, "mpproxy_limit_hits", "_total")
     }
     assert "metrics request" not in gw_log  # no request failed in the listener
+    # mpproxy status shows the listener's counters
+    assert re.search(r"metrics: errors=0 publish_ms_max=\S+ requests=[1-9]", status_page)
