@@ -26,6 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from middlebox import observe
 from middlebox.config import Config
 from middlebox.context.loop import ContextLoop
 from middlebox.control import ControlServer
@@ -36,7 +37,6 @@ from middlebox.gateway.flowtable import FlowTable
 from middlebox.gateway.listener import Listener, local_prefixes
 from middlebox.gateway.uplink import Uplink
 from middlebox.logs import kv
-from middlebox.observe import web
 from middlebox.paths.tls import gateway_context
 from middlebox.session.policy import SchedulerPolicy
 from middlebox.tcp.endpoint import EndpointTable
@@ -54,7 +54,7 @@ class Gateway:
         self.listener = Listener(cfg.gateway)
         self.shell: CaptureShell | None = None
         self.control: ControlServer | None = None
-        self.observer: web.Observer | None = None
+        self.observer: observe.Observer | None = None
         self.stopping = False
         prefixes = local_prefixes()
         self.flows = FlowTable.from_config(cfg.gateway, prefixes)
@@ -89,7 +89,7 @@ class Gateway:
             self.control = ControlServer(cfg.gateway.control_socket, self.status)
             self.control.register(self.shell.selector)
             db = self.context.db
-            self.observer = web.start(cfg.metrics, self.status, db.track if db else None)
+            self.observer = observe.start(cfg.metrics, self.status, db.track if db else None)
         except BaseException:
             self.close()
             raise

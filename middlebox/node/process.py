@@ -22,6 +22,7 @@ import selectors
 import time
 from collections.abc import Callable
 
+from middlebox import observe
 from middlebox.config import Config
 from middlebox.context.loop import open_context_db
 from middlebox.control import ControlServer
@@ -30,7 +31,6 @@ from middlebox.node.admission import Admission
 from middlebox.node.destpolicy import DestinationPolicy
 from middlebox.node.relay import Relay
 from middlebox.node.sessions import Gateways, Session
-from middlebox.observe import web
 from middlebox.paths.tls import node_context
 from middlebox.session.mux import Mux
 
@@ -65,7 +65,7 @@ class Node:
         if control:
             self.control = ControlServer(cfg.node.control_socket, self.status)
             self.control.register(self.sel)
-        self.observer = web.start(cfg.metrics, self.status)
+        self.observer = observe.start(cfg.metrics, self.status)
         log.info("listening %s", kv(address=cfg.node.listen, tls=ctx is not None))
 
     def _new_relay(self, mux: Mux) -> Relay:

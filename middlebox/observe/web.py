@@ -182,12 +182,3 @@ class Observer:
 
     def close(self) -> None:
         self.server.close()
-
-
-def start(
-    cfg: MetricsConfig,
-    status: Callable[[], dict],
-    track: Callable[[float], dict] | None = None,
-) -> Observer | None:
-    """The process's observer, or None when ``[metrics] listen`` is empty (the default)."""
-    return Observer(cfg, status, track) if cfg.listen else None

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from middlebox import config
+from middlebox import config, observe
 from middlebox.observe import metrics, web
 
 
@@ -257,7 +257,7 @@ def test_address_in_use_is_one_clear_error(server):
 
 def test_metrics_are_off_by_default_and_loopback_unless_allowed():
     assert config.Config().metrics.listen == ""
-    assert web.start(config.Config().metrics, dict) is None
+    assert observe.start(config.Config().metrics, dict) is None
     for ok in ("127.0.0.1:9464", "localhost:9464", "[::1]:9464"):
         assert config.from_dict(config.Config, {"metrics": {"listen": ok}}).metrics.listen == ok
     for bad in ("0.0.0.0:9464", "192.0.2.1:9464", "metrics.example:9464"):
