@@ -8,7 +8,7 @@ windows of the same carrier and cell.
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -31,6 +31,7 @@ from contextdb.windows import Windows, process
 # Parameters that shape what is stored; a store only accepts data cut the same way.
 META_KEYS = ("window_s", "overlap", "lookahead_s", "fill_gap_s", "success_max_s", "failure_max_s")
 FORMAT = 1
+TRACK_MAX = 20000  # windows per carrier kept for track() (a day at one window per 4 s)
 
 # Variance floors keep a unanimous neighbourhood from claiming infinite certainty when the
 # scheduler weights sources by inverse variance.
@@ -135,6 +136,8 @@ class ContextDB:
         self._touched: set[tuple[str, str]] = set()
         self.positions = PositionHistory(self.cfg.position_bin_m)
         self._positions_loaded: dict[str, int] = {}  # chunks per carrier in memory
+        # (end second, lat, lon, bit/s that followed) of the windows this process added
+        self._track: dict[str, deque[tuple[float, float, float, float]]] = {}
         want = {"format": FORMAT, **{k: getattr(self.cfg, k) for k in META_KEYS}}
         have = store.get_meta()
         if have is None:
@@ -178,6 +181,7 @@ class ContextDB:
         self, carrier: str, windows: Windows, events: list[HandoverEvent], commit: bool = True
     ) -> None:
         """Store windows and events of one carrier (grouped into one chunk per cell)."""
+        self._remember(carrier, windows)
         by_cell = windows.by_cell()
         ev_by_cell: dict[str, list[HandoverEvent]] = {}
         for e in events:
@@ -189,6 +193,29 @@ class ContextDB:
             self._touched.add((carrier, cell))
         if commit:
             self.commit()
+
+    def _remember(self, carrier: str, windows: Windows) -> None:
+        placed = np.flatnonzero(np.isfinite(windows.lat) & np.isfinite(windows.lon))
+        if not len(placed):
+            return
+        ring = self._track.setdefault(carrier, deque(maxlen=TRACK_MAX))
+        cols = (windows.t, windows.lat, windows.lon, windows.thr)
+        rows = zip(*(c[placed].tolist() for c in cols), strict=True)
+        ring.extend(sorted(rows))
+
+    def track(self, since: float) -> dict[str, list[tuple[float, float, float, float]]]:
+        """Where the vehicle was and what each carrier delivered there: per carrier, the
+        ``(t, lat, lon, thr)`` of the windows with a position that this process added
+        (ingested or learnt live) and whose end ``t`` is at or after ``since``, oldest
+        first; ``thr`` is bit/s over the window's look-ahead (nan: unknown). Windows
+        loaded from other writers are not the vehicle's track and are left out; the last
+        :data:`TRACK_MAX` windows per carrier are kept."""
+        out = {}
+        for carrier, ring in self._track.items():
+            rows = [r for r in ring if r[0] >= since]
+            if rows:
+                out[carrier] = rows
+        return out
 
     def commit(self) -> None:
         """Commit the store, then load the touched cells back from it. The store is the

@@ -743,6 +743,69 @@ class ContextConfig:
     )
 
 
+def _check_listen(value: str) -> str | None:
+    return None if value == "" else _check_hostport(value)
+
+
+def listen_is_loopback(address: str) -> bool:
+    """Whether HOST:PORT names a loopback address (``localhost`` counts; a wildcard such
+    as ``0.0.0.0`` or any name that needs resolving does not)."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics and the live status page (docs/metrics.md)."""
+
+    listen: str = opt(
+        "",
+        "HOST:PORT of the HTTP listener serving /metrics (Prometheus text format), "
+        "/status.json and the status page at /; empty: off. Loopback unless allow_remote.",
+        check=_check_listen,
+    )
+    allow_remote: bool = opt(
+        False,
+        "Allow a listen address that is not loopback. The page and /status.json name the "
+        "passengers' addresses and the carriers' positions and have no authentication: put "
+        "a proxy with TLS and authentication in front, or scrape over a private network.",
+    )
+    interval: float = opt(
+        1.0,
+        "Seconds between the snapshots the data-path loop publishes for the listener (each "
+        "builds the status dict of 'mpproxy status' once; scrapes and page loads in between "
+        "read the last one).",
+        min=0.1,
+        max=60.0,
+    )
+    history: int = opt(
+        300,
+        "Snapshots kept for the page's charts of goodput and RTT (per path).",
+        min=10,
+        max=3600,
+    )
+    track_seconds: float = opt(
+        1800.0,
+        "Seconds of the vehicle's recent track (windows this gateway stored in the context "
+        "database) drawn on the gateway's page.",
+        min=10.0,
+        max=86400.0,
+    )
+
+    def __post_init__(self) -> None:
+        if self.listen and not self.allow_remote and not listen_is_loopback(self.listen):
+            raise ConfigError(
+                f"listen: {_show(self.listen)} is not a loopback address; the status "
+                "page is unauthenticated and names passengers' addresses: listen on "
+                "127.0.0.1, or set metrics.allow_remote = true behind an authenticating proxy"
+            )
+
+
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = opt("info", "Log level.", choices=("debug", "info", "warning", "error"))
@@ -764,6 +827,9 @@ class Config:
     )
     context: ContextConfig = opt(
         ContextConfig(), "Carrier context on the gateway: source, reports, live learning."
+    )
+    metrics: MetricsConfig = opt(
+        MetricsConfig(), "Prometheus metrics and the live status page (gateway and node)."
     )
     logging: LoggingConfig = opt(LoggingConfig(), "Logging.")
 

@@ -14,15 +14,19 @@ Assembly (each piece is its own module):
 * :class:`~middlebox.context.loop.ContextLoop` measures the carriers, reports their
   context to the node and feeds the scheduler (``[context]``).
 
-Everything runs in the capture shell's selector loop; no threads.
+Everything runs in the capture shell's selector loop; the only other thread is the
+``[metrics]`` listener's (:mod:`middlebox.observe.web`), which reads the snapshots the
+loop publishes and nothing else.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
 
+from middlebox import observe
 from middlebox.config import Config
 from middlebox.context.loop import ContextLoop
 from middlebox.control import ControlServer
@@ -50,6 +54,7 @@ class Gateway:
         self.listener = Listener(cfg.gateway)
         self.shell: CaptureShell | None = None
         self.control: ControlServer | None = None
+        self.observer: observe.Observer | None = None
         self.stopping = False
         prefixes = local_prefixes()
         self.flows = FlowTable.from_config(cfg.gateway, prefixes)
@@ -83,6 +88,8 @@ class Gateway:
             )
             self.control = ControlServer(cfg.gateway.control_socket, self.status)
             self.control.register(self.shell.selector)
+            db = self.context.db
+            self.observer = observe.start(cfg.metrics, self.status, db.track if db else None)
         except BaseException:
             self.close()
             raise
@@ -111,6 +118,8 @@ class Gateway:
         self.bridge.mux_events(now)
         if self.control is not None:
             self.control.expire(now)
+        if self.observer is not None:
+            self.observer.tick(now)
 
     def run(self, stop: Callable[[], bool] | None = None) -> None:
         assert self.shell is not None
@@ -166,7 +175,14 @@ class Gateway:
             },
             "counters": dict(self.bridge.counters),
             "limits": self.uplink.limits(),
-            "scheduler": {"policy": self.policy.name, "decisions": self.policy.decisions},
+            "scheduler": {
+                "policy": self.policy.name,
+                "decisions": self.policy.decisions,
+                "duplicated": self.policy.duplicated,
+                "failed": self.policy.failed,
+            },
+            "clients": by_client(link.key for link in self.bridge.links.values()),
+            **({"metrics": self.observer.status()} if self.observer else {}),
         }
 
     def close(self) -> None:
@@ -184,8 +200,20 @@ class Gateway:
             if self.control is not None:
                 self.control.close()
                 self.control = None
+            if self.observer is not None:
+                self.observer.close()
+                self.observer = None
             if self.shell is not None:
                 self.shell.close()
                 self.shell = None
             self.listener.teardown()
         log.info("stopped")
+
+
+def by_client(keys) -> dict[str, int]:
+    """Proxied connections per passenger address, from the connections' flow keys."""
+    out: dict[str, int] = {}
+    for key in keys:
+        addr = str(ipaddress.ip_address(key[0]))
+        out[addr] = out.get(addr, 0) + 1
+    return out

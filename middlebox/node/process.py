@@ -1,6 +1,7 @@
 """The cloud node: accepts gateways' carrier paths and talks to the real servers.
 
-One process, one ``selectors`` loop, no threads. Assembly (each piece is its own
+One process, one ``selectors`` loop, no threads but the ``[metrics]`` listener's (it
+reads only the snapshots the loop publishes). Assembly (each piece is its own
 module):
 
 * :class:`~middlebox.node.sessions.Gateways` listens on ``node.listen``, checks each
@@ -21,6 +22,7 @@ import selectors
 import time
 from collections.abc import Callable
 
+from middlebox import observe
 from middlebox.config import Config
 from middlebox.context.loop import open_context_db
 from middlebox.control import ControlServer
@@ -63,6 +65,7 @@ class Node:
         if control:
             self.control = ControlServer(cfg.node.control_socket, self.status)
             self.control.register(self.sel)
+        self.observer = observe.start(cfg.metrics, self.status)
         log.info("listening %s", kv(address=cfg.node.listen, tls=ctx is not None))
 
     def _new_relay(self, mux: Mux) -> Relay:
@@ -97,6 +100,8 @@ class Node:
             self._pump(sess, now)
         if self.control is not None:
             self.control.expire(now)
+        if self.observer is not None:
+            self.observer.tick(now)
 
     def _timers(self) -> list[float]:
         times = [self.gateways.next_timer()]
@@ -130,6 +135,11 @@ class Node:
                     "buffered_bytes": sess.relay.buffered(),
                     "memory": st["memory"],
                     "relays": len(sess.relay.conns),
+                    "scheduler": {
+                        "policy": sess.policy.name,
+                        "decisions": sess.policy.decisions,
+                        "duplicated": sess.policy.duplicated,
+                    },
                     "context": self.gateways.context_status(sess, now),
                 }
             )
@@ -145,6 +155,7 @@ class Node:
             "destinations": self.policy.status(),
             "limits": self.gateways.limits(),
             "memory": self.gateways.budget.status(),
+            **({"metrics": self.observer.status()} if self.observer else {}),
         }
 
     def close(self) -> None:
@@ -156,6 +167,9 @@ class Node:
         self.policy.close()
         if self.control is not None:
             self.control.close()
+        if self.observer is not None:
+            self.observer.close()
+            self.observer = None
         if self.context_db is not None:
             self.context_db.store.close()
             self.context_db = None

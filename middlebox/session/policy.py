@@ -96,6 +96,7 @@ class SchedulerPolicy:
         self._probes: dict[int, float] = {}  # path -> last PROBE RTT fed to its estimator
         self.failed = False
         self.decisions = 0
+        self.duplicated = 0  # decisions that put one message on more than one path
         self.probes = 0
 
     # -- what the shell tells it ----------------------------------------------------------
@@ -190,6 +191,8 @@ class SchedulerPolicy:
         self.decisions += 1
         ok = {p.id for p in cands}
         chosen = tuple(i for i in ids if i in ok)
+        if len(chosen) > 1:
+            self.duplicated += 1
         if not chosen and kind == CONTROL:
             return lowest_rtt_policy(info, paths, now)
         return chosen

@@ -24,13 +24,10 @@ from bench.proxy_bench import ROOT, ProxyBed, _section
 from contextdb.db import ContextDB
 from contextdb.store import SqliteStore
 from contextdb.traces import read_5g_csv
-from netns import rail
-from netns.topology import SERVER_ADDRS, CarrierSpec, TestbedSpec
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
-SEED = 7
-CARRIERS = 3
+CARRIERS = 3  # rail_case's (tests/e2e/conftest.py)
 DOWNLOAD_S = 30
 
 
@@ -58,13 +55,8 @@ def status(bed, role: str, as_json: bool = False) -> str:
     return r.stdout.decode()
 
 
-def test_rail_context_reaches_status_and_the_database_grows(tmp_path):
-    route = rail.generate(rail.RailParams(seed=SEED, carriers=CARRIERS))
-    files = []
-    for k in range(CARRIERS):
-        p = tmp_path / f"rail{k}.csv"
-        rail.write_csv(route, k, p)
-        files.append(str(p))
+def test_rail_context_reaches_status_and_the_database_grows(tmp_path, rail_case, download):
+    route, files, spec = rail_case.route, rail_case.files, rail_case.spec
     db_path = tmp_path / "context.sqlite"
     store = SqliteStore(db_path)
     try:
@@ -75,10 +67,6 @@ def test_rail_context_reaches_status_and_the_database_grows(tmp_path):
         store.close()
     seeded = windows_in(db_path)
     assert seeded > 0
-    spec = TestbedSpec(
-        carriers=tuple(CarrierSpec(f"rail:{SEED}:{k}", delay_ms=10) for k in range(CARRIERS)),
-        clients=CARRIERS,
-    )
     with ProxyBed(spec, tmp_path / "bed", start=False) as bed:
         assert bed.tb.trace_start is not None
         context = {
@@ -101,16 +89,9 @@ def test_rail_context_reaches_status_and_the_database_grows(tmp_path):
         bed.start_node()
         bed.start_gateway()
         bed.wait_paths(CARRIERS)
-        srv = bed.server(["iperf3", "-s", "-p", "5201", "-1"], stdout=subprocess.DEVNULL)
-        time.sleep(0.5)
+        srv, cl = download(bed, DOWNLOAD_S)
         node_saturated = False  # seen while the download runs: the node sent it
         try:
-            cl = bed.tb.popen(
-                "client",
-                ["iperf3", "-c", SERVER_ADDRS[0], "-p", "5201", "-t", str(DOWNLOAD_S), "-R"],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
             deadline = time.monotonic() + DOWNLOAD_S + 60
             while cl.poll() is None and time.monotonic() < deadline:
                 sess = bed.status("node")["sessions"]

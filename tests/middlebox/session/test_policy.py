@@ -232,3 +232,13 @@ def test_scheduler_policy_estimators_take_tcp_info_samples():
     assert ctx.path_id == 4 and abs(ctx.srtt - 0.03) < 1e-9 and ctx.delivery_rate == 2_000_000
     pol.path_down(4, 2.0)
     assert pol.registry.get(PATH, 4).up is False
+
+
+def test_decisions_that_put_a_message_on_several_paths_are_counted():
+    pol = SchedulerPolicy(SchedulerConfig(policy="redundant"))
+    ps = paths((1, True, 0.05, 1 << 20), (2, True, 0.01, 1 << 20))
+    assert len(pol(MessageInfo(1, 100, DATA), ps, 0.0)) == 2
+    single = SchedulerPolicy(SchedulerConfig(policy="minrtt"))
+    assert single(MessageInfo(1, 100, DATA), ps, 0.0) == (2,)
+    assert (pol.decisions, pol.duplicated) == (1, 1)
+    assert (single.decisions, single.duplicated) == (1, 0)
