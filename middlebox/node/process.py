@@ -130,6 +130,7 @@ class Node:
                     "buffered_bytes": sess.relay.buffered(),
                     "memory": st["memory"],
                     "relays": len(sess.relay.conns),
+                    "udp": sess.udp.status() if sess.udp is not None else {},
                     "context": self.gateways.context_status(sess, now),
                 }
             )
@@ -140,6 +141,7 @@ class Node:
             "listen": self.cfg.node.listen,
             "sessions": sessions,
             "counters": self.counters,
+            "udp": {"enabled": self.cfg.udp.enabled, **self.gateways.udp_counters},
             "handshaking": len(self.gateways.handshaking),
             "admission": self.admission.status(),
             "destinations": self.policy.status(),
