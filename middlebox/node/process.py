@@ -131,6 +131,7 @@ class Node:
                     "memory": st["memory"],
                     "relays": len(sess.relay.conns),
                     "udp": sess.udp.status() if sess.udp is not None else {},
+                    "datagrams": sess.policy.placer.status(),
                     "context": self.gateways.context_status(sess, now),
                 }
             )

@@ -132,6 +132,61 @@ for i in range(int(sys.argv[3])):
 print("sent")
 """
 
+QUIC_SERVER = r"""
+import asyncio, datetime, hashlib, random, sys
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from aioquic.asyncio import serve
+from aioquic.quic.configuration import QuicConfiguration
+host, port, size, workdir = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+data = random.Random(14).randbytes(size)
+key = ec.generate_private_key(ec.SECP256R1())
+name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "quic.test")])
+now = datetime.datetime.now(datetime.timezone.utc)
+cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+cfg = QuicConfiguration(is_client=False, alpn_protocols=["mpp-test"], idle_timeout=60.0)
+cfg.certificate, cfg.private_key = cert, key
+async def answer(reader, writer):
+    await reader.read()
+    writer.write(data)
+    writer.write_eof()
+def handle(reader, writer):
+    asyncio.ensure_future(answer(reader, writer))
+async def main():
+    await serve(host, port, configuration=cfg, stream_handler=handle)
+    print("ready", hashlib.sha256(data).hexdigest(), flush=True)
+    await asyncio.Future()
+asyncio.run(main())
+"""
+
+QUIC_CLIENT = r"""
+import asyncio, hashlib, ssl, sys, time
+from aioquic.asyncio import connect
+from aioquic.quic.configuration import QuicConfiguration
+host, port = sys.argv[1], int(sys.argv[2])
+cfg = QuicConfiguration(is_client=True, alpn_protocols=["mpp-test"], idle_timeout=60.0,
+                        verify_mode=ssl.CERT_NONE)
+async def main():
+    t0 = time.monotonic()
+    async with connect(host, port, configuration=cfg) as c:
+        reader, writer = await c.create_stream()
+        writer.write(b"GET")
+        writer.write_eof()
+        h, n = hashlib.sha256(), 0
+        while d := await reader.read(1 << 16):
+            h.update(d)
+            n += len(d)
+            if n >= (1 << 20) and n - len(d) < (1 << 20):
+                print("started", flush=True)
+    print(n, h.hexdigest(), round(time.monotonic() - t0, 2), flush=True)
+asyncio.run(main())
+"""
+
+
 UPLOAD_CHECK = r"""
 import hashlib, os, socket, sys
 data = os.urandom(int(sys.argv[3]))
@@ -283,3 +338,44 @@ def test_duplicated_flow_over_a_lossy_carrier_loses_under_one_percent(tmp_path):
         assert peers == [NODE_SIDE], peers  # the server saw the node, not the client
         sched = b.status()["scheduler"]["datagrams"]
         assert sched["copies"] >= 400, sched
+
+
+QUIC_SIZE = 20 << 20
+
+
+def test_quic_download_survives_a_carrier_cut(tmp_path):
+    """aioquic's client and server (a test dependency), 20 MiB over one QUIC stream to
+    UDP 443: the flow is single (one path at a time); its carrier is cut for 3 s
+    mid-transfer, the flow moves to the other carrier, and the connection survives
+    (the server sees the node's address throughout) with every byte."""
+    pytest.importorskip("aioquic")
+    carriers = (CarrierSpec("20mbit", delay_ms=10),) * 2
+    spec = TestbedSpec(carriers=carriers, clients=1)
+    paths = {"user_timeout": 2.0, "lost_timeout": 20.0}
+    with ProxyBed(spec, tmp_path, paths=paths) as b:
+        argv = [sys.executable, "-c", QUIC_SERVER, SERVER, "443", str(QUIC_SIZE), str(tmp_path)]
+        server = b.server(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        line = server.stdout.readline().decode().split()
+        assert line[:1] == ["ready"], server.stderr.read().decode()[-2000:]
+        want = line[1]
+        client = b.tb.popen("client", [sys.executable, "-c", QUIC_CLIENT, SERVER, "443"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        try:
+            assert client.stdout.readline().startswith(b"started"), client.stderr.read()[-2000:]
+            before = {p["interface"]: p["bytes_in"] for p in b.status()["sessions"][0]["paths"]}
+            time.sleep(1.0)
+            after = {p["interface"]: p["bytes_in"] for p in b.status()["sessions"][0]["paths"]}
+            busy = max(after, key=lambda k: after[k] - before[k])  # the flow's carrier
+            b.run("gateway", ["ip", "link", "set", busy, "down"])
+            time.sleep(3.0)
+            b.run("gateway", ["ip", "link", "set", busy, "up"])
+            out, err = client.communicate(timeout=240)
+        finally:
+            client.kill()
+            stop(server)
+        assert client.returncode == 0, err.decode()[-3000:]
+        n, digest, _secs = out.decode().split()
+        assert int(n) == QUIC_SIZE and digest == want
+        node = b.status("node")["sessions"][0]
+        assert node["datagrams"]["moves"] >= 1, node["datagrams"]
+        assert node["udp"]["flows"] == 1  # one mapping: the server saw one address and port
