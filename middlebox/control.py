@@ -221,7 +221,7 @@ def render(state: dict) -> str:
     if ctx:
         items = ((k, v) for k, v in ctx.items() if k != "carriers")
         lines.append("context: " + " ".join(f"{k}={v}" for k, v in sorted(items)))
-    for key in ("flows", "endpoint", "capture", "counters", "admission", "memory", "limits"):
+    for key in ("flows", "udp", "endpoint", "capture", "counters", "admission", "memory", "limits"):
         if state.get(key):
             items = state[key].items()
             lines.append(f"{key}: " + " ".join(f"{k}={v}" for k, v in sorted(items)))
