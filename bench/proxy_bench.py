@@ -72,6 +72,7 @@ class ProxyBed:
         node: dict | None = None,
         acl: list[dict] | None = None,
         start: bool = True,
+        sections: dict[str, dict] | None = None,
     ) -> None:
         self.spec = spec
         self.dir = Path(workdir)
@@ -85,6 +86,7 @@ class ProxyBed:
         self.gateway_extra = gateway or {}
         self.node_extra = node or {}
         self.acl = acl or []
+        self.sections = sections or {}  # further sections in both configurations (e.g. udp)
         self.start = start
         self.gw: subprocess.Popen | None = None
         self.node: subprocess.Popen | None = None
@@ -137,6 +139,7 @@ class ProxyBed:
             + _section("tls", {**tls, "cert": str(d / "node.pem"), "key": str(d / "node.key")})
             + _section("paths", self.paths)
             + (_section("scheduler", sched) if sched else "")
+            + "".join(_section(k, v) for k, v in self.sections.items())
         )
         gw = {
             "id": "train-1",
@@ -177,6 +180,7 @@ class ProxyBed:
             )
             + _section("paths", self.paths)
             + (_section("scheduler", sched) if sched else "")
+            + "".join(_section(k, v) for k, v in self.sections.items())
         )
 
     def _popen(self, role: str, args: list[str], name: str) -> subprocess.Popen:

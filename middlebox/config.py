@@ -29,6 +29,7 @@ from middlebox.session.mux import MuxParams
 from middlebox.session.wire import DATA_FIXED, max_data_payload, name_error
 from middlebox.tcp.params import TcpParams
 from scheduler.config import SchedulerConfig
+from scheduler.datagrams import DatagramClasses
 
 
 class ConfigError(UserError):
@@ -806,6 +807,89 @@ class MetricsConfig:
             )
 
 
+_DG = DatagramClasses()  # the class rule's defaults, written once (scheduler/datagrams.py)
+
+
+@dataclass(frozen=True)
+class UdpConfig:
+    """UDP carried over the paths as DATAGRAM messages (docs/gateway.md, "UDP")."""
+
+    enabled: bool = opt(
+        True,
+        "Gateway: capture the passengers' UDP in the listener and carry it over the paths; "
+        "node: relay it (false: the gateway leaves UDP to ordinary routing, the node drops "
+        "datagrams).",
+    )
+    idle_timeout: float = opt(
+        120.0,
+        "Seconds without a datagram either way before a flow's state (gateway) and its "
+        "mapping and socket (node) are removed (Linux conntrack's UDP stream timeout).",
+        min=1.0,
+        max=86400.0,
+    )
+    short_timeout: float = opt(
+        30.0,
+        "The same for a flow that sent at most one datagram toward its server (a DNS "
+        "lookup from a port of its own); at most idle_timeout.",
+        min=1.0,
+        max=86400.0,
+    )
+    max_flows: int = opt(
+        16384, "Gateway: most UDP flows at once; new flows beyond it are dropped.", min=1,
+        max=1 << 22,
+    )  # fmt: skip
+    max_flows_per_source: int = opt(
+        1024, "Gateway: most UDP flows of one passenger address.", min=1, max=1 << 22
+    )
+    session_flows: int = opt(
+        16384, "Node: most UDP mappings (sockets) per gateway session.", min=1, max=1 << 22
+    )
+    max_datagram: int = opt(
+        1472,
+        "Largest UDP payload carried, bytes (1472 fills a 1500-byte IPv4 packet); larger "
+        "ones are dropped and counted (nothing is fragmented).",
+        min=512,
+        max=65507,
+    )
+    window: int = opt(
+        4096,
+        "Sequence numbers per flow and direction the receiver remembers to drop copies; a "
+        "datagram older than that is dropped as stale.",
+        min=64,
+        max=1 << 20,
+    )
+    single_ports: list[str] = opt(
+        list(_DG.single_ports),
+        "Server ports whose flows take one path at a time (QUIC).",
+        check=_check_ports,
+    )
+    duplicate_ports: list[str] = opt(
+        list(_DG.duplicate_ports),
+        "Server ports whose flows are duplicated (DNS, NTP, STUN/TURN, SIP, WebRTC).",
+        check=_check_ports,
+    )
+    duplicate_rate: int = opt(
+        _DG.duplicate_rate,
+        "Other flows are duplicated while they send at most this many bytes per second, "
+        "and take one path above it.",
+        min=0,
+        max=1 << 40,
+    )
+    copies: int = opt(
+        _DG.copies, "Copies of a duplicated datagram (0: one on every path).", min=0, max=16
+    )
+
+    def classes(self) -> DatagramClasses:
+        """The scheduler's class rule with these settings."""
+        return dataclasses.replace(
+            _DG,
+            single_ports=tuple(self.single_ports),
+            duplicate_ports=tuple(self.duplicate_ports),
+            duplicate_rate=self.duplicate_rate,
+            copies=self.copies,
+        )
+
+
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = opt("info", "Log level.", choices=("debug", "info", "warning", "error"))
@@ -831,6 +915,7 @@ class Config:
     metrics: MetricsConfig = opt(
         MetricsConfig(), "Prometheus metrics and the live status page (gateway and node)."
     )
+    udp: UdpConfig = opt(UdpConfig(), "UDP over the paths (gateway capture, node relay).")
     logging: LoggingConfig = opt(LoggingConfig(), "Logging.")
 
     def __post_init__(self) -> None:

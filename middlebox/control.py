@@ -221,7 +221,10 @@ def render(state: dict) -> str:
     if ctx:
         items = ((k, v) for k, v in ctx.items() if k != "carriers")
         lines.append("context: " + " ".join(f"{k}={v}" for k, v in sorted(items)))
-    keys = ("flows", "endpoint", "capture", "counters", "admission", "memory", "limits", "metrics")
+    keys = (
+        "flows", "udp", "endpoint", "capture", "counters", "admission", "memory", "limits",
+        "metrics",
+    )  # fmt: skip
     for key in keys:
         if state.get(key):
             items = state[key].items()

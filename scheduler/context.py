@@ -12,12 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # Message kinds: new data; data sent again (after a stall or a lost path); connection
-# control (OPEN, OPEN_OK, OPEN_FAIL, FIN); a DATA_ACK.
+# control (OPEN, OPEN_OK, OPEN_FAIL, FIN); a DATA_ACK; a datagram (a UDP packet carried as
+# DATAGRAM, placed by its flow's class: scheduler.datagrams).
 DATA = "data"
 REINJECTION = "reinjection"
 CONTROL = "control"
 ACK = "ack"
-KINDS = (DATA, REINJECTION, CONTROL, ACK)
+DATAGRAM = "datagram"
+KINDS = (DATA, REINJECTION, CONTROL, ACK, DATAGRAM)
 
 # Network states of a path (seed 003).
 NORMAL = "normal"
@@ -124,7 +126,8 @@ class MessageInfo:
     same path shares the fate of the first. ``prefer`` (ACKs) is the path the
     acknowledged data arrived on. ``conn`` is the connection's context from the
     registry; the mux leaves it None (it knows no owner) and the scheduler adapter
-    fills it in.
+    fills it in. For a datagram ``conn_id`` is its flow id and ``flow_class`` the
+    flow's class (``scheduler.datagrams``: ``single`` or ``duplicate``).
     """
 
     conn_id: int
@@ -137,3 +140,4 @@ class MessageInfo:
     conn: ConnectionContext | None = field(default=None)
     avoid: tuple[int, ...] = ()  # path ids the message used already
     prefer: int | None = None  # ACKs: the path the acknowledged data arrived on
+    flow_class: str = ""  # datagrams: the flow's class

@@ -129,6 +129,8 @@ class CaptureShell:
         self.batch = batch
         self.stats = CaptureStats()
         self.l2: dict[bytes, bytes] = {}  # client IPv4 -> dst MAC + src MAC of replies
+        # UDP hook (middlebox/gateway/udp.py): f(frame, ip_offset, size, verify, gso, now)
+        self.udp: Callable[[memoryview, int, int, bool, int, float], None] | None = None
         self.rx_impair: Impairment | None = None
         self.tx_impair: Impairment | None = None
         self._buf = bytearray(RECV_BUFFER)
@@ -219,10 +221,19 @@ class CaptureShell:
             return
         if not verify:
             self.stats.checksum_skipped += 1
+        ip = off + ETH_HEADER
+        if self.udp is not None and size > ip + 20 and mv[ip + 9] == socket.IPPROTO_UDP:
+            self._learn(mv, off, bytes(mv[ip + 12 : ip + 16]))
+            gso = _VNET.unpack_from(mv)[3] if vnet and mv[1] else 0  # a UDP GSO aggregate
+            self.udp(mv[:size], ip, size, verify, gso, now)
+            return
         seg = _parse_ipv4(mv[:size], off + ETH_HEADER, self.stats.parse, verify)
         if seg is None:
             return
-        src = seg.src
+        self._learn(mv, off, seg.src)
+        table.receive_segment(seg, now)
+
+    def _learn(self, mv: memoryview, off: int, src: bytes) -> None:
         # reply to the client's MAC from the MAC the client addressed (refreshed on every
         # frame: a re-leased address may move to another device)
         l2 = self.l2
@@ -231,7 +242,6 @@ class CaptureShell:
             if len(l2) >= L2_TABLE_MAX and src not in l2:
                 del l2[next(iter(l2))]  # spoofed sources must not grow memory
             l2[src] = macs
-        table.receive_segment(seg, now)
 
     def feed(self, frame: bytes, now: float, aux_ok: bool = False) -> None:
         """Process one frame as if received (tests, fuzzing and the impairment hook)."""

@@ -11,8 +11,9 @@
 The gateway process runs in its own namespace (the vehicle's router, or the testbed's
 gateway namespace). :meth:`Listener.setup` creates the listener namespace and a veth
 pair into it, a routing table whose default route points into the listener, and an
-``ip rule`` that sends TCP arriving from the LAN interface to that table; everything
-else (UDP, ICMP, traffic the gateway itself originates) keeps ordinary routing.
+``ip rule`` that sends TCP (and UDP, with ``udp.enabled``) arriving from the LAN interface
+to that table; everything else (ICMP, traffic the gateway itself originates, packets for
+the gateway's own addresses, which the local table takes first) keeps ordinary routing.
 Destinations of ``gateway.bypass`` get an ``ip rule`` of their own one priority earlier
 that keeps them on ordinary routing, when no ACL rule could claim them first (the flow
 table bypasses the rest itself). Replies leave the listener toward ``mpl-out`` with the
@@ -61,7 +62,7 @@ def nft_table_name(interface: str) -> str:
     return "mpproxy_" + "".join(c if c.isalnum() else "_" for c in interface)
 
 
-def install_drop(netns: str | None, interface: str) -> None:
+def install_drop(netns: str | None, interface: str, udp: bool = False) -> None:
     """Drop the captured originals before the namespace's own stack sees them.
 
     AF_PACKET taps run before netfilter, so the capture still sees every frame; the
@@ -69,13 +70,15 @@ def install_drop(netns: str | None, interface: str) -> None:
     with RST. Reverse-path filtering is turned off because the clients' sources are
     not routed through this interface. The listener does this for ``mpl-in``;
     ``bench.capture_app`` for whichever interface it captures on (``netns=None``: here).
+    With ``udp`` UDP is dropped too (the capture carries it: middlebox/gateway/udp.py).
     """
     t = nft_table_name(interface)
+    protos = "{ tcp, udp }" if udp else "tcp"
     rules = (
         f"table inet {t} {{}}\ndelete table inet {t}\n"
         f"table inet {t} {{\n"
         f"  chain pre {{ type filter hook prerouting priority raw; policy accept;\n"
-        f'    iifname "{interface}" meta l4proto tcp drop\n  }}\n}}\n'
+        f'    iifname "{interface}" meta l4proto {protos} drop\n  }}\n}}\n'
     )
     conf = interface.replace(".", "/")  # sysctl's spelling of a dot in a name
     off = {f"net.ipv4.conf.{c}.rp_filter": 0 for c in ("all", "default", conf)}
@@ -105,8 +108,9 @@ def local_prefixes(interface: str | None = None) -> list[str]:
 class Listener:
     """Create and remove the listener namespace with its routing; see the module text."""
 
-    def __init__(self, gw: GatewayConfig) -> None:
+    def __init__(self, gw: GatewayConfig, udp: bool = False) -> None:
         self.gw = gw
+        self.udp = udp  # steer LAN UDP into the listener too
         self.ns = gw.listener_namespace
         net = ipaddress.ip_network(gw.listener_subnet, strict=False)
         if net.version != 4 or net.num_addresses < 4:
@@ -176,19 +180,21 @@ class Listener:
         for prefix in self.bypass_rules():
             self._rule(plumbing.Rule(prio - 1, plumbing.MAIN_TABLE, iif=lan, to=prefix))
         self._rule(plumbing.Rule(prio, table, iif=lan, ipproto=socket.IPPROTO_TCP))
+        if self.udp:
+            self._rule(plumbing.Rule(prio, table, iif=lan, ipproto=socket.IPPROTO_UDP))
         plumbing.sysctl(None, {f"net.ipv4.conf.{OUTER_IF}.rp_filter": 2})
         self.old_forward = plumbing.read_sysctl(None, "net.ipv4.ip_forward")
         if self.old_forward != "1":
             plumbing.sysctl(None, {"net.ipv4.ip_forward": 1})
         self._untrack()
-        install_drop(ns, INNER_IF)
+        install_drop(ns, INNER_IF, udp=self.udp)
         self.drop = True
         log.info(
             "listener ready ns=%s lan=%s table=%s bypass_rules=%d",
             ns,
             lan,
             table,
-            len(self.rules) - 1,
+            len(self.rules) - 1 - self.udp,
         )
 
     def _untrack(self) -> None:

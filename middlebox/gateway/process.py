@@ -11,6 +11,8 @@ Assembly (each piece is its own module):
 * :class:`~middlebox.gateway.bridge.Bridge` joins the endpoint's connections to the mux's:
   OPEN at the client's completed handshake, bytes each way with both buffers bounded,
   FIN each way on its own, RST both ways.
+* :class:`~middlebox.gateway.udp.GatewayUdp` carries the passengers' UDP as DATAGRAM
+  messages (``[udp]``).
 * :class:`~middlebox.context.loop.ContextLoop` measures the carriers, reports their
   context to the node and feeds the scheduler (``[context]``).
 
@@ -35,6 +37,7 @@ from middlebox.gateway.capture import CaptureShell
 from middlebox.gateway.classifier import Classifier
 from middlebox.gateway.flowtable import FlowTable
 from middlebox.gateway.listener import Listener, local_prefixes
+from middlebox.gateway.udp import GatewayUdp
 from middlebox.gateway.uplink import Uplink
 from middlebox.logs import kv
 from middlebox.paths.tls import gateway_context
@@ -51,7 +54,7 @@ class Gateway:
         self.cfg = cfg
         self.clock = clock
         self.started = clock()
-        self.listener = Listener(cfg.gateway)
+        self.listener = Listener(cfg.gateway, udp=cfg.udp.enabled)
         self.shell: CaptureShell | None = None
         self.control: ControlServer | None = None
         self.observer: observe.Observer | None = None
@@ -69,6 +72,7 @@ class Gateway:
             cfg.scheduler,
             longterm=self.context.longterm,
             carriers=self.context.tracker,
+            datagrams=cfg.udp.classes(),
         )
         try:
             self.listener.setup()
@@ -83,6 +87,12 @@ class Gateway:
             self.uplink = Uplink(cfg, self.shell.selector, clock, policy=self.policy)
             self.context.attach(self.uplink, self.shell.selector)
             self.classifier.extra_timer = self._next_timer
+            self.udp = GatewayUdp(cfg.udp, self.flows, self.uplink.mux.send_datagram,
+                                  self.policy.forget_flow)  # fmt: skip
+            self.udp.shell = self.shell
+            if cfg.udp.enabled:
+                self.shell.udp = self.udp.receive
+            self.uplink.datagrams = self.udp.deliver
             self.bridge = Bridge(
                 self.uplink, self.flows, max(64 << 10, cfg.gateway.buffer_bytes // 2), self.policy
             )
@@ -105,14 +115,14 @@ class Gateway:
         )
 
     def _next_timer(self) -> float | None:
-        t = self.uplink.next_timer()
-        c = self.context.next_timer()
-        return c if t is None else min(t, c)
+        times = (self.uplink.next_timer(), self.context.next_timer(), self.udp.next_timer())
+        return min((t for t in times if t is not None), default=None)
 
     def idle(self, now: float) -> None:
         up = self.uplink
         up.poll(now)
         self.context.tick(now)
+        self.udp.expire(now)
         self.bridge.mux_events(now)
         up.pump(now)
         self.bridge.mux_events(now)
@@ -167,6 +177,7 @@ class Gateway:
                 "bypassed_packets": self.classifier.bypassed,
                 "denied_packets": self.classifier.denied,
             },
+            "udp": self.udp.status(),
             "endpoint": self.table.totals(),
             "capture": {
                 "frames_in": shell.stats.frames_in if shell else 0,
@@ -180,6 +191,7 @@ class Gateway:
                 "decisions": self.policy.decisions,
                 "duplicated": self.policy.duplicated,
                 "failed": self.policy.failed,
+                "datagrams": self.policy.placer.status(),
             },
             "clients": by_client(link.key for link in self.bridge.links.values()),
             **({"metrics": self.observer.status()} if self.observer else {}),

@@ -112,6 +112,8 @@ class Uplink:
         # called with (path id, carrier name, connection, TcpInfo | None, now) after each
         # TCP_INFO reading (the gateway's context loop measures carriers with it)
         self.on_info: Callable[[int, str, object, object, float], None] | None = None
+        # called with each DATAGRAM from the node (middlebox/gateway/udp.py)
+        self.datagrams: Callable[[wire.Datagram, float], None] = self._no_datagrams
         self.counters = {
             "dials": 0,
             "path_failures": 0,
@@ -119,6 +121,9 @@ class Uplink:
             "paths_silent": 0,  # nothing received for paths.user_timeout
             "paths_unread": 0,  # the node did not read (paths.max_output)
         }
+
+    def _no_datagrams(self, msg: wire.Datagram, now: float) -> None:
+        self.counters["datagrams_ignored"] = self.counters.get("datagrams_ignored", 0) + 1
 
     @staticmethod
     def check(cfg: Config) -> None:
@@ -300,7 +305,9 @@ class Uplink:
             pc.answer_probe(msg)  # type: ignore[arg-type]
         elif t is wire.Close:
             raise PathError(f"node closed the path: {msg.reason.name} {msg.detail!r}")  # type: ignore[attr-defined]
-        elif t in (wire.Hello, wire.HelloAck, wire.Context, wire.Datagram):
+        elif t is wire.Datagram:
+            self.datagrams(msg, now)  # type: ignore[arg-type]
+        elif t in (wire.Hello, wire.HelloAck, wire.Context):
             raise PathError(f"unexpected {t.__name__}", wire.CloseReason.PROTOCOL_ERROR)
         else:
             self.mux.receive(s.pid, msg, now)

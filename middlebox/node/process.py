@@ -140,6 +140,8 @@ class Node:
                         "decisions": sess.policy.decisions,
                         "duplicated": sess.policy.duplicated,
                     },
+                    "udp": sess.udp.status() if sess.udp is not None else {},
+                    "datagrams": sess.policy.placer.status(),
                     "context": self.gateways.context_status(sess, now),
                 }
             )
@@ -150,6 +152,7 @@ class Node:
             "listen": self.cfg.node.listen,
             "sessions": sessions,
             "counters": self.counters,
+            "udp": {"enabled": self.cfg.udp.enabled, **self.gateways.udp_counters},
             "handshaking": len(self.gateways.handshaking),
             "admission": self.admission.status(),
             "destinations": self.policy.status(),

@@ -50,6 +50,7 @@ from middlebox.errors import UserError
 from middlebox.logs import kv
 from middlebox.node.context import SessionContext
 from middlebox.node.relay import Relay, hard_close
+from middlebox.node.udp import UdpRelay
 from middlebox.paths.conn import (
     HELLO,
     UP,
@@ -118,6 +119,7 @@ class Session:
         self.mux = mux
         self.relay = relay
         self.context = context  # with [context] use_contextdb
+        self.udp: UdpRelay | None = None  # the session's UDP mappings (node/udp.py)
         self.paths: dict[int, PathConn] = {}
         self.names: dict[int, str] = {}
         self.carriers: dict[int, str] = {}  # path id -> carrier name (from HELLO)
@@ -126,7 +128,8 @@ class Session:
 
     def done(self) -> bool:
         """No path, no connection and no server connection is left."""
-        return not self.paths and not self.mux.conn_ids() and not self.relay.conns
+        udp = self.udp is not None and len(self.udp.flows) > 0
+        return not self.paths and not self.mux.conn_ids() and not self.relay.conns and not udp
 
     def path_status(self) -> list[dict]:
         out = []
@@ -186,6 +189,7 @@ class Gateways:
         self.throttle = Throttle()
         # latest CONTEXT report per gateway id and carrier (kept across sessions)
         self.contexts: dict[str, dict[str, dict]] = {}
+        self.udp_counters: dict[str, int] = {}  # every session's UDP relay counts here
         self.counters = {
             "paths_accepted": 0,
             "paths_refused": 0,
@@ -223,9 +227,9 @@ class Gateways:
         if self.handshaking:
             times.append(next(iter(self.handshaking.values())))  # deadlines in order
         for sess in self.sessions.values():
-            t = sess.mux.next_timer()
-            if t is not None:
-                times.append(t)
+            for t in (sess.mux.next_timer(), sess.udp.next_timer() if sess.udp else None):
+                if t is not None:
+                    times.append(t)
         if self.sessions:
             times.append(self._last_info + INFO_INTERVAL)
         if self._accept_paused is not None:
@@ -240,6 +244,9 @@ class Gateways:
             if now < deadline:
                 break
             self._refuse_path(pc, "no HELLO in time", wire.CloseReason.IDLE_TIMEOUT, now)
+        for sess in self.sessions.values():
+            if sess.udp is not None:
+                sess.udp.expire(now)
         if self._accept_paused is not None and now >= self._accept_paused:
             self._accept_paused = None
             self.sel.register(self.listener, selectors.EVENT_READ, self._accept)
@@ -475,9 +482,14 @@ class Gateways:
             self.cfg.scheduler,
             longterm=sctx.longterm if sctx is not None else None,
             carriers=sctx.tracker if sctx is not None else None,
+            datagrams=self.cfg.udp.classes(),
         )
         mux = Mux("node", params, policy, Budget(self.cfg.node.session_memory, self.budget))
-        return Session(msg.gateway_id, msg.session, mux, policy, self.new_relay(mux), sctx, now)
+        relay = self.new_relay(mux)
+        sess = Session(msg.gateway_id, msg.session, mux, policy, relay, sctx, now)
+        sess.udp = UdpRelay(self.cfg.udp, self.sel, relay.policy, mux.send_datagram,
+                            policy.forget_flow, self.udp_counters)  # fmt: skip
+        return sess
 
     def _path_message(self, pc: PathConn, msg: wire.Message, now: float) -> None:
         sess, pid = self._owner(pc)
@@ -491,8 +503,10 @@ class Gateways:
             self._drop_path(sess, pid, pc, now)
         elif t is wire.Context:
             self._context(sess, msg, now)  # type: ignore[arg-type]
-        elif t in (wire.ProbeAck, wire.Datagram):
-            pass  # datagrams are not used by the node yet
+        elif t is wire.Datagram:
+            sess.udp.receive(msg, now)  # type: ignore[union-attr, arg-type]
+        elif t is wire.ProbeAck:
+            pass
         elif t in (wire.Hello, wire.HelloAck):
             self._drop_path(sess, pid, pc, now, wire.CloseReason.PROTOCOL_ERROR)
         else:
@@ -593,6 +607,8 @@ class Gateways:
     def end_session(self, sess: Session, reason: wire.RstReason, now: float) -> None:
         """Reset the session's connections on both sides, close its paths, forget it."""
         sess.relay.close()
+        if sess.udp is not None:
+            sess.udp.close()
         for cid in sess.mux.conn_ids():
             sess.mux.abort(cid, reason, now)
         for pid, pc in list(sess.paths.items()):

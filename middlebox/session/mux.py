@@ -86,6 +86,7 @@ from middlebox.session.wire import (
     U32,
     Data,
     DataAck,
+    Datagram,
     Fin,
     Message,
     Open,
@@ -95,12 +96,13 @@ from middlebox.session.wire import (
     Rst,
     RstReason,
 )
-from scheduler.context import ACK, CONTROL, DATA, REINJECTION, MessageInfo
+from scheduler.context import ACK, CONTROL, DATA, DATAGRAM, REINJECTION, MessageInfo
 
 INITIAL_WINDOW = 64 << 10  # bytes a sender may send before the first DATA_ACK (the
 # smallest buffer_bytes a peer may configure, so it never overflows a conforming receiver)
 SWS_MIN = 1024  # do not cut a message smaller than this while more is queued (silly window)
 MESSAGE_OVERHEAD = 8 + DATA_FIXED  # header and DATA fields, counted against a path's room
+DATAGRAM_QUEUE = 256  # datagrams waiting for the next messages_to_send; older ones dropped
 BUDGET_SLACK = 4  # a budget with less free than this many windows shrinks new ones
 # Upper bounds of the buckets of a path's send-to-DATA_ACK histograms (the last bucket
 # takes the rest): seconds, and multiples of the stall deadline the message had.
@@ -441,7 +443,11 @@ class Mux:
             "open_over_limit": 0,  # OPENs refused: max_connections reached
             "windows_shrunk": 0,  # connections started with less than buffer_bytes (budget)
             "growth_held": 0,  # window growths the budget did not allow
+            "datagrams_sent": 0,  # DATAGRAM messages placed (each copy counted)
+            "datagrams_no_path": 0,  # dropped: no path up (or none the policy would take)
+            "datagrams_overflow": 0,  # dropped: more than DATAGRAM_QUEUE waiting
         }
+        self._datagrams: deque[tuple[Datagram, str]] = deque()  # (message, flow class)
 
     # -- paths -------------------------------------------------------------------------
 
@@ -1035,6 +1041,30 @@ class Mux:
 
     # -- sending -----------------------------------------------------------------------
 
+    def send_datagram(self, msg: Datagram, flow_class: str) -> None:
+        """Queue one DATAGRAM for the next :meth:`messages_to_send`, which places it by
+        the policy (kind ``datagram``, the flow's class) or drops it (counted): a
+        datagram is never retransmitted and never waits for a path."""
+        q = self._datagrams
+        if len(q) >= DATAGRAM_QUEUE:
+            q.popleft()
+            self.counters["datagrams_overflow"] += 1
+        q.append((msg, flow_class))
+
+    def _send_datagrams(self, out: list, paths: list[PathState], now: float) -> None:
+        q, counters = self._datagrams, self.counters
+        while q:
+            msg, cls = q.popleft()
+            size = len(msg.payload) + DATA_FIXED
+            ids = self.policy(MessageInfo(msg.flow_id, size, DATAGRAM, flow_class=cls), paths, now)
+            if not ids:
+                counters["datagrams_no_path"] += 1
+                continue
+            for pid in ids:
+                out.append((pid, msg))
+                self._charge(pid, size - DATA_FIXED)
+            counters["datagrams_sent"] += len(ids)
+
     def messages_to_send(self, now: float) -> list[tuple[int, Message]]:
         """Messages to write now, each with the path to write it on, in order."""
         self.handle_timer(now)
@@ -1042,8 +1072,11 @@ class Mux:
         out: list[tuple[int, Message]] = []
         paths = list(self.paths.values())
         if not any(p.up for p in paths):
+            self.counters["datagrams_no_path"] += len(self._datagrams)
+            self._datagrams.clear()
             return out
         self._send_control(out, paths, now)
+        self._send_datagrams(out, paths, now)
         self._send_acks(out, paths, now)
         for conn in list(self.conns.values()):
             if conn.rtx:

@@ -24,6 +24,12 @@ Each question is then translated:
   class, asked about every up path (a control message is small and goes regardless of
   room); when it names none, the mux's built-in rule decides. RSTs go on every path
   (the mux does that without asking);
+* datagrams (DATAGRAM messages of a UDP flow, kind ``datagram``) go to the one rule of
+  :class:`scheduler.datagrams.DatagramPlacer` by the flow's class, whatever the policy
+  (``builtin`` included): ``single`` flows one path at a time among the paths with room,
+  ``duplicate`` flows a copy on each of the best ``copies`` paths, which may be up to
+  :data:`DATAGRAM_SLACK` bytes past their room (a DNS query must not wait behind a
+  download);
 * DATA_ACKs stay with the built-in rule (:func:`middlebox.session.mux.lowest_rtt_policy`): an
   ACK must go back on the path its data came in on;
 * ``builtin`` as the policy name uses the built-in rule for everything.
@@ -64,7 +70,8 @@ from middlebox.paths.sockets import TcpInfo
 from middlebox.session.mux import PathState, lowest_rtt_policy
 from scheduler import policies
 from scheduler.config import SchedulerConfig
-from scheduler.context import CONTROL, DATA, REINJECTION, MessageInfo, PathContext
+from scheduler.context import CONTROL, DATA, DATAGRAM, REINJECTION, MessageInfo, PathContext
+from scheduler.datagrams import DUPLICATE, DatagramClasses, DatagramPlacer
 from scheduler.estimators import PathSample
 from scheduler.generators import CarrierTracker, Generators
 from scheduler.longterm import LongTermSource
@@ -74,6 +81,7 @@ log = logging.getLogger("mpproxy.scheduler")
 
 BUILTIN = "builtin"
 _ASKED = (DATA, REINJECTION, CONTROL)  # the kinds the policy decides (ACKs: built-in rule)
+DATAGRAM_SLACK = 64 << 10  # bytes a duplicated datagram may go past a path's room
 
 
 class SchedulerPolicy:
@@ -85,8 +93,10 @@ class SchedulerPolicy:
         name: str | None = None,
         longterm: LongTermSource | None = None,
         carriers: CarrierTracker | None = None,
+        datagrams: DatagramClasses | None = None,
     ):
         self.cfg = cfg
+        self.placer = DatagramPlacer(datagrams)  # the datagram rule (scheduler.datagrams)
         self.name = name or cfg.policy
         self.longterm = longterm  # contextdb's predictions (gateway with [context] use_contextdb)
         self.policy = None if self.name == BUILTIN else policies.get(self.name, cfg, longterm)
@@ -157,6 +167,8 @@ class SchedulerPolicy:
         self, info: MessageInfo, paths: Sequence[PathState], now: float
     ) -> tuple[int, ...]:
         kind = info.kind
+        if kind == DATAGRAM:
+            return self._datagram(info, paths, now)
         if self.policy is None or self.failed or kind not in _ASKED:
             return lowest_rtt_policy(info, paths, now)
         if kind == CONTROL:
@@ -167,12 +179,6 @@ class SchedulerPolicy:
             cands = [p for p in cands if p.id not in info.avoid]
         if not cands:
             return ()
-        # feed the generators what the mux knows now, then read the registry
-        gen = self.paths
-        for p in cands:
-            if p.id not in gen.contexts:
-                gen.placeholder(p.id, p.srtt, p.rttvar)
-            gen.refresh(p.id, up=True, queued=p.queued)
         conns, cid = self.connections, info.conn_id
         conns.seen(cid, now)
         if kind == DATA:
@@ -180,7 +186,7 @@ class SchedulerPolicy:
             if info.backlog == 0:
                 conns.app_limited(cid, now)  # this message takes all the application gave
         registry = self.registry
-        ctxs = [registry.get(PATH, p.id) for p in cands]
+        ctxs = self._contexts(cands)
         info.conn = registry.get(CONNECTION, cid)
         try:
             ids = self.policy.decide(info, ctxs, now)
@@ -196,3 +202,26 @@ class SchedulerPolicy:
         if not chosen and kind == CONTROL:
             return lowest_rtt_policy(info, paths, now)
         return chosen
+
+    def _contexts(self, cands: Sequence[PathState]) -> list[PathContext]:
+        """Feed the generators what the mux knows now, then read the registry."""
+        gen = self.paths
+        for p in cands:
+            if p.id not in gen.contexts:
+                gen.placeholder(p.id, p.srtt, p.rttvar)
+            gen.refresh(p.id, up=True, queued=p.queued)
+        registry = self.registry
+        return [registry.get(PATH, p.id) for p in cands]
+
+    def _datagram(
+        self, info: MessageInfo, paths: Sequence[PathState], now: float
+    ) -> tuple[int, ...]:
+        least = -DATAGRAM_SLACK if info.flow_class == DUPLICATE else 0
+        cands = [p for p in paths if p.up and p.room > least]
+        if not cands:
+            return ()
+        return self.placer.place(info, self._contexts(cands), now)
+
+    def forget_flow(self, flow_id: int) -> None:
+        """A datagram flow ended: its pinned path is forgotten."""
+        self.placer.forget(flow_id)

@@ -176,9 +176,11 @@ def tcp_header(seg: Segment, tcp_len: int, csum_mode: str) -> bytes:
     return hdr[:16] + c.to_bytes(2, "big") + hdr[18:]
 
 
-def ip_header(src: bytes, dst: bytes, total_len: int, ident: int = 0, ttl: int = 64) -> bytes:
-    """A 20-byte IPv4 header with DF set and its checksum."""
-    hdr = _IP.pack(0x45, 0, total_len, ident, 0x4000, ttl, IPPROTO_TCP, 0, src, dst)
+def ip_header(
+    src: bytes, dst: bytes, total_len: int, ident: int = 0, ttl: int = 64, proto: int = IPPROTO_TCP
+) -> bytes:
+    """A 20-byte IPv4 header with DF set and its checksum (TCP's unless ``proto``)."""
+    hdr = _IP.pack(0x45, 0, total_len, ident, 0x4000, ttl, proto, 0, src, dst)
     c = checksum(hdr)
     return hdr[:10] + c.to_bytes(2, "big") + hdr[12:]
 

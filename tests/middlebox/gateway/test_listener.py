@@ -149,3 +149,21 @@ def test_a_missing_lan_interface_is_refused_before_anything_is_made(gwns):
         Listener(cfg).setup()
     assert not plumbing.exists(ls)
     assert _state(gw) == before
+
+
+def test_udp_is_steered_into_the_listener_and_dropped_there(gwns):
+    gw, ls = gwns
+    before = plumbing.run(gw, ["ip", "rule"])
+    lst = Listener(_config(ls), udp=True)
+    with plumbing.entered(gw):
+        lst.setup()
+    try:
+        rules = plumbing.run(gw, ["ip", "rule"])
+        assert "900:\tfrom all iif lan0 ipproto tcp lookup 210" in rules
+        assert "900:\tfrom all iif lan0 ipproto udp lookup 210" in rules
+        nft = plumbing.run(ls, ["nft", "list", "table", "inet", "mpproxy_mpl_in"])
+        assert 'iifname "mpl-in" meta l4proto { tcp, udp } drop' in nft
+    finally:
+        with plumbing.entered(gw):
+            lst.teardown()
+    assert plumbing.run(gw, ["ip", "rule"]) == before  # (the full state: the test above)
