@@ -120,6 +120,14 @@ class CommandSource:
 def modem_source(cfg: Config) -> ModemSource:
     """The ModemManager source of ``[context]``: one modem per carrier (``modems``)."""
     c = cfg.context
+    return ModemSource(c.modem_program, modem_mapping(cfg), c.modem_interval, c.modem_timeout,
+                       c.modem_location, c.modem_signal_setup)  # fmt: skip
+
+
+def modem_mapping(cfg: Config) -> list[tuple[str, str, str]]:
+    """(carrier, ``[context] modems`` entry, interface) per carrier; :class:`UserError`
+    when the entries cannot be matched to the carriers."""
+    c = cfg.context
     carriers = cfg.gateway.carriers
     if len(c.modems) > len(carriers):
         raise UserError(
@@ -133,9 +141,7 @@ def modem_source(cfg: Config) -> ModemSource:
                 f"context.modems[{k}]: carrier {x.name!r} has no interface to find its modem "
                 "by: name its modem (index, equipment id or port) or set its interface"
             )
-    mapping = [(x.name, e, x.interface) for x, e in zip(carriers, entries, strict=True)]
-    return ModemSource(c.modem_program, mapping, c.modem_interval, c.modem_timeout,
-                       c.modem_location, c.modem_signal_setup)  # fmt: skip
+    return [(x.name, e, x.interface) for x, e in zip(carriers, entries, strict=True)]
 
 
 def open_context_db(cfg: Config, origin: str, readonly: bool):
