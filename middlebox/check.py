@@ -371,7 +371,7 @@ def _carriers(cfg: Config, host: Host) -> list[Problem]:
         for ip in node_ips[:1]:
             via = host.route_out(src, ip)
             if via != c.interface:
-                table = 100 + k
+                table = 101 + k  # a suggestion: carrier k's own table
                 why = f"cannot reach it ({via[1:]})" if via.startswith("!") else f"leaves by {via}"
                 out.append(
                     Problem(

@@ -184,10 +184,10 @@ GATEWAY_CASES = {
     "source routing": (lambda h: h.routes.__setitem__("10.30.0.7", "wwan0"),
                        "problem: carrier 'b' source routing: traffic from 10.30.0.7 to the node "
                        "203.0.113.10 leaves by wwan0, not by wwan1: ip rule add from 10.30.0.7 "
-                       "lookup 101 && ip route add default dev wwan1 table 101"),
+                       "lookup 102 && ip route add default dev wwan1 table 102"),
     "no route": (_drop("routes", "10.20.0.5"),
                  "traffic from 10.20.0.5 to the node 203.0.113.10 cannot reach it (Network is "
-                 "unreachable), not by wwan0: ip rule add from 10.20.0.5 lookup 100"),
+                 "unreachable), not by wwan0: ip rule add from 10.20.0.5 lookup 101"),
     "dns": (_set("names", {}), "gateway.node 'node.example.net': does not resolve"),
     "expired": (_set("clock", NOW + datetime.timedelta(days=4000)), "expired on"),
     "not yet valid": (_set("clock", NOW - datetime.timedelta(days=2)), "check the host's clock"),
@@ -357,11 +357,11 @@ def test_gateway_check_in_a_namespace(certs, tmp_path):
         problems = [ln for ln in first.stdout.splitlines() if ln.startswith("problem: ")]
         assert problems == [
             "problem: carrier 'b' source routing: traffic from 10.30.0.7 to the node "
-            f"{NODE_IP} leaves by wwan0, not by wwan1: ip rule add from 10.30.0.7 lookup 101 "
-            "&& ip route add default dev wwan1 table 101"
+            f"{NODE_IP} leaves by wwan0, not by wwan1: ip rule add from 10.30.0.7 lookup 102 "
+            "&& ip route add default dev wwan1 table 102"
         ], first.stdout
-        ip("rule", "add", "from", "10.30.0.7", "lookup", "101")
-        ip("route", "add", "default", "dev", "wwan1", "table", "101")
+        ip("rule", "add", "from", "10.30.0.7", "lookup", "102")
+        ip("route", "add", "default", "dev", "wwan1", "table", "102")
         second = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         assert second.returncode == 0, second.stdout + second.stderr
         assert second.stdout.splitlines()[-1] == "ok: this host is ready for the gateway"
