@@ -29,7 +29,7 @@ from middlebox.config import (
 from middlebox.paths import pki
 
 NODE_IP = "203.0.113.10"
-NOW = datetime.datetime.now(datetime.UTC)
+DAY = datetime.timedelta(days=1)
 
 
 class FakeHost(Host):
@@ -54,7 +54,7 @@ class FakeHost(Host):
         self.unreadable: set[str] = set()
         self.unwritable: set[str] = set()
         self.bound: dict[int, str] = {}
-        self.clock = NOW
+        self.clock = datetime.datetime.now(datetime.UTC)  # after the certificates were made
 
     def capabilities(self):
         return set(self.caps)
@@ -156,6 +156,10 @@ def _set(attr, value):
     return lambda h: setattr(h, attr, value)
 
 
+def _later(h, days):
+    h.clock += days * DAY
+
+
 def _link(name, **kw):
     return lambda h: h.links.__setitem__(name, dataclasses.replace(h.links[name], **kw))
 
@@ -189,8 +193,8 @@ GATEWAY_CASES = {
                  "traffic from 10.20.0.5 to the node 203.0.113.10 cannot reach it (Network is "
                  "unreachable), not by wwan0: ip rule add from 10.20.0.5 lookup 101"),
     "dns": (_set("names", {}), "gateway.node 'node.example.net': does not resolve"),
-    "expired": (_set("clock", NOW + datetime.timedelta(days=4000)), "expired on"),
-    "not yet valid": (_set("clock", NOW - datetime.timedelta(days=2)), "check the host's clock"),
+    "expired": (lambda h: _later(h, 4000), "expired on"),
+    "not yet valid": (lambda h: _later(h, -2), "check the host's clock"),
     "control socket": (lambda h: h.unwritable.add("/run/mpproxy"),
                        "gateway.control_socket /run/mpproxy/gateway.sock: cannot be created"),
 }  # fmt: skip
@@ -246,7 +250,7 @@ def test_warnings_do_not_fail_the_check(certs):
     text, status = check.report(problems, "gateway")
     assert status == 0 and text.startswith("warning: tls.plaintext") and "ok:" in text
     soon = FakeHost()
-    soon.clock = NOW + datetime.timedelta(days=825 - 5)
+    _later(soon, 825 - 5)
     found = check.check_gateway(gateway_cfg(certs), soon)
     assert found and all(p.warning for p in found) and "renew it" in found[0].fix
 
@@ -257,7 +261,7 @@ NODE_CASES = {
     "bbr missing": (_set("avail", {"reno", "cubic"}), "modprobe tcp_bbr"),
     "bbr not allowed": (_set("allowed", {"reno", "cubic"}),
                         "sysctl -w net.ipv4.tcp_allowed_congestion_control='bbr cubic reno'"),
-    "expired": (_set("clock", NOW + datetime.timedelta(days=4000)), "expired on"),
+    "expired": (lambda h: _later(h, 4000), "expired on"),
     "control socket": (lambda h: h.unwritable.add("/run/mpproxy"), "node.control_socket"),
 }  # fmt: skip
 
