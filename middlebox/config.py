@@ -689,8 +689,9 @@ class ContextConfig:
         "none",
         "Where each carrier's cell id, RSRP and position come from: none; replay (one "
         "5G-drive CSV per carrier, e.g. written by 'mpproxy testbed rail'); command (a "
-        "helper program printing JSON lines; reading a modem itself is not built in).",
-        choices=("none", "replay", "command"),
+        "helper program printing JSON lines); modemmanager (the modems themselves, read "
+        "with ModemManager's mmcli).",
+        choices=("none", "replay", "command", "modemmanager"),
     )
     replay_files: list[str] = opt(
         [], "For source = replay: one CSV per [[gateway.carriers]] table, in the same order."
@@ -713,6 +714,37 @@ class ContextConfig:
     )
     command: list[str] = opt(
         [], "For source = command: program and arguments; its stdout is read as JSON lines."
+    )
+    modems: list[str] = opt(
+        [],
+        "For source = modemmanager: which modem serves each [[gateway.carriers]] table, in "
+        "the same order: its ModemManager index ('0'), equipment id (IMEI), device id or a "
+        "port name; a missing or empty entry: the modem owning the carrier's interface.",
+    )
+    modem_program: str = opt("mmcli", "For source = modemmanager: the mmcli program (on PATH).")
+    modem_interval: float = opt(
+        1.0,
+        "For source = modemmanager: seconds between polls of the modems (each runs mmcli "
+        "once, plus two or three times per carrier; the loop looks once a second).",
+        min=1.0,
+        max=3600.0,
+    )
+    modem_timeout: float = opt(
+        5.0,
+        "For source = modemmanager: seconds one mmcli run may take before it is killed "
+        "and counted (timeouts).",
+        min=0.1,
+        max=600.0,
+    )
+    modem_location: bool = opt(
+        True,
+        "For source = modemmanager: also ask each modem for its serving cell and GPS fix "
+        "(mmcli --location-get; enable the modem's 3GPP and GPS location first).",
+    )
+    modem_signal_setup: bool = opt(
+        True,
+        "For source = modemmanager: switch a modem's extended signal reporting on (mmcli "
+        "--signal-setup) when it is off, once per modem appearance.",
     )
     report_interval: float = opt(
         1.0,

@@ -196,6 +196,29 @@ def _context_line(carrier: str, c: dict) -> str:
     return ", ".join(parts)
 
 
+def _modem_lines(m: dict | None) -> list[str]:
+    """The ModemManager source's counters and each carrier's modem (one line each)."""
+    if not m:
+        return []
+    counts = " ".join(f"{k}={v}" for k, v in sorted(m.items()) if isinstance(v, int))
+    lines = [
+        f"modems: {counts}" + (f" last_error={m['last_error']}" if m.get("last_error") else "")
+    ]
+    for carrier, r in sorted(m.get("modems", {}).items()):
+        if not r.get("present"):
+            lines.append(f"  modem {carrier:<12} (no modem)")
+            continue
+        sig = ", ".join(
+            f"{tech} " + " ".join(f"{k} {v:g}" for k, v in vals.items())
+            for tech, vals in r.get("signal", {}).items()
+        )
+        parts = [f"#{r.get('modem')} {r.get('model') or '?'}", r.get("state") or "-",
+                 ",".join(r.get("tech", [])) or "-", r.get("operator") or "-",
+                 f"cell {r.get('cell_id') or '-'}", sig]  # fmt: skip
+        lines.append(f"  modem {carrier:<12} " + ", ".join(p for p in parts if p))
+    return lines
+
+
 def render(state: dict) -> str:
     """A human-readable page of a status snapshot (gateway or node)."""
     lines = [f"{state.get('role', '?')} {state.get('id', '')}  up {state.get('uptime', 0):.0f} s"]
@@ -219,8 +242,9 @@ def render(state: dict) -> str:
             lines.append("  counters: " + " ".join(f"{k}={v}" for k, v in sorted(counters.items())))
     ctx = state.get("context")
     if ctx:
-        items = ((k, v) for k, v in ctx.items() if k != "carriers")
+        items = ((k, v) for k, v in ctx.items() if k not in ("carriers", "modem"))
         lines.append("context: " + " ".join(f"{k}={v}" for k, v in sorted(items)))
+        lines += _modem_lines(ctx.get("modem"))
     keys = (
         "flows", "udp", "endpoint", "capture", "counters", "admission", "memory", "limits",
         "metrics",

@@ -16,6 +16,11 @@ import signal
 
 log = logging.getLogger("mpproxy")
 
+CHECK_HELP = (
+    "check this host instead of running: print one line per problem with what to fix; "
+    "exit status 0 when there is none (docs/deployment.md)"
+)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser(
@@ -25,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "paths to the node. Needs root. Stops cleanly on SIGTERM.",
     )
     g.add_argument("--config", required=True, help="TOML configuration file")
+    g.add_argument("--check", action="store_true", help=CHECK_HELP)
     g.set_defaults(func=_gateway)
     n = sub.add_parser(
         "node",
@@ -33,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "their original destinations. Stops cleanly on SIGTERM.",
     )
     n.add_argument("--config", required=True, help="TOML configuration file")
+    n.add_argument("--check", action="store_true", help=CHECK_HELP)
     n.set_defaults(func=_node)
     s = sub.add_parser(
         "status",
@@ -73,15 +80,35 @@ def _stopper() -> list[int]:
 
 
 def _gateway(args: argparse.Namespace) -> int:
+    if args.check:
+        return _check("gateway", args.config)
     from middlebox.gateway.process import Gateway
 
     return _serve(Gateway, args)
 
 
 def _node(args: argparse.Namespace) -> int:
+    if args.check:
+        return _check("node", args.config)
     from middlebox.node.process import Node
 
     return _serve(Node, args)
+
+
+def _check(role: str, path: str) -> int:
+    """``--check``: the host's problems, one line each (a bad file is one of them)."""
+    from middlebox import check, config
+
+    try:
+        cfg = config.load(path)
+    except config.ConfigError as e:
+        print(check.Problem("configuration", f"{e} (mpproxy config check FILE)").line())
+        print(f"1 problem(s): the {role} will not run correctly on this host")
+        return 1
+    run = check.check_gateway if role == "gateway" else check.check_node
+    text, status = check.report(run(cfg, check.Host()), role)
+    print(text)
+    return status
 
 
 def _serve(process: type, args: argparse.Namespace) -> int:

@@ -8,8 +8,8 @@ Sans-I/O pieces the gateway's context loop (:mod:`middlebox.context.loop`) joins
   rail generator writes: ``mpproxy testbed rail``), one file per configured carrier, in
   step with the testbed's trace time; :class:`JsonLinesParser` turns the JSON lines a
   modem helper prints into readings (the I/O shell that runs the helper is
-  :class:`middlebox.context.loop.CommandSource`). Reading a modem itself (ModemManager, AT
-  commands) is out of scope: a helper program does that and prints JSON lines.
+  :class:`middlebox.context.loop.CommandSource`); the modems themselves are read through
+  ModemManager by :mod:`middlebox.context.modem`.
 * :func:`track` hands a reading to the scheduler's carrier tracker
   (:class:`scheduler.generators.CarrierTracker`, registered with the scheduling
   module's registry), which keeps each carrier's :class:`scheduler.context.CarrierContext`

@@ -47,6 +47,7 @@ from middlebox.context.carriers import (
     load_replay,
     track,
 )
+from middlebox.context.modem import ModemSource, read_pipe
 from middlebox.errors import UserError
 from middlebox.logs import kv
 from middlebox.paths.conn import forget, set_interest
@@ -61,9 +62,10 @@ NAN = math.nan
 class CommandSource:
     """A helper program whose stdout is JSON lines (:class:`JsonLinesParser`).
 
-    The helper reads the modems (ModemManager, AT commands, a vendor API: not built in)
-    and prints one line per carrier per second. Its stdout is read non-blocking from the
-    gateway's selector; when it exits, it is logged and context stops (no restart).
+    The helper reads the modems (AT commands, a vendor API; ModemManager is built in:
+    :mod:`middlebox.context.modem`) and prints one line per carrier per second. Its
+    stdout is read non-blocking from the gateway's selector; when it exits, it is logged
+    and context stops (no restart).
     """
 
     def __init__(self, argv: list[str], carriers: list[str]) -> None:
@@ -86,12 +88,9 @@ class CommandSource:
         set_interest(sel, self.fd, selectors.EVENT_READ, self._ready)
 
     def _ready(self, mask: int, now: float) -> None:
-        try:
-            data = os.read(self.fd, 65536)
-        except BlockingIOError:
+        data = read_pipe(self.fd)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self.eof = True
             if self.sel is not None:
@@ -116,6 +115,33 @@ class CommandSource:
                 self.proc.wait(2.0)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+def modem_source(cfg: Config) -> ModemSource:
+    """The ModemManager source of ``[context]``: one modem per carrier (``modems``)."""
+    c = cfg.context
+    return ModemSource(c.modem_program, modem_mapping(cfg), c.modem_interval, c.modem_timeout,
+                       c.modem_location, c.modem_signal_setup)  # fmt: skip
+
+
+def modem_mapping(cfg: Config) -> list[tuple[str, str, str]]:
+    """(carrier, ``[context] modems`` entry, interface) per carrier; :class:`UserError`
+    when the entries cannot be matched to the carriers."""
+    c = cfg.context
+    carriers = cfg.gateway.carriers
+    if len(c.modems) > len(carriers):
+        raise UserError(
+            f"context.modems: {len(c.modems)} entries for {len(carriers)} carrier(s); give "
+            "at most one per [[gateway.carriers]] table, in the same order"
+        )
+    entries = [*c.modems, *[""] * (len(carriers) - len(c.modems))]
+    for k, x in enumerate(carriers):
+        if not entries[k] and not x.interface:
+            raise UserError(
+                f"context.modems[{k}]: carrier {x.name!r} has no interface to find its modem "
+                "by: name its modem (index, equipment id or port) or set its interface"
+            )
+    return [(x.name, e, x.interface) for x, e in zip(carriers, entries, strict=True)]
 
 
 def open_context_db(cfg: Config, origin: str, readonly: bool):
@@ -182,6 +208,8 @@ class ContextLoop:
             self.source = ReplaySource(rows, start, c.replay_loop, c.replay_time_scale)
         elif c.source == "command" and not c.command:
             raise UserError("context.command: needed when context.source = command")
+        elif c.source == "modemmanager":
+            self.source = modem_source(cfg)
         self.tracker = CarrierTracker(cfg.contextdb.window_s)
         self.meter = PerfMeter()
         self.latest: dict[str, CarrierSecond] = {}
@@ -226,8 +254,8 @@ class ContextLoop:
         if self._start_command:
             self._start_command = False
             self.source = CommandSource(list(self.cfg.command), self.carriers)
-            if sel is not None:
-                self.source.attach(sel)
+        if sel is not None and isinstance(self.source, CommandSource | ModemSource):
+            self.source.attach(sel)
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -402,6 +430,8 @@ class ContextLoop:
         if isinstance(self.source, CommandSource):
             out["command_errors"] = self.source.parser.errors
             out["command_last_error"] = self.source.parser.last_error
+        if isinstance(self.source, ModemSource):
+            out["modem"] = self.source.status()
         if self.ingest is not None:
             out.update(self.ingest.counters)
         fleet = getattr(getattr(self.db, "store", None), "status", None)
@@ -417,7 +447,7 @@ class ContextLoop:
         except Exception:
             log.exception("context database: final write failed")
         finally:
-            if isinstance(self.source, CommandSource):
+            if isinstance(self.source, CommandSource | ModemSource):
                 self.source.close()
             if self._own_db and self.db is not None:
                 self.db.store.close()
