@@ -98,7 +98,9 @@ def carrier_specs(args, scn: Scenario, workdir: Path) -> tuple[list[CarrierSpec]
                 write_mahimahi(route.delivery(k, d), workdir / f"{c.name}.{d}")
             downs.append(str(workdir / f"{c.name}.down"))
             ups.append(str(workdir / f"{c.name}.up"))
-            carriers[k] = dataclasses.replace(carriers[k], trace=route.delivery(k, "down"))
+            carriers[k] = dataclasses.replace(
+                carriers[k], trace=route.delivery(k, "down"), up=route.delivery(k, "up")
+            )
     else:
         for spec in args.trace:
             name, eq, rest = spec.partition("=")
@@ -125,11 +127,14 @@ def shifted(carriers: Sequence[Carrier], lead: float) -> list[Carrier]:
     start in the emulation)."""
     ms = int(round(lead * 1000))
     out = []
+
+    def roll(t):
+        return DeliveryTrace(np.roll(t.counts, -(ms % len(t.counts))), t.name)
+
     for c in carriers:
-        counts = np.roll(c.trace.counts, -(ms % len(c.trace.counts)))
-        trace = DeliveryTrace(counts, c.trace.name)
         outs = tuple((max(0.0, a), b) for a, b in c.outages if b > 0)
-        out.append(dataclasses.replace(c, trace=trace, outages=outs))
+        up = None if c.up is None else roll(c.up)
+        out.append(dataclasses.replace(c, trace=roll(c.trace), up=up, outages=outs))
     return out
 
 

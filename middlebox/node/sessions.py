@@ -30,7 +30,17 @@ from middlebox.errors import UserError
 from middlebox.logs import kv
 from middlebox.node.context import SessionContext
 from middlebox.node.relay import Relay
-from middlebox.paths.conn import HELLO, UP, PathConn, PathError, forget, pump_mux, set_interest
+from middlebox.paths.conn import (
+    HELLO,
+    INFO_INTERVAL,
+    UP,
+    PathConn,
+    PathError,
+    forget,
+    pump_mux,
+    report_tcp_info,
+    set_interest,
+)
 from middlebox.paths.sockets import PathOptions, configure
 from middlebox.paths.tls import PeerAuthError, check_gateway_id
 from middlebox.session import wire
@@ -39,7 +49,6 @@ from middlebox.session.policy import SchedulerPolicy
 
 log = logging.getLogger("mpproxy.node")
 
-INFO_INTERVAL = 0.2  # seconds between TCP_INFO readings of a path
 MAX_CONTEXT_CARRIERS = 32  # carriers whose CONTEXT a gateway may report (bounds memory)
 
 
@@ -160,16 +169,8 @@ class Gateways:
             self._last_info = now
             for sess in self.sessions.values():
                 for pid, pc in sess.paths.items():
-                    info = pc.tcp_info()
-                    if info is not None and info.srtt_us:
-                        sess.mux.update_path(
-                            pid,
-                            srtt=info.srtt,
-                            rttvar=info.rttvar,
-                            progress=now if pc.delivering else None,
-                        )
                     carrier = sess.carriers.get(pid, "")
-                    sess.policy.sample(pid, carrier, info, now)
+                    info = report_tcp_info(sess.mux, sess.policy, pid, carrier, pc, now)
                     if sess.context is not None:
                         sess.context.on_info(pid, carrier, pc, info, now)
                 if sess.context is not None:

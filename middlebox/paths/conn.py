@@ -28,7 +28,7 @@ import ssl
 import struct
 import time
 
-from middlebox.paths.sockets import TcpInfo, tcp_info
+from middlebox.paths.sockets import TcpInfo, delivering, tcp_info
 from middlebox.session import wire
 
 log = logging.getLogger("mpproxy.path")
@@ -39,6 +39,7 @@ TLS_WRITE_SLICE = 64 << 10
 READ_SIZE = 256 << 10
 
 CONNECTING, TLS, HELLO, UP, CLOSED = "connecting", "tls", "hello", "up", "closed"
+INFO_INTERVAL = 0.2  # seconds between two TCP_INFO readings of a path (gateway and node)
 
 
 class PathError(Exception):
@@ -253,13 +254,13 @@ class PathConn:
         return max(0, self.lowat - self.notsent() - self.buffered)
 
     def tcp_info(self) -> TcpInfo | None:
-        before = self.info.bytes_acked if self.info is not None else 0
+        before = self.info
         try:
             self.info = tcp_info(self.raw)
         except OSError:
             self.delivering = False
             return None
-        self.delivering = self.info.bytes_acked > before or self.info.unacked == 0
+        self.delivering = delivering(before, self.info)
         return self.info
 
     def kernel_status(self) -> dict:
@@ -327,7 +328,9 @@ def forget(sel: selectors.BaseSelector, fileobj: object) -> None:
 def pump_mux(mux: object, paths: dict[int, PathConn], now: float) -> list[tuple[int, PathError]]:
     """Offer each up path's room to the mux, write what it hands out, flush every path.
 
-    Returns the paths that failed while writing (the caller takes them down)."""
+    Returns the paths that failed while writing (the caller takes them down). A path is
+    anything with ``state``, ``room()``, ``write(msg)``, ``has_output`` and ``flush()``
+    (the replay simulator passes its model of a path socket)."""
     for pid, pc in paths.items():
         if pc.state == UP:
             mux.update_path(pid, room=pc.room())  # type: ignore[attr-defined]
@@ -343,3 +346,32 @@ def pump_mux(mux: object, paths: dict[int, PathConn], now: float) -> list[tuple[
             except PathError as e:
                 failed.append((pid, e))
     return failed
+
+
+def report_tcp_info(
+    mux: object,
+    policy: object,
+    path_id: int,
+    carrier: str,
+    pc: PathConn,
+    now: float,
+    probe_rtt: float | None = None,
+) -> TcpInfo | None:
+    """Read one path's TCP_INFO and hand it on, as gateway and node do every
+    :data:`INFO_INTERVAL`: the mux gets srtt, rttvar and, when the reading shows the path
+    delivering, ``progress`` (its stall rule waits for a silent path); the scheduler
+    adapter (``policy.sample``, if it has one) gets the reading and ``probe_rtt``, the
+    path's latest PROBE round trip. ``pc`` is anything with ``tcp_info()`` and
+    ``delivering`` (the replay simulator passes its socket model). Returns the reading."""
+    info = pc.tcp_info()
+    if info is not None and info.srtt_us:
+        mux.update_path(  # type: ignore[attr-defined]
+            path_id,
+            srtt=info.srtt,
+            rttvar=info.rttvar,
+            progress=now if pc.delivering else None,
+        )
+    sample = getattr(policy, "sample", None)
+    if sample is not None:
+        sample(path_id, carrier, info, now, probe_rtt)
+    return info

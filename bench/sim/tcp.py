@@ -1,0 +1,366 @@
+"""One direction of a kernel TCP connection, at message granularity.
+
+A carrier path of the proxy is one TCP connection; each of its directions is a
+:class:`Socket` here: the sending kernel's socket and the receiving kernel's in-order
+delivery, over the direction's :class:`~bench.sim.links.Link`, with the ACKs crossing the
+reverse link. What the socket models, and why it matters for the mux above it:
+
+* **Send queue and not-sent bytes.** ``write`` queues a unit (a mux message, a TLS
+  flight, a slice of a server's response) with its size on the wire. Units leave as the
+  congestion window and pacing allow; ``notsent`` is what the kernel has not sent yet,
+  so a shell offers the mux ``paths.notsent_lowat`` minus it as room, as
+  ``PathConn.room()`` does with ``SIOCOUTQNSD``.
+* **Congestion control**: :class:`bench.sim.cc.Bbr`, fed per acknowledgement with BBR's
+  delivery-rate sample. The oldest unit in flight counts as draining, so a window
+  smaller than a unit does not make the connection stop-and-wait (TCP acknowledges a
+  unit's packets one by one).
+* **In-order delivery.** A unit reaches the receiver only once every byte before it on
+  this connection has: a unit that lost packets arrives one smoothed RTT late (fast
+  retransmit) and holds back everything behind it.
+* **ACKs cross the reverse link**: one 66-byte ACK per two packets of a unit, sent when
+  the unit arrives, queued and served with whatever else goes that way (the proxy's
+  DATA_ACKs, requests, uploads), dropped when that queue is full. ACKs are cumulative: a
+  later one covers a lost one.
+* **Retransmission timeout with exponential backoff.** Without an acknowledgement for
+  ``srtt + max(4 rttvar, 200 ms)`` (doubled per expiry, at most 120 s) the head packet is
+  sent again and the window drops (``Bbr.on_silence``); the receiver answers the resent
+  packet with a cumulative ACK of what it has. So after an outage during which ACKs were
+  lost, the sender only learns the path is back at its next, backed-off, expiry.
+* **User timeout** (``TCP_USER_TIMEOUT``): data unacknowledged that long fails the
+  connection (the expiry is clamped to that deadline, as Linux does); ``on_error`` tells
+  the owner.
+* **TCP_INFO**: :meth:`Socket.tcp_info` reports what the kernel would (smoothed RTT and
+  variance from per-unit samples, delivery rate, cwnd, unacknowledged and not-sent
+  bytes, packets sent and resent, bytes acknowledged).
+
+Simplifications: a unit is the granule (no per-packet timing inside it; a unit's own
+transmission time is taken out of its RTT sample); a lost packet is repaired by fast
+retransmit in one smoothed RTT whatever the state of the reverse direction; pure ACKs
+never ride on data going the other way; no delayed-ACK timer, no receive window (the
+receiving shells read at once), no SACK scoreboard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import deque
+from collections.abc import Callable
+
+from bench.sim.cc import Bbr
+from bench.sim.engine import Engine
+from bench.sim.links import ACK_BYTES, MSS, OPPORTUNITY_BYTES, Link
+from middlebox.paths.sockets import TcpInfo
+
+RTO_MIN = 0.2  # s (Linux tcp_rto_min)
+RTO_MAX = 120.0  # s (Linux TCP_RTO_MAX)
+
+_ZERO_INFO = {f.name: 0 for f in dataclasses.fields(TcpInfo)}
+_ZERO_INFO["state"] = 1  # ESTABLISHED
+
+# a unit in flight: (number, unit, wire bytes, packets, sent at, delivered at send,
+# delivered time at send, app limited, own transmission time, RTO count at send,
+# first sent of the rate sample, epoch)
+N, UNIT, WIRE, PACKETS, SENT, D_SENT, D_TIME, APP_LIMITED, SER, RTOS, FIRST, EPOCH = range(12)
+
+
+class Socket:
+    """One direction of a TCP connection (see module text). ``deliver(now, unit)`` is
+    the receiver's side: called in order, once per unit; it returns False when the
+    receiver has no such connection (no ACK then)."""
+
+    __slots__ = (
+        "engine",
+        "fwd",
+        "rev",
+        "deliver",
+        "user_timeout",
+        "on_error",
+        "on_acked",
+        "cc",
+        "epoch",
+        "alive",
+        "unsent",
+        "notsent",
+        "flight",
+        "inflight",
+        "delivered",
+        "delivered_time",
+        "first_sent",
+        "srtt",
+        "rttvar",
+        "rate_sample",
+        "pace_last",
+        "pace_bytes",
+        "pump_at",
+        "rto_armed",
+        "rto_base",
+        "backoff",
+        "rto_count",
+        "segs_out",
+        "total_retrans",
+        "rx_last",
+        "rx_upto",
+        "sent_n",
+    )
+
+    def __init__(
+        self,
+        engine: Engine,
+        fwd: Link,
+        rev: Link,
+        deliver: Callable[[float, object], bool],
+        *,
+        user_timeout: float | None = None,
+        on_error: Callable[[float], None] | None = None,
+        on_acked: Callable[[float], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.fwd = fwd
+        self.rev = rev
+        self.deliver = deliver
+        self.user_timeout = user_timeout
+        self.on_error = on_error
+        self.on_acked = on_acked
+        self.cc = Bbr()
+        self.epoch = 0
+        self.alive = False
+        self.unsent: deque[tuple[object, int]] = deque()
+        self.flight: deque[tuple] = deque()
+        self.connect(0.0, 2 * fwd.delay or 0.01)
+        self.alive = False
+
+    def connect(self, now: float, rtt: float) -> None:
+        """A new connection whose handshake measured ``rtt`` (the kernel's first sample,
+        RFC 6298: rttvar = rtt / 2); whatever the old one held is gone."""
+        self.epoch += 1
+        self.alive = True
+        self.cc.reset(initial_rtt=rtt)
+        self.unsent.clear()
+        self.flight.clear()
+        self.notsent = 0
+        self.inflight = 0
+        self.delivered = 0
+        self.delivered_time = now
+        self.first_sent = now
+        self.srtt = rtt
+        self.rttvar = rtt / 2
+        self.rate_sample = 0.0
+        self.pace_last = now
+        self.pace_bytes = 0
+        self.pump_at = math.inf  # the pacing timer's time (inf: none armed)
+        self.rto_armed = False
+        self.rto_base = now
+        self.backoff = 0
+        self.rto_count = 0
+        self.segs_out = 0
+        self.total_retrans = 0
+        self.rx_last = now
+        self.rx_upto = 0
+        self.sent_n = 0
+
+    def close(self) -> None:
+        """The connection is gone on this side: nothing more is sent or delivered."""
+        self.epoch += 1
+        self.alive = False
+        self.unsent.clear()
+        self.flight.clear()
+        self.notsent = self.inflight = 0
+
+    # -- sending -----------------------------------------------------------------------
+
+    def write(self, unit: object, wire: int, now: float) -> None:
+        """Queue ``unit`` of ``wire`` bytes (as the application's send() does)."""
+        if not self.alive:
+            return
+        self.unsent.append((unit, wire))
+        self.notsent += wire
+        self.pump(now)
+
+    def rto(self) -> float:
+        return min(RTO_MAX, self.srtt + max(4 * self.rttvar, RTO_MIN))
+
+    def pump(self, now: float) -> None:
+        """Send what the window and pacing allow."""
+        cc = self.cc
+        unsent = self.unsent
+        flight = self.flight
+        fwd = self.fwd
+        engine = self.engine
+        while unsent and self.alive:
+            unit, wire = unsent[0]
+            if flight and self.inflight - flight[0][WIRE] >= cc.cwnd:
+                break
+            # pacing: the last send's bytes at the current rate (recomputed, so a rate
+            # that recovers after an outage is not stuck behind an old, slow schedule)
+            due = self.pace_last + self.pace_bytes / cc.pacing_rate
+            if due > now + 1e-9:
+                if due < self.pump_at:
+                    self.pump_at = due
+                    engine.at(due, self._pump_timer, (self.epoch, due))
+                break
+            unsent.popleft()
+            self.notsent -= wire
+            if not flight:
+                self.delivered_time = self.first_sent = self.rto_base = now
+            arrival, lost, ser = fwd.transmit(now, wire, self.srtt)
+            if arrival < self.rx_last:
+                arrival = self.rx_last  # in order: behind everything sent before
+            self.rx_last = arrival
+            packets = -(-wire // MSS)
+            self.segs_out += packets
+            self.total_retrans += lost
+            self.sent_n += 1
+            self.inflight += wire
+            seg = (
+                self.sent_n,
+                unit,
+                wire,
+                packets,
+                now,
+                self.delivered,
+                self.delivered_time,
+                # application-limited (Linux's tcp_rate_check_app_limited): less than a
+                # packet waits to be sent and the window is not full
+                self.notsent < MSS and self.inflight < cc.cwnd,
+                ser,
+                self.rto_count,
+                self.first_sent,
+                self.epoch,
+            )
+            flight.append(seg)
+            self.pace_last, self.pace_bytes = now, wire
+            engine.at(arrival, self._arrive, seg)
+        if flight and not self.rto_armed:
+            self._arm_rto()
+
+    def _pump_timer(self, now: float, arg: tuple[int, float]) -> None:
+        epoch, due = arg
+        if epoch != self.epoch or due != self.pump_at:
+            return  # the connection is gone, or a sooner timer took over
+        self.pump_at = math.inf
+        self.pump(now)
+
+    # -- receiving ---------------------------------------------------------------------
+
+    def _arrive(self, now: float, seg: tuple) -> None:
+        epoch = seg[EPOCH]
+        if epoch != self.epoch:
+            return  # the connection died with this unit in it
+        self.rx_upto = seg[N]
+        if not self.deliver(now, seg[UNIT]) or epoch != self.epoch:
+            return  # the receiver has no such connection (any more)
+        acks = seg[PACKETS] // 2 or 1
+        t, lost = self.rev.send(now, ACK_BYTES * acks, acks)
+        if lost < acks:
+            self.engine.at(t, self._ack, (epoch, seg[N]))
+
+    def _ack(self, now: float, arg: tuple[int, int]) -> None:
+        epoch, upto = arg
+        flight = self.flight
+        if epoch != self.epoch or not flight or flight[0][N] > upto:
+            return  # stale: a later ACK covered it already
+        acked = 0
+        last = flight[0]
+        while flight and flight[0][N] <= upto:
+            last = flight.popleft()
+            acked += last[WIRE]
+        self.inflight -= acked
+        self.delivered += acked
+        sent = last[SENT]
+        # BBR's rate sample: delivered over the longer of the send and the ack intervals
+        # (the send interval keeps ack compression from inflating the estimate)
+        interval = max(now - last[D_TIME], sent - last[FIRST])
+        rate = (self.delivered - last[D_SENT]) / interval if interval > 0 else 0.0
+        self.delivered_time = now
+        self.first_sent = sent
+        if rate > 0:
+            self.rate_sample = rate
+        if last[RTOS] != self.rto_count:
+            rtt = 0.0  # Karn: what a timeout resent gives no RTT sample
+        else:
+            rtt = now - sent - last[SER]  # the RTT of its last packet, as TCP measures
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+        self.cc.on_ack(
+            now, rtt, rate, last[APP_LIMITED], self.inflight, acked, last[D_SENT], self.delivered
+        )
+        self.backoff = 0
+        self.rto_base = now
+        if self.on_acked is not None:
+            self.on_acked(now)
+        if self.alive:
+            self.pump(now)
+
+    # -- retransmission timeout --------------------------------------------------------
+
+    def _rto_due(self) -> float:
+        due = self.rto_base + self.rto() * (1 << min(self.backoff, 16))
+        if self.user_timeout is not None and self.flight:
+            due = min(due, self.flight[0][SENT] + self.user_timeout)
+        return due
+
+    def _arm_rto(self) -> None:
+        self.rto_armed = True
+        self.engine.at(self._rto_due(), self._rto_timer, self.epoch)
+
+    def _rto_timer(self, now: float, epoch: int) -> None:
+        if epoch != self.epoch:
+            return
+        self.rto_armed = False
+        flight = self.flight
+        if not flight:
+            return
+        due = self._rto_due()
+        if now < due - 1e-9:
+            self._arm_rto()
+            return
+        ut = self.user_timeout
+        if ut is not None and now - flight[0][SENT] >= ut - 1e-9:
+            self.close()
+            if self.on_error is not None:
+                self.on_error(now)
+            return
+        # expiry: the window drops, the head packet goes again; the receiver answers it
+        # with a cumulative ACK of what it holds
+        self.backoff += 1
+        self.rto_count += 1
+        self.total_retrans += 1
+        self.segs_out += 1
+        self.cc.on_silence()
+        self.rto_base = now
+        t, lost = self.fwd.send(now, OPPORTUNITY_BYTES, 1)
+        if not lost:
+            self.engine.at(t, self._resent_arrives, epoch)
+        self._arm_rto()
+
+    def _resent_arrives(self, now: float, epoch: int) -> None:
+        if epoch != self.epoch:
+            return
+        t, lost = self.rev.send(now, ACK_BYTES, 1)
+        if not lost:
+            self.engine.at(t, self._ack, (epoch, self.rx_upto))
+
+    # -- what the kernel reports ---------------------------------------------------------
+
+    def tcp_info(self) -> TcpInfo:
+        """This direction's TCP_INFO, as the sending kernel would report it."""
+        info = dict(_ZERO_INFO)
+        info.update(
+            size=232,
+            srtt_us=int(self.srtt * 1e6),
+            rttvar_us=int(self.rttvar * 1e6),
+            rto_us=int(self.rto() * 1e6),
+            backoff=self.backoff,
+            snd_mss=MSS,
+            snd_cwnd=max(1, self.cc.cwnd // MSS),
+            unacked=-(-self.inflight // MSS),
+            total_retrans=self.total_retrans,
+            pacing_rate=int(self.cc.pacing_rate),
+            bytes_acked=self.delivered,
+            segs_out=self.segs_out,
+            notsent_bytes=self.notsent,
+            delivery_rate=int(self.rate_sample),
+            total_rto=self.rto_count,
+        )
+        return TcpInfo(**info)
