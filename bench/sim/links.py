@@ -253,11 +253,12 @@ def find_outages(counts: np.ndarray, duration: float, min_len: float) -> list[tu
     c = np.tile(counts, reps)[:n] if reps > 1 else counts[:n]
     zero = np.concatenate(([False], c == 0, [False]))
     edges = np.flatnonzero(np.diff(zero.astype(np.int8)))
-    out = []
-    for a, b in zip(edges[::2], edges[1::2], strict=True):
-        if (b - a) / 1000.0 >= min_len:
-            out.append((float(a) / 1000.0, float(b) / 1000.0))
-    return out
+    starts, ends = edges[::2], edges[1::2]
+    long = (ends - starts) / 1000.0 >= min_len
+    return [
+        (float(a) / 1000.0, float(b) / 1000.0)
+        for a, b in zip(starts[long], ends[long], strict=True)
+    ]
 
 
 @dataclass(frozen=True)

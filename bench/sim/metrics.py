@@ -11,8 +11,10 @@ summary functions turn it into numbers a person compares across policies:
 * **page load time** (web), **stalls** (count and time, constant-bitrate streams);
 * **out-of-order delay**: how long a message that arrived waited in the receive buffer
   for the bytes before it;
-* **overhead**: redundant payload (copies beyond the first that reached the receiver,
-  or were sent at all) and the wire headers of every message.
+* **overhead**: redundant bytes (what the sending side wrote on its paths, every
+  message, copy, resend, framing and TLS record included, beyond the bytes delivered to
+  the applications: the emulation's measure) and the share of those bytes that is not
+  DATA payload.
 """
 
 from __future__ import annotations
@@ -62,9 +64,9 @@ class Recorder:
     startup_delays: list[float] = field(default_factory=list)
     ooo_delays: array = field(default_factory=lambda: array("d"))
     messages_received: int = 0  # first copies
-    payload_sent: int = 0  # every copy
-    wire_sent: int = 0  # every copy, with message headers
-    useful_bytes: int = 0
+    payload_sent: int = 0  # DATA payload the sending side wrote on its paths, every copy
+    wire_sent: int = 0  # every byte it wrote on them (all messages, framing, TLS)
+    useful_bytes: int = 0  # bytes delivered to the receiving applications
     duplicate_bytes: int = 0  # copies that reached the receiver after the first
     reinjections: int = 0
     stall_reinjections: int = 0
@@ -150,8 +152,8 @@ def summarize(rec: Recorder, oracle_bytes: float, measure_from: float = 0.0) -> 
         "wire_sent": rec.wire_sent,
         "useful_bytes": rec.useful_bytes,
         "duplicate_bytes": rec.duplicate_bytes,
-        "redundant_fraction": (rec.payload_sent - rec.useful_bytes) / rec.payload_sent
-        if rec.payload_sent
+        "redundant_fraction": (rec.wire_sent - rec.useful_bytes) / rec.wire_sent
+        if rec.wire_sent
         else 0.0,
         "header_fraction": (rec.wire_sent - rec.payload_sent) / rec.wire_sent
         if rec.wire_sent

@@ -46,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.sim.engine import Engine
-from bench.sim.links import Link
+from bench.sim.links import MSS, Link
 from bench.sim.metrics import Recorder
 from bench.sim.tcp import Socket
 from bench.sim.transport import Conn, Transport, TransportParams
@@ -82,14 +82,33 @@ SERVER_ADDR = ipaddress.ip_address("198.51.100.10")
 _ZEROS = memoryview(bytes(1 << 20))
 
 
+_FIXED_SIZE = (wire.OpenOk, wire.Fin, wire.Rst, wire.Probe, wire.ProbeAck, wire.OpenFail)
+_sizes: dict[object, int] = {}
+
+
 def wire_size(msg: object) -> int:
     """Bytes ``msg`` takes on a path: its encoding and the TLS records carrying it."""
-    if type(msg) is wire.Data:
-        n = len(msg.payload) + MESSAGE_OVERHEAD
-    elif isinstance(msg, wire.Message):
-        n = len(wire.encode_header(msg))
+    t = type(msg)
+    if t is wire.Data:
+        n = len(msg.payload) + MESSAGE_OVERHEAD  # type: ignore[attr-defined]
+    elif t is Flight:
+        n = msg.size  # type: ignore[attr-defined]
     else:
-        n = msg.size  # type: ignore[attr-defined]  # a handshake flight
+        # encoded once per shape: every message of these types (a DATA_ACK with as many
+        # SACK ranges, an OPEN of the same address family) encodes to the same length
+        if t is wire.DataAck:
+            key: object = len(msg.ranges)  # type: ignore[attr-defined]
+        elif t in _FIXED_SIZE:
+            key = t
+        elif t is wire.Open:
+            key = (t, msg.src_addr.version)  # type: ignore[attr-defined]
+        else:
+            key = None
+        n = _sizes.get(key, 0) if key is not None else 0
+        if not n:
+            n = len(wire.encode_header(msg))  # type: ignore[arg-type]
+            if key is not None:
+                _sizes[key] = n
     return n + TLS_RECORD_OVERHEAD * (-(-n // TLS_RECORD))
 
 
@@ -104,13 +123,16 @@ class Flight:
 class End:
     """One end of a path connection as the shells see a ``PathConn``: what ``pump_mux``
     and ``report_tcp_info`` call on it (``state``, ``room()``, ``write()``,
-    ``has_output``, ``flush()``, ``tcp_info()``, ``delivering``)."""
+    ``has_output``, ``flush()``, ``tcp_info()``, ``delivering``).
 
-    __slots__ = ("sock", "lowat", "state", "info", "delivering", "last_rx", "rec")
+    Messages written between two flushes reach the socket as one write, as
+    ``PathConn.flush`` hands its buffer to the kernel: a small message rides in the same
+    unit as the one before it (it would share its last packet), a large one starts a new
+    unit, so each message still arrives about when its last byte would."""
 
-    has_output = False
+    __slots__ = ("sock", "lowat", "state", "info", "delivering", "last_rx", "rec", "units")
 
-    def __init__(self, sock: Socket, lowat: int, rec: Recorder) -> None:
+    def __init__(self, sock: Socket, lowat: int, rec: Recorder | None) -> None:
         self.sock = sock
         self.lowat = lowat
         self.state = "hello"
@@ -118,25 +140,46 @@ class End:
         self.delivering = False
         self.last_rx = 0.0
         self.rec = rec
+        self.units: list[list] = []  # [messages, wire bytes] written, not yet flushed
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self.units)
 
     def room(self) -> int:
         if self.state != UP:
             return 0
         n = self.lowat - self.sock.notsent
+        for unit in self.units:
+            n -= unit[1]
         return n if n > 0 else 0
 
     def write(self, msg: object) -> None:
         size = wire_size(msg)
-        if type(msg) is wire.Data:
-            n = len(msg.payload)
-            rec = self.rec
-            rec.payload_sent += n
-            rec.wire_sent += n + MESSAGE_OVERHEAD
-        sock = self.sock
-        sock.write(msg, size, sock.engine.now)
+        rec = self.rec
+        if rec is not None:  # the side that sends the applications' bytes
+            rec.wire_sent += size
+            if type(msg) is wire.Data:
+                rec.payload_sent += len(msg.payload)  # type: ignore[attr-defined]
+        units = self.units
+        if units and size < MSS:
+            last = units[-1]
+            last[0].append(msg)
+            last[1] += size
+        else:
+            units.append([[msg], size])
 
     def flush(self) -> None:
-        pass
+        sock = self.sock
+        now = sock.engine.now
+        for msgs, size in self.units:
+            sock.write(msgs, size, now)
+        self.units = []
+
+    def send(self, msg: object) -> None:
+        """Write and flush one message (PROBEs, HELLO and the like)."""
+        self.write(msg)
+        self.flush()
 
     def tcp_info(self):
         if not self.sock.alive:
@@ -173,8 +216,11 @@ class Connection:
             user_timeout=ut,
             on_error=self._node_error,
         )
-        self.gw = End(gw_sock, lowat, rec)  # the gateway's socket: sends on the uplink
-        self.node = End(node_sock, lowat, rec)  # the node's: sends on the downlink
+        # the gateway's socket sends on the uplink, the node's on the downlink; the bytes
+        # they write count towards redundancy on the side the applications' bytes leave
+        # from (the node; the gateway too once a client uploads), as the emulation counts
+        self.gw = End(gw_sock, lowat, rec if proxy.uploads else None)
+        self.node = End(node_sock, lowat, rec)
         self.gw_open = True  # the gateway holds its end
         self.node_open = False  # the node holds its end (from the SYN on)
         self.node_pid: int | None = None
@@ -183,19 +229,23 @@ class Connection:
 
     # -- the two ends hear of each other -------------------------------------------------
 
-    def _at_node(self, now: float, unit: object) -> bool:
+    def _at_node(self, now: float, unit: list) -> bool:
         if not self.node_open:
             self._refuse(now, to_gateway=True)
             return False
-        self.proxy.node.receive(self, unit, now)
+        receive = self.proxy.node.receive
+        for msg in unit:
+            receive(self, msg, now)
         return True
 
-    def _at_gateway(self, now: float, unit: object) -> bool:
+    def _at_gateway(self, now: float, unit: list) -> bool:
         if not self.gw_open:
             self._refuse(now, to_gateway=False)
             return False
         self.gw.last_rx = now
-        self.proxy.gateway.receive(self, unit, now)
+        receive = self.proxy.gateway.receive
+        for msg in unit:
+            receive(self, msg, now)
         return True
 
     def _refuse(self, now: float, to_gateway: bool) -> None:
@@ -326,7 +376,7 @@ class Gateway(_Loop):
         path.state = "hello"
         conn.gw.sock.connect(now, rtt)
         conn.node.sock.connect(now, rtt)
-        conn.gw.write(Flight("client hello", CLIENT_HELLO))
+        conn.gw.send(Flight("client hello", CLIENT_HELLO))
 
     def _handshake_deadline(self, now: float, conn: Connection) -> None:
         path = conn.path
@@ -380,7 +430,7 @@ class Gateway(_Loop):
         if path.conn is not conn or path.state != UP:
             return
         path.probe_id = (path.probe_id + 1) & 0xFFFFFFFF
-        conn.gw.write(wire.Probe(path.probe_id, int(now * 1e9)))
+        conn.gw.send(wire.Probe(path.probe_id, int(now * 1e9)))
         self.engine.at(now + self.proxy.cfg.paths.probe_interval, self._probe, conn)
 
     def tick(self, now: float) -> None:
@@ -407,7 +457,7 @@ class Gateway(_Loop):
             hello = wire.Hello(
                 cfg.gateway.id, self.session, path.carrier, "lte", 0, (), cfg.wire.max_payload
             )
-            conn.gw.write(hello)
+            conn.gw.send(hello)
             return
         if path.state == "hello":
             if t is wire.HelloAck:
@@ -419,7 +469,7 @@ class Gateway(_Loop):
             if unit.probe_id == path.probe_id:  # type: ignore[attr-defined]
                 path.probe_rtt = max(0.0, now - unit.echo_ns / 1e9)  # type: ignore[attr-defined]
         elif t is wire.Probe:
-            conn.gw.write(wire.ProbeAck(unit.probe_id, unit.sent_ns, 0, 0))  # type: ignore[attr-defined]
+            conn.gw.send(wire.ProbeAck(unit.probe_id, unit.sent_ns, 0, 0))  # type: ignore[attr-defined]
         else:
             self.proxy.received(self.mux, path.pid, path.index, unit, now)
             self.wake(now)
@@ -508,7 +558,7 @@ class Node(_Loop):
         end = conn.node
         if t is Flight:
             if unit.name == "client hello":  # type: ignore[attr-defined]
-                end.write(Flight("server flight", SERVER_FLIGHT))
+                end.send(Flight("server flight", SERVER_FLIGHT))
             return
         if t is wire.Hello:
             pid = self.next_pid
@@ -519,7 +569,7 @@ class Node(_Loop):
             end.state = UP
             self.paths[pid] = end
             cfg = self.proxy.cfg
-            end.write(wire.HelloAck(cfg.node.id, pid, max_payload=cfg.wire.max_payload))
+            end.send(wire.HelloAck(cfg.node.id, pid, max_payload=cfg.wire.max_payload))
             self.mux.path_up(pid, now)
             self.wake(now)
             return
@@ -527,7 +577,7 @@ class Node(_Loop):
         if pid is None or end.state != UP:
             return
         if t is wire.Probe:
-            end.write(wire.ProbeAck(unit.probe_id, unit.sent_ns, 0, 0))  # type: ignore[attr-defined]
+            end.send(wire.ProbeAck(unit.probe_id, unit.sent_ns, 0, 0))  # type: ignore[attr-defined]
         elif t is not wire.ProbeAck:
             self.proxy.received(self.mux, pid, conn.path.index, unit, now)
             self.wake(now)
@@ -697,6 +747,7 @@ class Proxy(Transport):
         self.cfg = cfg
         self.carriers = [lk.carrier.name for lk in downs]
         self.conns: dict[int, Conn] = {}
+        self.uploads = False  # a client uploaded: the gateway's bytes count as sent too
         lowat = cfg.paths.notsent_lowat
 
         def adapter() -> SchedulerPolicy:
@@ -763,7 +814,6 @@ class Proxy(Transport):
             rec.duplicate_bytes += size
             return
         rec.messages_received += 1
-        rec.useful_bytes += size
         rec.useful(now, carrier, size)
         conn = self.conns.get(cid)
         if conn is None or conn.upload != (mux is self.node.mux):
@@ -792,6 +842,11 @@ class Proxy(Transport):
         """The client's SYN: the gateway accepts it at once and sends OPEN (``Bridge``),
         then the client's request line, or its upload."""
         gw = self.gateway
+        if conn.upload and not self.uploads:
+            self.uploads = True
+            for path in self.paths:
+                if path.conn is not None:
+                    path.conn.gw.rec = self.rec
         cid = gw.mux.open(conn.client_addr, conn.src_port, SERVER_ADDR, conn.dst_port)
         conn.id = cid
         self.conns[cid] = conn

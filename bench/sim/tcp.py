@@ -5,15 +5,15 @@ A carrier path of the proxy is one TCP connection; each of its directions is a
 delivery, over the direction's :class:`~bench.sim.links.Link`, with the ACKs crossing the
 reverse link. What the socket models, and why it matters for the mux above it:
 
-* **Send queue and not-sent bytes.** ``write`` queues a unit (a mux message, a TLS
-  flight, a slice of a server's response) with its size on the wire. Units leave as the
-  congestion window and pacing allow; ``notsent`` is what the kernel has not sent yet,
+* **Send queue and not-sent bytes.** ``write`` queues a unit (what one write of the
+  shell hands the kernel: mux messages, a TLS flight, a slice of a server's response)
+  with its size on the wire. Units leave in chunks of at most ten packets as the
+  congestion window and pacing allow (a chunk goes while the window is not full, so it
+  may overshoot by less than a chunk); ``notsent`` is what the kernel has not sent yet,
   so a shell offers the mux ``paths.notsent_lowat`` minus it as room, as
   ``PathConn.room()`` does with ``SIOCOUTQNSD``.
-* **Congestion control**: :class:`bench.sim.cc.Bbr`, fed per acknowledgement with BBR's
-  delivery-rate sample. The oldest unit in flight counts as draining, so a window
-  smaller than a unit does not make the connection stop-and-wait (TCP acknowledges a
-  unit's packets one by one).
+* **Congestion control**: :class:`bench.sim.cc.Bbr`, fed per acknowledged chunk with
+  BBR's delivery-rate sample.
 * **In-order delivery.** A unit reaches the receiver only once every byte before it on
   this connection has: a unit that lost packets arrives one smoothed RTT late (fast
   retransmit) and holds back everything behind it.
@@ -30,11 +30,13 @@ reverse link. What the socket models, and why it matters for the mux above it:
   connection (the expiry is clamped to that deadline, as Linux does); ``on_error`` tells
   the owner.
 * **TCP_INFO**: :meth:`Socket.tcp_info` reports what the kernel would (smoothed RTT and
-  variance from per-unit samples, delivery rate, cwnd, unacknowledged and not-sent
-  bytes, packets sent and resent, bytes acknowledged).
+  mean deviation by Linux's estimator, fed as many samples as the unit's ACKs would
+  give, delivery rate, cwnd, unacknowledged and not-sent bytes, packets sent and
+  resent, bytes acknowledged).
 
-Simplifications: a unit is the granule (no per-packet timing inside it; a unit's own
-transmission time is taken out of its RTT sample); a lost packet is repaired by fast
+Simplifications: a chunk is the granule (no per-packet timing inside it; a chunk's own
+transmission time is taken out of its RTT sample); a unit reaches the receiver with its
+last chunk; a lost packet is repaired by fast
 retransmit in one smoothed RTT whatever the state of the reverse direction; pure ACKs
 never ride on data going the other way; no delayed-ACK timer, no receive window (the
 receiving shells read at once), no SACK scoreboard.
@@ -53,6 +55,8 @@ from bench.sim.links import ACK_BYTES, MSS, OPPORTUNITY_BYTES, Link
 from middlebox.paths.sockets import TcpInfo
 
 RTO_MIN = 0.2  # s (Linux tcp_rto_min)
+CHUNK = 10 * MSS  # bytes sent, queued and acknowledged as one piece (ten packets)
+PART = object()  # a chunk that is not the last of its unit
 RTO_MAX = 120.0  # s (Linux TCP_RTO_MAX)
 
 _ZERO_INFO = {f.name: 0 for f in dataclasses.fields(TcpInfo)}
@@ -102,6 +106,8 @@ class Socket:
         "rx_last",
         "rx_upto",
         "sent_n",
+        "acks",
+        "ack_wake_at",
     )
 
     def __init__(
@@ -125,8 +131,11 @@ class Socket:
         self.cc = Bbr()
         self.epoch = 0
         self.alive = False
-        self.unsent: deque[tuple[object, int]] = deque()
+        self.unsent: deque[list] = deque()  # [unit, wire bytes not sent yet]
         self.flight: deque[tuple] = deque()
+        # ACKs on their way that nothing waits for (nothing unsent): (arrival, covers up to),
+        # taken into account when the socket is next used instead of one event each
+        self.acks: deque[tuple[float, int]] = deque()
         self.connect(0.0, 2 * fwd.delay or 0.01)
         self.alive = False
 
@@ -158,6 +167,8 @@ class Socket:
         self.rx_last = now
         self.rx_upto = 0
         self.sent_n = 0
+        self.acks.clear()
+        self.ack_wake_at = math.inf
 
     def close(self) -> None:
         """The connection is gone on this side: nothing more is sent or delivered."""
@@ -165,6 +176,7 @@ class Socket:
         self.alive = False
         self.unsent.clear()
         self.flight.clear()
+        self.acks.clear()
         self.notsent = self.inflight = 0
 
     # -- sending -----------------------------------------------------------------------
@@ -173,9 +185,15 @@ class Socket:
         """Queue ``unit`` of ``wire`` bytes (as the application's send() does)."""
         if not self.alive:
             return
-        self.unsent.append((unit, wire))
+        if self.acks:
+            self._catch_up(now)
+        self.unsent.append([unit, wire])
         self.notsent += wire
         self.pump(now)
+        if self.unsent and self.acks and self.acks[0][0] < self.ack_wake_at:
+            # bytes wait now: the ACKs on their way matter at the time they arrive
+            self.ack_wake_at = t = self.acks[0][0]
+            self.engine.at(t, self._ack_wake, (self.epoch, t))
 
     def rto(self) -> float:
         return min(RTO_MAX, self.srtt + max(4 * self.rttvar, RTO_MIN))
@@ -188,9 +206,9 @@ class Socket:
         fwd = self.fwd
         engine = self.engine
         while unsent and self.alive:
-            unit, wire = unsent[0]
-            if flight and self.inflight - flight[0][WIRE] >= cc.cwnd:
-                break
+            if self.inflight >= cc.cwnd:
+                break  # the window is full (it may overshoot by less than one chunk)
+            head = unsent[0]
             # pacing: the last send's bytes at the current rate (recomputed, so a rate
             # that recovers after an outage is not stuck behind an old, slow schedule)
             due = self.pace_last + self.pace_bytes / cc.pacing_rate
@@ -199,7 +217,13 @@ class Socket:
                     self.pump_at = due
                     engine.at(due, self._pump_timer, (self.epoch, due))
                 break
-            unsent.popleft()
+            left = head[1]
+            if left > CHUNK:  # a large unit leaves chunk by chunk; it arrives with its last
+                head[1] = left - CHUNK
+                wire, unit = CHUNK, PART
+            else:
+                unsent.popleft()
+                wire, unit = left, head[0]
             self.notsent -= wire
             if not flight:
                 self.delivered_time = self.first_sent = self.rto_base = now
@@ -248,18 +272,53 @@ class Socket:
         if epoch != self.epoch:
             return  # the connection died with this unit in it
         self.rx_upto = seg[N]
-        if not self.deliver(now, seg[UNIT]) or epoch != self.epoch:
+        unit = seg[UNIT]
+        if unit is not PART and (not self.deliver(now, unit) or epoch != self.epoch):
             return  # the receiver has no such connection (any more)
         acks = seg[PACKETS] // 2 or 1
         t, lost = self.rev.send(now, ACK_BYTES * acks, acks)
         if lost < acks:
-            self.engine.at(t, self._ack, (epoch, seg[N]))
+            if self.unsent or self.on_acked is not None:
+                self.engine.at(t, self._ack, (epoch, seg[N]))
+            else:
+                self.acks.append((t, seg[N]))
+
+    def _catch_up(self, now: float) -> None:
+        """The ACKs that arrived by ``now`` without an event, each at its own time."""
+        acks = self.acks
+        while acks and acks[0][0] <= now:
+            t, upto = acks.popleft()
+            self._acked(t, upto)
+
+    def _ack_wake(self, now: float, arg: tuple[int, float]) -> None:
+        epoch, t = arg
+        if epoch != self.epoch or t != self.ack_wake_at:
+            return
+        self.ack_wake_at = math.inf
+        self._catch_up(now)
+        if self.alive:
+            self.pump(now)
+        if self.unsent and self.acks:
+            self.ack_wake_at = t = self.acks[0][0]
+            self.engine.at(t, self._ack_wake, (self.epoch, t))
 
     def _ack(self, now: float, arg: tuple[int, int]) -> None:
         epoch, upto = arg
+        if epoch != self.epoch:
+            return
+        if self.acks:
+            self._catch_up(now)
+        if self._acked(now, upto):
+            if self.on_acked is not None:
+                self.on_acked(now)
+            if self.alive:
+                self.pump(now)
+
+    def _acked(self, now: float, upto: int) -> bool:
+        """An ACK covering every unit up to number ``upto`` arrived at ``now``."""
         flight = self.flight
-        if epoch != self.epoch or not flight or flight[0][N] > upto:
-            return  # stale: a later ACK covered it already
+        if not flight or flight[0][N] > upto:
+            return False  # stale: a later ACK covered it already
         acked = 0
         last = flight[0]
         while flight and flight[0][N] <= upto:
@@ -280,17 +339,30 @@ class Socket:
             rtt = 0.0  # Karn: what a timeout resent gives no RTT sample
         else:
             rtt = now - sent - last[SER]  # the RTT of its last packet, as TCP measures
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
-            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+            self._rtt_sample(rtt, last[PACKETS] // 2 or 1)
         self.cc.on_ack(
             now, rtt, rate, last[APP_LIMITED], self.inflight, acked, last[D_SENT], self.delivered
         )
         self.backoff = 0
         self.rto_base = now
-        if self.on_acked is not None:
-            self.on_acked(now)
-        if self.alive:
-            self.pump(now)
+        return True
+
+    def _rtt_sample(self, rtt: float, acks: int) -> None:
+        """Linux's ``tcp_rtt_estimator``, once per ACK the unit's packets would have drawn
+        (one per two packets, at most 16: the rest change little): srtt moves by 1/8 of
+        the error; the mean deviation by 1/4, but by only 1/32 when the sample is below
+        srtt (a falling RTT hardly widens it). Many correlated samples per unit, as the
+        kernel takes them, keep ``rttvar`` as small as TCP_INFO reports it."""
+        srtt, mdev = self.srtt, self.rttvar
+        for _ in range(acks if acks < 16 else 16):
+            err = rtt - srtt
+            srtt += err / 8
+            if err < 0:
+                d = -err - mdev
+                mdev += d / 32 if d > 0 else d / 4
+            else:
+                mdev += (err - mdev) / 4
+        self.srtt, self.rttvar = srtt, mdev
 
     # -- retransmission timeout --------------------------------------------------------
 
@@ -308,6 +380,8 @@ class Socket:
         if epoch != self.epoch:
             return
         self.rto_armed = False
+        if self.acks:
+            self._catch_up(now)
         flight = self.flight
         if not flight:
             return
@@ -345,6 +419,8 @@ class Socket:
 
     def tcp_info(self) -> TcpInfo:
         """This direction's TCP_INFO, as the sending kernel would report it."""
+        if self.acks:
+            self._catch_up(self.engine.now)
         info = dict(_ZERO_INFO)
         info.update(
             size=232,

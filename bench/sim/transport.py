@@ -29,13 +29,15 @@ CLIENT_NET = ipaddress.ip_network("10.0.0.0/16")  # the simulated passengers' ad
 @dataclass(frozen=True)
 class TransportParams:
     """The configuration gateway and node run with (``config``: an mpproxy
-    configuration, its defaults unless a file says otherwise) and the model's own knobs:
-    ``server_delay`` (s the node's server takes to accept a connection) and
-    ``loop_delay`` (s between something arriving at a process and its loop iteration)."""
+    configuration, its defaults unless a file says otherwise) and the model's own knobs,
+    both the real processes' latency as the calibration measured it (docs/replay.md):
+    ``loop_delay`` (s from something arriving at the gateway or the node to the loop
+    iteration that handles it) and ``server_delay`` (s from the node's OPEN to the
+    server having accepted, read the request and started answering)."""
 
     config: Config = field(default_factory=Config)
-    server_delay: float = 0.0
-    loop_delay: float = 0.0
+    loop_delay: float = 0.005
+    server_delay: float = 0.006
 
     @classmethod
     def from_config(cls, cfg: Config, **overrides: float) -> TransportParams:
@@ -184,7 +186,9 @@ class Transport:
     def deliver(self, conn: Conn, n: int, now: float) -> None:
         """``n`` more bytes reached the receiving application in order."""
         conn.rcv_nxt += n
-        self.rec.delivered(now, n)
+        rec = self.rec
+        rec.useful_bytes += n
+        rec.delivered(now, n)
         conn.app.delivered(conn, now)
         if conn.rcv_nxt >= conn.total and not conn.done:
             conn.done = True
