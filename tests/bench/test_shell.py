@@ -89,8 +89,9 @@ def test_simulator_runs_the_products_mux_and_adapter():
     # the same inputs, to fresh muxes and adapters, in a small loop
     cfg = scn.params.config
     muxes, adapters, fresh = {}, {}, {}
+    lowat = cfg.paths.notsent_lowat
     for side, mp in (("gateway", cfg.mux_params("gateway")), ("node", cfg.mux_params("node"))):
-        adapters[side] = SchedulerPolicy(cfg.scheduler, name="context", lowat=cfg.paths.notsent_lowat)
+        adapters[side] = SchedulerPolicy(cfg.scheduler, name="context", lowat=lowat)
         fresh[side] = adapters[side].policy = Asked(adapters[side].policy)
         muxes[side] = Mux(side, mp, adapters[side])
     origin: dict[int, tuple[str, int]] = {}  # a message the simulator passed -> who made it
