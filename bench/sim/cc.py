@@ -110,9 +110,7 @@ class Bbr:
         """One acknowledged message (``acked`` bytes): its RTT (0: none, e.g. resent after
         an RTO) and delivery-rate sample; ``prior_delivered`` was the path's delivered
         count when it was sent, ``delivered`` is it now (they count round trips)."""
-        if self.silenced:
-            self.silenced = False
-            self.cwnd = max(self.cwnd, self.prior_cwnd)
+        self.restore()
         new_round = prior_delivered >= self._next_round
         if new_round:
             self.rounds += 1
@@ -164,6 +162,12 @@ class Bbr:
             self._cycle = (self._cycle + 1) % len(PROBE_GAINS)
             self._cycle_start = now
             self.pacing_gain = PROBE_GAINS[self._cycle]
+
+    def restore(self) -> None:
+        """An acknowledgement after a timeout: the window from before it comes back."""
+        if self.silenced:
+            self.silenced = False
+            self.cwnd = max(self.cwnd, self.prior_cwnd)
 
     def on_silence(self) -> None:
         """No acknowledgement for an RTO with data in flight (outage): as after an RTO."""

@@ -110,6 +110,7 @@ class Link:
         self.total = float(self.cum[-1])
         self.rng = random.Random(seed)
         self.free_at = 0.0  # when the FIFO has sent everything given to it so far
+        self.last_base = 0.0
         self._free_cum = 0.0  # cumulative(free_at), kept to save one evaluation per send
         # packets in the queue: (start of service, end of service, packets), oldest first
         self._queue: deque[tuple[float, float, int]] = deque()
@@ -201,6 +202,7 @@ class Link:
             start, base = self.free_at, self._free_cum
         else:
             start, base = now, self.cumulative(now)
+        self.last_base = base  # where in D(t) this transmission's first byte is served
         self._free_cum = base + link_bytes
         done = self.inverse(self._free_cum)
         self.free_at = done

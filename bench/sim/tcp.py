@@ -7,9 +7,9 @@ reverse link. What the socket models, and why it matters for the mux above it:
 
 * **Send queue and not-sent bytes.** ``write`` queues a unit (what one write of the
   shell hands the kernel: mux messages, a TLS flight, a slice of a server's response)
-  with its size on the wire. Units leave in chunks of at most ten packets as the
-  congestion window and pacing allow (a chunk goes while the window is not full, so it
-  may overshoot by less than a chunk); ``notsent`` is what the kernel has not sent yet,
+  with its size on the wire. Units leave in chunks of at most ten packets, no larger
+  than the congestion window lets out (in whole packets), as pacing allows; ``notsent``
+  is what the kernel has not sent yet,
   so a shell offers the mux ``paths.notsent_lowat`` minus it as room, as
   ``PathConn.room()`` does with ``SIOCOUTQNSD``.
 * **Congestion control**: :class:`bench.sim.cc.Bbr`, fed per acknowledged chunk with
@@ -17,6 +17,11 @@ reverse link. What the socket models, and why it matters for the mux above it:
 * **In-order delivery.** A unit reaches the receiver only once every byte before it on
   this connection has: a unit that lost packets arrives one smoothed RTT late (fast
   retransmit) and holds back everything behind it.
+* **Crawling chunks.** A chunk that needs seconds to cross (a trace that delivers a
+  packet a second during a "gap") is acknowledged packet by packet, as the kernel would:
+  each ACK frees window (so the socket sends a little and its not-sent bytes creep
+  down), advances the acknowledged bytes (the mux sees the path progressing), is an RTT
+  sample (srtt grows to seconds) and restarts the timeout.
 * **ACKs cross the reverse link**: one 66-byte ACK per two packets of a unit, sent when
   the unit arrives, queued and served with whatever else goes that way (the proxy's
   DATA_ACKs, requests, uploads), dropped when that queue is full. ACKs are cumulative: a
@@ -58,14 +63,15 @@ RTO_MIN = 0.2  # s (Linux tcp_rto_min)
 CHUNK = 10 * MSS  # bytes sent, queued and acknowledged as one piece (ten packets)
 PART = object()  # a chunk that is not the last of its unit
 RTO_MAX = 120.0  # s (Linux TCP_RTO_MAX)
+SLOW = 0.5  # s beyond two RTTs: a chunk this slow to arrive is acknowledged packet by packet
 
 _ZERO_INFO = {f.name: 0 for f in dataclasses.fields(TcpInfo)}
 _ZERO_INFO["state"] = 1  # ESTABLISHED
 
-# a unit in flight: (number, unit, wire bytes, packets, sent at, delivered at send,
+# a chunk in flight: (number, unit, wire bytes, packets, sent at, delivered at send,
 # delivered time at send, app limited, own transmission time, RTO count at send,
-# first sent of the rate sample, epoch)
-N, UNIT, WIRE, PACKETS, SENT, D_SENT, D_TIME, APP_LIMITED, SER, RTOS, FIRST, EPOCH = range(12)
+# first sent of the rate sample, epoch, where in the link's D(t) its service starts)
+N, UNIT, WIRE, PACKETS, SENT, D_SENT, D_TIME, APP_LIMITED, SER, RTOS, FIRST, EPOCH, BASE = range(13)
 
 
 class Socket:
@@ -108,6 +114,8 @@ class Socket:
         "sent_n",
         "acks",
         "ack_wake_at",
+        "partial_n",
+        "partial",
     )
 
     def __init__(
@@ -169,6 +177,8 @@ class Socket:
         self.sent_n = 0
         self.acks.clear()
         self.ack_wake_at = math.inf
+        self.partial_n = 0  # the chunk whose first packets were acknowledged one by one
+        self.partial = 0  # ... and how many of its bytes
 
     def close(self) -> None:
         """The connection is gone on this side: nothing more is sent or delivered."""
@@ -206,8 +216,9 @@ class Socket:
         fwd = self.fwd
         engine = self.engine
         while unsent and self.alive:
-            if self.inflight >= cc.cwnd:
-                break  # the window is full (it may overshoot by less than one chunk)
+            window = cc.cwnd - self.inflight
+            if window <= 0:
+                break  # the window is full
             head = unsent[0]
             # pacing: the last send's bytes at the current rate (recomputed, so a rate
             # that recovers after an outage is not stuck behind an old, slow schedule)
@@ -218,9 +229,12 @@ class Socket:
                     engine.at(due, self._pump_timer, (self.epoch, due))
                 break
             left = head[1]
-            if left > CHUNK:  # a large unit leaves chunk by chunk; it arrives with its last
-                head[1] = left - CHUNK
-                wire, unit = CHUNK, PART
+            # at most a chunk, and no more than the window lets out (whole packets): an
+            # ACK that frees one packet lets one packet go, as the kernel's ACK clock does
+            size = CHUNK if window >= CHUNK else -(-window // MSS) * MSS
+            if left > size:  # a large unit leaves piece by piece; it arrives with its last
+                head[1] = left - size
+                wire, unit = size, PART
             else:
                 unsent.popleft()
                 wire, unit = left, head[0]
@@ -251,10 +265,18 @@ class Socket:
                 self.rto_count,
                 self.first_sent,
                 self.epoch,
+                fwd.last_base,
             )
             flight.append(seg)
             self.pace_last, self.pace_bytes = now, wire
             engine.at(arrival, self._arrive, seg)
+            if packets > 1 and arrival - now > SLOW + 2 * self.srtt:
+                # a chunk that crawls through (a trace that trickles a packet a second):
+                # the kernel hears of its packets one by one, and so does this socket
+                base, n = seg[BASE], seg[N]
+                for k in range(1, packets):
+                    t = fwd.inverse(base + k * OPPORTUNITY_BYTES) + fwd.delay
+                    engine.at(t, self._packet_arrives, (self.epoch, n, k))
         if flight and not self.rto_armed:
             self._arm_rto()
 
@@ -282,6 +304,37 @@ class Socket:
                 self.engine.at(t, self._ack, (epoch, seg[N]))
             else:
                 self.acks.append((t, seg[N]))
+
+    def _packet_arrives(self, now: float, arg: tuple[int, int, int]) -> None:
+        if arg[0] == self.epoch:
+            t, lost = self.rev.send(now, ACK_BYTES, 1)
+            if not lost:
+                self.engine.at(t, self._packet_acked, arg)
+
+    def _packet_acked(self, now: float, arg: tuple[int, int, int]) -> None:
+        """The ACK of packet ``k`` of a crawling chunk: what it covers leaves the window
+        (the chunk's own ACK takes the rest), an RTT sample, the timeout restarts."""
+        epoch, n, k = arg
+        flight = self.flight
+        if epoch != self.epoch or not flight or flight[0][N] != n:
+            return  # gone, acknowledged whole already, or not the oldest (only SACKed)
+        if self.acks:
+            self._catch_up(now)
+        if self.partial_n != n:
+            self.partial_n, self.partial = n, 0
+        acked = k * MSS
+        if acked <= self.partial:
+            return
+        freed = acked - self.partial
+        self.partial = acked
+        self.inflight -= freed
+        self.delivered += freed
+        self._rtt_sample(now - flight[0][SENT], 1)
+        self.cc.restore()
+        self.backoff = 0
+        self.rto_base = now
+        if self.alive:
+            self.pump(now)
 
     def _catch_up(self, now: float) -> None:
         """The ACKs that arrived by ``now`` without an event, each at its own time."""
@@ -324,6 +377,9 @@ class Socket:
         while flight and flight[0][N] <= upto:
             last = flight.popleft()
             acked += last[WIRE]
+            if last[N] == self.partial_n:
+                acked -= self.partial  # acknowledged packet by packet already
+                self.partial_n = self.partial = 0
         self.inflight -= acked
         self.delivered += acked
         sent = last[SENT]
