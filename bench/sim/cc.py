@@ -8,9 +8,10 @@ what decides how fast a path sends and how much it keeps in flight:
   round trip completes, does not age the estimate out). A sample is BBR's: bytes
   delivered on the path between sending a message and receiving its acknowledgement,
   over the time that took.
-  Application-limited samples (sent while the path had nothing else to send and its
-  window was not full) only count when they raise the estimate, as in BBR; the window
-  moves on only with the samples it takes, as Linux's ``minmax_running_max`` does.
+  Application-limited samples (sent after the application let the socket run dry,
+  until what was in flight then is delivered: Linux's ``tcp_rate_check_app_limited``)
+  only count when they raise the estimate, as in BBR; the window moves on only with the
+  samples it takes, as Linux's ``minmax_running_max`` does.
 * **Round-trip propagation time** ``rtprop``: windowed minimum RTT over 10 s (no ProbeRTT
   phase: the 0.75 pacing phase drains the queue often enough at this granularity).
 * **Startup**: pacing and window gain 2.885 until ``btlbw`` has not grown by 25 % for

@@ -189,7 +189,10 @@ class Link:
         packets still count as sent through the FIFO (their retransmission crosses it
         about as soon), so a lossy burst does not arrive early."""
         lost = 0
-        over = self.packets_queued(now) + packets - self.queue_packets
+        if self._queue:
+            over = self.packets_queued(now) + packets - self.queue_packets
+        else:
+            over = packets - self.queue_packets
         if over > 0:
             lost = min(packets, math.ceil(over))
             self.dropped_packets += lost

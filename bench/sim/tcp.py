@@ -116,6 +116,7 @@ class Socket:
         "ack_wake_at",
         "partial_n",
         "partial",
+        "app_mark",
     )
 
     def __init__(
@@ -179,6 +180,7 @@ class Socket:
         self.ack_wake_at = math.inf
         self.partial_n = 0  # the chunk whose first packets were acknowledged one by one
         self.partial = 0  # ... and how many of its bytes
+        self.app_mark = 0  # application-limited until this many bytes are delivered
 
     def close(self) -> None:
         """The connection is gone on this side: nothing more is sent or delivered."""
@@ -197,6 +199,11 @@ class Socket:
             return
         if self.acks:
             self._catch_up(now)
+        if self.notsent < MSS and self.inflight < self.cc.cwnd:
+            # Linux's tcp_rate_check_app_limited, called as the application writes: the
+            # socket had run dry, so what goes out until the bytes in flight now are
+            # delivered is application-limited (its rate samples say little)
+            self.app_mark = self.delivered + self.inflight or 1
         self.unsent.append([unit, wire])
         self.notsent += wire
         self.pump(now)
@@ -258,9 +265,7 @@ class Socket:
                 now,
                 self.delivered,
                 self.delivered_time,
-                # application-limited (Linux's tcp_rate_check_app_limited): less than a
-                # packet waits to be sent and the window is not full
-                self.notsent < MSS and self.inflight < cc.cwnd,
+                self.app_mark != 0,  # application-limited (see write)
                 ser,
                 self.rto_count,
                 self.first_sent,
@@ -333,7 +338,7 @@ class Socket:
         self.cc.restore()
         self.backoff = 0
         self.rto_base = now
-        if self.alive:
+        if self.unsent:
             self.pump(now)
 
     def _catch_up(self, now: float) -> None:
@@ -349,7 +354,7 @@ class Socket:
             return
         self.ack_wake_at = math.inf
         self._catch_up(now)
-        if self.alive:
+        if self.unsent:
             self.pump(now)
         if self.unsent and self.acks:
             self.ack_wake_at = t = self.acks[0][0]
@@ -364,8 +369,10 @@ class Socket:
         if self._acked(now, upto):
             if self.on_acked is not None:
                 self.on_acked(now)
-            if self.alive:
+            if self.unsent:
                 self.pump(now)
+            elif self.flight and not self.rto_armed:
+                self._arm_rto()
 
     def _acked(self, now: float, upto: int) -> bool:
         """An ACK covering every unit up to number ``upto`` arrived at ``now``."""
@@ -382,6 +389,8 @@ class Socket:
                 self.partial_n = self.partial = 0
         self.inflight -= acked
         self.delivered += acked
+        if self.app_mark and self.delivered > self.app_mark:
+            self.app_mark = 0
         sent = last[SENT]
         # BBR's rate sample: delivered over the longer of the send and the ack intervals
         # (the send interval keeps ack compression from inflating the estimate)
@@ -389,7 +398,9 @@ class Socket:
         rate = (self.delivered - last[D_SENT]) / interval if interval > 0 else 0.0
         self.delivered_time = now
         self.first_sent = sent
-        if rate > 0:
+        if rate > 0 and (not last[APP_LIMITED] or rate >= self.rate_sample):
+            # TCP_INFO's delivery rate, as Linux's tcp_rate_gen keeps it: the last sample
+            # that was not application-limited, or a higher one that was
             self.rate_sample = rate
         if last[RTOS] != self.rto_count:
             rtt = 0.0  # Karn: what a timeout resent gives no RTT sample
