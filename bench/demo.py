@@ -8,6 +8,11 @@ namespace), plus an upload through the proxy; a table of goodput next to what th
 traces offered in the same seconds, then teardown; and last a short offline replay of
 every scheduler policy over the same traces (``bench.sim.quick_comparison``), whose report
 it points at.
+
+The rows are the emulation runner's (``bench.emulate.runner.run_row``): each on a fresh
+testbed, its workload (the replay's ``bulk`` or ``upload``) starting :data:`LEAD` seconds
+into the traces, after the proxy's paths came up, so every row plays the same trace
+seconds and the goodputs compare as they are.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ import time
 from pathlib import Path
 
 from middlebox.errors import UserError
+
+LEAD = 3.0
+"""Seconds of trace before every row's workload starts (the proxy comes up meanwhile)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,10 +57,22 @@ STATUS = [
 
 
 def run(args: argparse.Namespace) -> int:
-    from netns import baselines
+    import tempfile
+
+    from bench.emulate.command import product_paths
+    from bench.emulate.runner import (
+        MPTCP,
+        EmulationError,
+        EmuSetup,
+        offered_mbps,
+        run_row,
+        scenario_for,
+    )
+    from bench.sim.runner import SINGLE
+    from middlebox.config import Config
     from netns.cli import BUNDLED, DEMO_TRACES
-    from netns.errors import TestbedError
-    from netns.topology import CarrierSpec, Testbed, TestbedSpec
+    from netns.errors import NetnsError
+    from netns.topology import CarrierSpec
 
     out = sys.stdout
     out.write("mpproxy demo\n\nComponents:\n")
@@ -64,61 +84,65 @@ def run(args: argparse.Namespace) -> int:
     missing = [str(f) for f in files if not f.exists()]
     if missing:
         raise UserError(f"bundled traces not found: {', '.join(missing)}")
-    spec = TestbedSpec(
-        carriers=tuple(
-            CarrierSpec(str(f), delay_ms=args.delay, name=n)
-            for f, n in zip(files, DEMO_TRACES, strict=True)
-        )
-    )
+    specs = [
+        CarrierSpec(str(f), delay_ms=args.delay, name=n)
+        for f, n in zip(files, DEMO_TRACES, strict=True)
+    ]
     out.write(
         f"\nTestbed: {len(files)} carriers replaying Mahimahi LTE traces, one-way delay "
         f"{args.delay:g} ms, queue 256 packets; {args.seconds:g} s downloads, server "
-        f"congestion control {args.cc}.\n"
+        f"congestion control {args.cc}; every row's workload starts {LEAD:g} s into the "
+        f"traces (trace seconds {LEAD:g}-{LEAD + args.seconds:g}).\n"
     )
     out.flush()
+    policy = Config().scheduler.policy
+    plan = [(f"TCP over {n}", SINGLE + n, "bulk") for n in DEMO_TRACES]
+    plan.append(("kernel MPTCP, all carriers", MPTCP, "bulk"))
+    plan.append(("mpproxy, all carriers", policy, "bulk"))
+    plan.append(("mpproxy upload, all carriers", policy, "upload"))
     t0 = time.monotonic()
     rows = []
-    # a fresh testbed per row: every download starts at the same point of the traces, so
-    # the rows see the same stretch of road and MPTCP is offered the sum of the singles
-    plan = [(f"TCP over {DEMO_TRACES[k]}", k) for k in range(len(files))]
-    plan.append(("kernel MPTCP, all carriers", None))
-    plan.append(("mpproxy, all carriers", "proxy"))
-    plan.append(("mpproxy upload, all carriers", "upload"))
-    all_carriers = list(range(len(files)))
-    try:
-        for label, k in plan:
-            if k in ("proxy", "upload"):
-                rows.append(_proxy_row(spec, label, k, args))
-            else:
-                with Testbed(spec) as tb:
-                    baselines.start_server(tb)
-                    r = baselines.download(tb, k, seconds=args.seconds, cc=args.cc)
-                    used = all_carriers if k is None else [k]
-                    rows.append((label, r, tb.capacity_bps(used, r.start, r.seconds)))
-            out.write(f"  {label}: done\n")
-            out.flush()
-    except TestbedError as e:
-        raise UserError(str(e)) from None
-    except RuntimeError as e:
-        raise UserError(f"demo download failed: {e}") from None
+    with tempfile.TemporaryDirectory(prefix="mpproxy-demo-") as work:
+        setups = {
+            w: EmuSetup(
+                scenario_for(specs, w, args.seconds),
+                specs,
+                Path(work) / w,
+                LEAD,
+                product_paths(),
+                args.cc,
+            )
+            for w in ("bulk", "upload")
+        }
+        try:
+            for label, row, workload in plan:
+                r = run_row(setups[workload], row)
+                rows.append((label, r))
+                out.write(f"  {label}: done\n")
+                out.flush()
+        except (NetnsError, EmulationError) as e:
+            raise UserError(str(e)) from None
     out.write(f"\n{'path':32s} {'goodput':>10s} {'offered':>10s} {'share':>6s} {'subflows':>8s}\n")
-    for label, r, cap in rows:
-        share = f"{100 * r.goodput_mbit * 1e6 / cap:5.0f}%" if cap > 0 else "     -"
-        sub = "-" if r.subflows is None else str(r.subflows)
-        out.write(
-            f"{label:32s} {r.goodput_mbit:7.2f} Mb {cap / 1e6:7.2f} Mb {share:>6s} {sub:>8s}\n"
-        )
+    for label, r in rows:
+        s = r.summary
+        cap, goodput = offered_mbps(r), s["goodput_mbps"]
+        share = f"{100 * goodput / cap:5.0f}%" if cap > 0 else "     -"
+        sub = "-" if s["subflows"] is None else str(s["subflows"])
+        out.write(f"{label:32s} {goodput:7.2f} Mb {cap:7.2f} Mb {share:>6s} {sub:>8s}\n")
+    late = [label for label, r in rows if r.summary["late_start"]]
     out.write(
-        "\nmpproxy rows: node and gateway (TLS 1.3 paths, scheduler policy from the default "
-        "configuration)\nstarted in the testbed; the client and server programs are the "
-        "same as for the baselines\n(the upload row: the client sends, offered is the "
-        "uplink traces). They start ~1.5 s later into the\ntraces than the baselines "
-        "(processes and paths come up first): compare shares.\n"
+        "\nmpproxy rows: node and gateway started in the testbed (TLS 1.3 paths, scheduler "
+        f"policy\nfrom the default configuration: {policy}); the client and server programs "
+        "are the same\nfor every row (the upload row: the client sends, the server counts, "
+        f"offered is the\nuplink traces). Every row ran on trace seconds {LEAD:g}-"
+        f"{LEAD + args.seconds:g}, so the goodputs compare as they are"
+        + (f"\n(except {', '.join(late)}: started late)" if late else "")
+        + ".\n"
     )
     out.write(
-        "\ngoodput: application bytes / download time. offered: what the trace(s) could "
-        "deliver\n(IP bits/s) in those same seconds. Each row ran on a fresh testbed "
-        "(traces from\ntheir start), each testbed was removed "
+        "\ngoodput: application bytes received in those seconds / their length. offered: "
+        "what the\ntrace(s) could deliver (IP bits/s) in the same seconds. Each row ran on "
+        "a fresh testbed,\neach testbed was removed "
         f"({time.monotonic() - t0:.0f} s in all).\n"
     )
     _replay(out, args.out)
@@ -138,28 +162,3 @@ def _replay(out, out_dir: str) -> None:
     table = [ln for ln in Path(report).read_text().splitlines() if ln.startswith("|")]
     out.write("\n".join(table) + "\n")
     out.write(f"\nreplay report: {report}\n")
-
-
-def _proxy_row(spec, label: str, kind: str, args: argparse.Namespace):
-    """One row through the proxy on a fresh testbed: download (or upload) for --seconds."""
-    import tempfile
-
-    from bench.proxy_bench import SINK, ProxyBed, start_ready, upload_for
-    from netns import baselines
-
-    with tempfile.TemporaryDirectory(prefix="mpproxy-demo-") as d, ProxyBed(spec, Path(d)) as bed:
-        tb = bed.tb
-        used = list(range(tb.carriers))
-        if kind == "upload":
-            start_ready(bed, "server", SINK, ["0.0.0.0", "5002"])
-            r = upload_for(bed, args.seconds)
-            cap = sum(tb.trace(k, "up").rate_bps(*_window(tb, r)) for k in used)
-            return label, r, cap
-        baselines.start_server(tb)
-        r = baselines.download(tb, 0, seconds=args.seconds, cc=args.cc)  # captured
-        return label, r, tb.capacity_bps(used, r.start, r.seconds)
-
-
-def _window(tb, r) -> tuple[int, int]:
-    a = int((r.start - tb.trace_start) * 1000)
-    return a, a + max(1, int(r.seconds * 1000))

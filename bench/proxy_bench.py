@@ -7,10 +7,13 @@ a per-testbed name), waits until every carrier path is up, and on exit stops bot
 SIGTERM and removes whatever is left. Clients run unmodified in the client namespace,
 servers in the server namespace at the documentation addresses.
 
-``python -m bench.proxy_bench`` measures bulk goodput through the proxy beside the best
-single carrier and kernel MPTCP, in the same run on the same emulated links: three
-fixed-rate carriers (target: at least 90 % of the sum of the carrier rates), and the
-three bundled LTE traces. The machine has 2 shared cores: figures are noisy.
+``python -m bench.proxy_bench`` measures bulk goodput through the proxy beside each single
+carrier and kernel MPTCP, in the same run on the same emulated links and the same trace
+seconds (each row on a fresh testbed, its download starting :data:`LEAD` s into the
+traces, once the proxy's paths are up): three fixed-rate carriers (target: at least 90 %
+of the sum of the carrier rates), and the three bundled LTE traces. The machine has 2
+shared cores: figures are noisy. (``mpproxy bench emulate`` runs the same comparison with
+the replay's workloads, several stretches and both directions.)
 """
 
 from __future__ import annotations
@@ -220,15 +223,22 @@ class ProxyBed:
             return 0
         return sum(p["state"] == "up" for p in st["sessions"][0]["paths"])
 
-    def wait_paths(self, n: int, timeout: float = 20.0) -> None:
+    def wait_paths(self, n: int, timeout: float = 20.0, enough_at: float | None = None) -> int:
+        """Wait until ``n`` paths are up; with ``enough_at`` (CLOCK_MONOTONIC), once that
+        time has passed one path is enough (a carrier in an outage comes up when it can:
+        the emulation's rows start on time). Returns the paths up; raises after
+        ``timeout`` s."""
         end = time.monotonic() + timeout
-        while self.paths_up() < n:
+        while (up := self.paths_up()) < n:
+            if up and enough_at is not None and time.monotonic() >= enough_at:
+                return up
             for p, what in ((self.gw, "gateway"), (self.node, "node")):
                 if p is not None and p.poll() is not None:
                     raise RuntimeError(f"{what} exited: {self.log(what)[-3000:]}")
             if time.monotonic() > end:
                 raise RuntimeError(f"paths not up: {self.log('gateway')[-3000:]}")
             time.sleep(0.1)
+        return up
 
     def log(self, name: str) -> str:
         try:
@@ -260,31 +270,6 @@ while True:
 """
 
 
-UPLOAD_FOR = r"""
-import socket, sys, time
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=120)
-start = time.monotonic(); end = start + float(sys.argv[3]); block = b"u" * (1 << 18)
-while time.monotonic() < end:
-    c.send(block)
-c.shutdown(socket.SHUT_WR)
-n = int(c.recv(200).split()[0])
-print(n, time.monotonic() - start, start)
-"""
-
-
-def upload_for(bed: ProxyBed, seconds: float):
-    """Upload to the SINK on port 5002 for ``seconds``; a :class:`netns.baselines.Result`
-    whose time runs until the sink confirmed every byte."""
-    from netns.baselines import Result
-
-    argv = [sys.executable, "-c", UPLOAD_FOR, SERVER, "5002", str(seconds)]
-    r = bed.run("client", argv, timeout=seconds + 120)
-    if r.returncode:
-        raise RuntimeError(f"upload failed: {r.stderr.decode()[-2000:]}")
-    n, secs, start = r.stdout.split()
-    return Result("upload", int(n), float(secs), None, float(start))
-
-
 def start_ready(bed: ProxyBed, role: str, program: str, args: list[str]) -> subprocess.Popen:
     p = bed.tb.popen(role, [sys.executable, "-c", program, *args], stdout=subprocess.PIPE,
                      stderr=subprocess.PIPE, cwd=ROOT)  # fmt: skip
@@ -296,18 +281,23 @@ def start_ready(bed: ProxyBed, role: str, program: str, args: list[str]) -> subp
 
 
 LTE_TRACES = ("ATT-LTE-driving.down", "TMobile-LTE-short.down", "Verizon-LTE-short.down")
+LEAD = 3.0
+"""Seconds of trace before every row's download starts (the proxy comes up meanwhile)."""
 
 
 def measure(spec: TestbedSpec, workdir: Path, row: int | str | None, seconds: float,
             cc: str = "bbr", **bed_kw) -> dict:  # fmt: skip
-    """One timed download on a fresh testbed (so every row sees the traces from their
-    start): over carrier ``row`` alone, over kernel MPTCP (``None``) or through the proxy
-    (``"proxy"``; node and gateway started, the same client and server programs)."""
+    """One timed download on a fresh testbed, starting :data:`LEAD` s into the traces (so
+    every row sees the same seconds): over carrier ``row`` alone, over kernel MPTCP
+    (``None``) or through the proxy (``"proxy"``; node and gateway started, the same
+    client and server programs)."""
     from netns import baselines
 
     proxy = row == "proxy"
     with ProxyBed(spec, workdir, start=proxy, **bed_kw) as bed:
         srv = baselines.start_server(bed.tb)
+        assert bed.tb.trace_start is not None
+        time.sleep(max(0.0, bed.tb.trace_start + LEAD - time.monotonic()))
         try:
             r = baselines.download(bed.tb, 0 if proxy else row, seconds=seconds, cc=cc)
         finally:
@@ -345,9 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         "lte": tuple(CarrierSpec(str(traces / t), delay_ms=20) for t in LTE_TRACES),
     }
     print(
-        f"# {args.seconds:g} s downloads, server cc {args.cc}, one fresh testbed per row; "
-        "goodput and what the traces offered in the same seconds (Mbit/s). "
-        "2 shared cores: noisy"
+        f"# {args.seconds:g} s downloads, server cc {args.cc}, one fresh testbed per row, "
+        f"every download from trace second {LEAD:g}; goodput and what the traces offered in "
+        "the same seconds (Mbit/s). 2 shared cores: noisy"
     )
     kw = {"plaintext": args.plaintext, "policy": args.policy}
     for name in args.cases.split(","):

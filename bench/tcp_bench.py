@@ -27,16 +27,14 @@ import time
 import timeit
 from pathlib import Path
 
-from middlebox.gateway.capture import OFFLOADS, in_netns
+from bench.capture_app import OFFLOADS
+from netns import plumbing
+from netns.errors import PlumbingError
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = "198.51.100.10"
 KERNEL_PORT = 5001
 _counter = itertools.count()
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=20)
 
 
 class NsPair:
@@ -46,7 +44,8 @@ class NsPair:
     outside address (the benchmark uses 198.51.100.10) reach the capture shell. With
     ``router=True`` a third namespace forwards between them (client 10.213.0.2, router
     10.213.0.1 / 10.214.0.1, listener 10.214.0.2), where loss can be injected on the
-    forwarding path so that it is real loss for both ends and for any server.
+    forwarding path so that it is real loss for both ends and for any server. Built with
+    :mod:`netns.plumbing`; :meth:`close` (or leaving a ``with`` block) removes it all.
     """
 
     def __init__(self, tmp: Path, router: bool = False) -> None:
@@ -58,48 +57,43 @@ class NsPair:
         self.tmp = Path(tmp)
         self.proc: subprocess.Popen | None = None
         self.stats_path = self.tmp / "stats.json"
-        _ip("netns", "add", self.cns)
+        plumbing.create(self.cns)
         try:
-            _ip("netns", "add", self.ens)
+            plumbing.create(self.ens)
             if self.rns:
                 self._with_router(sfx)
             else:
-                self._link(self.cns, self.cif, "10.213.0.2/24", self.ens, self.eif, "10.213.0.1/24")
-            _ip("-n", self.cns, "route", "add", "default", "via", "10.213.0.1")
+                self._link(self.cns, self.cif, "10.213.0.2", self.ens, self.eif, "10.213.0.1")
+            plumbing.add_route(self.cns, "10.213.0.1", self.cif)
         except BaseException:
             self.close()
             raise
 
+    def __enter__(self) -> NsPair:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @staticmethod
     def _link(ns1: str, if1: str, a1: str, ns2: str, if2: str, a2: str) -> None:
-        _ip("link", "add", if1, "type", "veth", "peer", "name", if2)
+        plumbing.veth(ns1, if1, ns2, if2)
         for ns, dev, addr in ((ns1, if1, a1), (ns2, if2, a2)):
-            _ip("link", "set", dev, "netns", ns)
-            _ip("-n", ns, "addr", "add", addr, "dev", dev)
-            _ip("-n", ns, "link", "set", dev, "up")
-            _ip("-n", ns, "link", "set", "lo", "up")
+            plumbing.add_address(ns, dev, addr, 24)
 
     def _with_router(self, sfx: str) -> None:
         r = self.rns
-        _ip("netns", "add", r)
-        self._link(self.cns, self.cif, "10.213.0.2/24", r, f"rc{sfx}", "10.213.0.1/24")
-        self._link(r, f"re{sfx}", "10.214.0.1/24", self.ens, self.eif, "10.214.0.2/24")
-        subprocess.run(
-            ["ip", "netns", "exec", r, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"],
-            check=True,
-            timeout=20,
-        )
-        _ip("-n", r, "route", "add", "default", "via", "10.214.0.2")
-        _ip("-n", self.ens, "route", "add", "10.213.0.0/24", "via", "10.214.0.1")
+        plumbing.create(r)
+        self._link(self.cns, self.cif, "10.213.0.2", r, f"rc{sfx}", "10.213.0.1")
+        self._link(r, f"re{sfx}", "10.214.0.1", self.ens, self.eif, "10.214.0.2")
+        plumbing.sysctl(r, {"net.ipv4.ip_forward": 1})
+        plumbing.add_route(r, "10.214.0.2", f"re{sfx}")
+        plumbing.add_route(self.ens, "10.214.0.1", self.eif, dst="10.213.0.0/24")
 
     def router_loss(self, rate: float) -> None:
         """Drop TCP at random on the router's forwarding path, both directions."""
         assert self.rns, "built without a router"
-        subprocess.run(
-            ["ip", "netns", "exec", self.rns, "nft", "delete", "table", "inet", "mpt_loss"],
-            capture_output=True,
-            timeout=20,
-        )
+        plumbing.nft_delete_table(self.rns, "inet", "mpt_loss")
         if rate <= 0:
             return
         rules = (
@@ -107,20 +101,13 @@ class NsPair:
             f"    meta l4proto tcp numgen random mod 10000 < {round(rate * 10000)} drop;\n"
             "  }\n}\n"
         )
-        subprocess.run(
-            ["ip", "netns", "exec", self.rns, "nft", "-f", "-"],
-            input=rules,
-            text=True,
-            check=True,
-            timeout=20,
-        )
+        plumbing.nft(self.rns, rules)
 
     def start(self, *extra: str) -> None:
-        """Run ``python -m middlebox.gateway.capture`` with the test app in the listener
-        namespace."""
+        """Run ``python -m bench.capture_app`` (the test app) in the listener namespace."""
         ready = self.tmp / "ready"
         ready.unlink(missing_ok=True)
-        cmd = ["ip", "netns", "exec", self.ens, sys.executable, "-m", "middlebox.gateway.capture"]
+        cmd = ["ip", "netns", "exec", self.ens, sys.executable, "-m", "bench.capture_app"]
         cmd += ["--interface", self.eif, "--stats", str(self.stats_path), "--ready", str(ready)]
         self._spawn([*cmd, *extra], ready)
 
@@ -177,13 +164,17 @@ class NsPair:
             return None
 
     def close(self) -> None:
+        """Stop the server, then remove the namespaces (and anything left running in them)."""
         self.stop()
         for ns in (self.cns, self.ens, self.rns):
             if ns:
-                subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+                try:
+                    plumbing.remove(ns)
+                except PlumbingError as e:  # keep removing the others
+                    print(f"tcp_bench: {e}", file=sys.stderr)
 
     def connect(self, addr: tuple[str, int] = (SERVER, 80), timeout: float = 30.0):
-        with in_netns(self.cns):
+        with plumbing.entered(self.cns):  # the client's socket belongs to its namespace
             return socket.create_connection(addr, timeout=timeout)
 
 
@@ -360,8 +351,8 @@ def lossy(n: int, rates: list[float]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pair = NsPair(Path(tmp), router=True)
         try:
-            _ip("-n", pair.cns, "link", "set", pair.cif, "gso_max_size", "1500")
-            _ip("-n", pair.ens, "link", "set", pair.eif, "gso_max_size", "1500")
+            plumbing.set_link(pair.cns, pair.cif, gso_max_size=1500)
+            plumbing.set_link(pair.ens, pair.eif, gso_max_size=1500)
             for rate in rates:
                 pair.router_loss(rate)
                 pair.start_kernel_server()

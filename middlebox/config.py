@@ -267,10 +267,18 @@ class PathConfig:
 
     notsent_lowat: int = opt(
         128 << 10,
-        "TCP_NOTSENT_LOWAT of a path socket: unsent bytes the kernel may hold, so a message "
-        "is committed to a path only shortly before it can leave.",
+        "TCP_NOTSENT_LOWAT of a path socket: the most unsent bytes the kernel may hold, so a "
+        "message is committed to a path only shortly before it can leave (see notsent_time).",
         min=4096,
         max=64 << 20,
+    )
+    notsent_time: float = opt(
+        0.04,
+        "Seconds of a path's current sending rate it may hold unsent: its room for the "
+        "mux is that many bytes (at least 16 KiB, at most notsent_lowat), so a slow "
+        "carrier is not handed more than it can send soon. 0: always notsent_lowat.",
+        min=0.0,
+        max=10.0,
     )
     keepalive_idle: int = opt(
         5, "Seconds of silence before the first keepalive probe.", min=1, max=7200

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from netns.errors import TestbedError
+from netns.errors import NetnsError, TestbedError
 
 if TYPE_CHECKING:
     from netns.topology import TestbedSpec
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="emulated testbed: namespaces, trace-driven carrier links, rail traces",
         description="Build, inspect and remove the emulated testbed (needs root).",
     )
-    p.set_defaults(user_errors=(TestbedError,))  # printed as one line by mpproxy
+    p.set_defaults(user_errors=(NetnsError,))  # printed as one line by mpproxy
     tsub = p.add_subparsers(dest="testbed_cmd", metavar="ACTION", required=True)
     up = tsub.add_parser("up", help="build a testbed and leave it running")
     up.add_argument("--carriers", type=int, default=3, help="number of carriers, 1..8 (default 3)")

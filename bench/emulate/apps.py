@@ -4,7 +4,12 @@
 replay's workloads use (MPTCP listeners, which also accept plain TCP). A client sends one
 request line ``<bytes> <bytes per second> <chunk seconds>``: 0 bytes is endless; a rate
 of 0 sends everything at once, a rate > 0 produces the stream live, ``rate x chunk``
-bytes every ``chunk`` seconds from the request on (a constant-bitrate source).
+bytes every ``chunk`` seconds from the request on (a constant-bitrate source). An upload
+sends ``up <bytes>`` (0: endless) and then its bytes; the server reads them and answers
+every :data:`REPORT_S` with ``<CLOCK_MONOTONIC seconds> <bytes received so far>``, so the
+client records the server application's goodput at the server's own times (the clock is
+shared by every namespace); through the proxy the gateway acknowledges the client's
+segments itself, so the client's own count would measure the gateway's buffer.
 
 ``python -m bench.emulate.apps client`` (client namespace) runs the **replay's own
 workload objects** (``bench.sim.workloads``: bulk, web, cbr, file; same parameters, same
@@ -19,6 +24,9 @@ gateway answers the SYN itself); production of a live stream is clocked at the s
 from the request's arrival; after a reset a resumable transfer reconnects after
 ``RETRY_S`` (the client cannot see the proxy's paths); bytes a reset connection had sent
 but not delivered are unknown here (``resent_after_resume`` stays 0).
+
+For MPTCP rows the client also reads ``MPTCP_INFO`` once a second and reports the most
+subflows a connection had (the output file holds ``{"recorder": ..., "subflows": n}``).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import heapq
 import itertools
 import json
 import math
+import select
 import selectors
 import socket
 import sys
@@ -40,10 +49,14 @@ from bench.sim.metrics import Recorder, Stall
 from bench.sim.workloads import Runtime, parse
 
 IPPROTO_MPTCP = 262
-PORTS = (21, 443, 1935, 5001)
-"""Destination ports the replay's workloads open (file, web, cbr, bulk)."""
+PORTS = (21, 443, 1935, 5001, 5002)
+"""Destination ports the replay's workloads open (file, web, cbr, bulk, upload)."""
 RETRY_S = 1.0
 CHUNK = 1 << 16
+REPORT_S = 0.1
+"""Seconds between an upload's progress reports from the server."""
+DRAIN_S = 1.5
+"""After the run, seconds to wait for the uploads' reports that cover its last moments."""
 
 
 # -- server ----------------------------------------------------------------------------------
@@ -52,13 +65,17 @@ CHUNK = 1 << 16
 def _serve_one(conn: socket.socket, cc: str) -> None:
     with conn:
         line = b""
-        while not line.endswith(b"\n") and len(line) < 200:
-            d = conn.recv(200 - len(line))
+        while b"\n" not in line and len(line) < 200:
+            d = conn.recv(4096)  # an upload's first bytes may come with its request line
             if not d:
                 return
             line += d
+        line, _, rest = line.partition(b"\n")
+        words = line.decode(errors="replace").split()
+        if len(words) == 2 and words[0] == "up":
+            return _receive_upload(conn, words[1], len(rest))
         try:
-            n_s, bps_s, chunk_s = line.decode().split()
+            n_s, bps_s, chunk_s = words
             nbytes, bps, chunk = int(n_s), float(bps_s), float(chunk_s)
         except ValueError:
             return
@@ -89,6 +106,34 @@ def _serve_one(conn: socket.socket, cc: str) -> None:
                 pass
         except OSError:
             return
+
+
+def _receive_upload(conn: socket.socket, size: str, got: int) -> None:
+    """Read an upload of ``size`` bytes (0: until the client closes; ``got`` of them came
+    with the request line), reporting progress."""
+    try:
+        total = int(size) or math.inf
+    except ValueError:
+        return
+    buf = bytearray(CHUNK)
+    next_report = time.monotonic()
+    try:
+        while True:
+            now = time.monotonic()
+            if now >= next_report or got >= total:
+                conn.sendall(f"{now:.6f} {got}\n".encode())
+                next_report = now + REPORT_S
+                if got >= total:
+                    return
+            ready, _, _ = select.select([conn], [], [], max(0.0, next_report - now))
+            if ready:
+                n = conn.recv_into(buf)
+                if n == 0:
+                    conn.sendall(f"{time.monotonic():.6f} {got}\n".encode())
+                    return
+                got += n
+    except OSError:
+        return
 
 
 def serve(cc: str) -> None:
@@ -144,25 +189,36 @@ class RealTimeEngine:
 
 
 class EmuConn:
-    """What the workloads read of a connection (the attributes of ``transport.Conn``)."""
+    """What the workloads read of a connection (the attributes of ``transport.Conn``).
 
-    def __init__(self, cid: int, app: Any, total: float, base: int, now: float) -> None:
+    For an upload ``rcv_nxt`` is what the server reported received and ``snd_nxt`` what
+    the client wrote; for a download ``snd_nxt`` is not known at the client
+    (``resent_after_resume`` stays 0)."""
+
+    def __init__(
+        self, cid: int, app: Any, total: float, base: int, now: float, upload: bool = False
+    ) -> None:
         self.id = cid
         self.app = app
         self.total = base + total
         self.base = base
         self.rcv_nxt = base
-        self.snd_nxt = base  # not known at the client: resent_after_resume stays 0
+        self.snd_nxt = base
         self.started = now
         self.tag: object = None
         self.sock: socket.socket | None = None
         self.request = b""
         self.connected = False
+        self.upload = upload
+        self.reports = b""  # an upload's partial report line
+        self.reported_at = now  # engine time of the latest report
 
 
 class SocketTransport:
     """The transport interface the workloads call (``open``, ``produce``, ``any_up``,
     ``on_path_up``) over real TCP (or MPTCP) sockets to the server program."""
+
+    uploads = True  # carries client-to-server payload (the ``upload`` workload)
 
     def __init__(
         self, engine: RealTimeEngine, rec: Recorder, server: str, bind: str, mptcp: bool
@@ -177,6 +233,8 @@ class SocketTransport:
         self._ids = itertools.count(1)
         self._down_until = -1.0
         self.buf = bytearray(1 << 18)
+        self.zeros = memoryview(bytes(CHUNK))
+        self.subflows = 0  # most MPTCP subflows a connection had (MPTCP rows)
 
     def open(
         self,
@@ -188,15 +246,19 @@ class SocketTransport:
         dst_port: int = 443,
         base: int = 0,
         produced: float | None = None,
+        upload: bool = False,
     ) -> EmuConn:
         if dst_port not in PORTS:
             raise ValueError(f"the emulation server does not listen on port {dst_port}")
-        conn = EmuConn(next(self._ids), app, total, base, now)
+        conn = EmuConn(next(self._ids), app, total, base, now, upload)
         live = produced is not None
         bps = getattr(app, "bps", 0.0) if live else 0.0
         chunk = getattr(app, "chunk", 0.0) if live else 0.0
         nbytes = 0 if math.isinf(total) else int(total)
-        conn.request = f"{nbytes} {bps:.3f} {chunk:g}\n".encode()
+        if upload:
+            conn.request = f"up {nbytes}\n".encode()
+        else:
+            conn.request = f"{nbytes} {bps:.3f} {chunk:g}\n".encode()
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, self.proto)
         s.setblocking(False)
         try:
@@ -236,8 +298,13 @@ class SocketTransport:
                 s.send(conn.request)  # a short line always fits an empty send buffer
             except OSError:
                 return self._fail(conn, now)
-            self.sel.modify(s, selectors.EVENT_READ, conn)
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.upload else 0)
+            self.sel.modify(s, events, conn)
             return
+        if conn.upload and mask & selectors.EVENT_WRITE:
+            self._write_upload(conn, s, now)
+            if conn.sock is None or not mask & selectors.EVENT_READ:
+                return
         try:
             n = s.recv_into(self.buf)
         except BlockingIOError:
@@ -246,12 +313,91 @@ class SocketTransport:
             return self._fail(conn, now)
         if n == 0:
             return self._fail(conn, now)
+        if conn.upload:
+            return self._reports(conn, bytes(self.buf[:n]), now)
         conn.rcv_nxt += n
         self.rec.delivered(now, n)
         conn.app.delivered(conn, now)
         if conn.rcv_nxt >= conn.total:
             self._close(conn)
             conn.app.completed(conn, now)
+
+    def _write_upload(self, conn: EmuConn, s: socket.socket, now: float) -> None:
+        left = conn.total - conn.snd_nxt
+        try:
+            while left > 0:
+                n = s.send(self.zeros[: int(min(CHUNK, left))])
+                conn.snd_nxt += n
+                left -= n
+        except BlockingIOError:
+            return
+        except OSError:
+            return self._fail(conn, now)
+        self.sel.modify(s, selectors.EVENT_READ, conn)  # all written: wait for reports
+
+    def _reports(self, conn: EmuConn, data: bytes, now: float, until: float = math.inf) -> None:
+        """An upload's progress lines: the server's bytes at the server's times (engine
+        time), counted up to ``until`` (the end of the run: a report after it is
+        pro-rated to it)."""
+        conn.reports += data
+        *lines, conn.reports = conn.reports.split(b"\n")
+        for line in lines:
+            try:
+                stamp_s, got_s = line.split()
+                t, got = float(stamp_s) - self.engine.t0, int(got_s)
+            except ValueError:
+                continue
+            new = got - (conn.rcv_nxt - conn.base)
+            if new <= 0:
+                conn.reported_at = max(conn.reported_at, t)
+                continue
+            if t > until:
+                span = t - conn.reported_at
+                new = int(new * (until - conn.reported_at) / span) if span > 0 else 0
+                t = until
+            conn.rcv_nxt += new
+            conn.reported_at = t
+            self.rec.delivered(t, new, up=True)
+            conn.app.delivered(conn, t)
+            if conn.rcv_nxt >= conn.total:
+                self._close(conn)
+                conn.app.completed(conn, t)
+                return
+
+    def drain_uploads(self, until: float) -> None:
+        """Stop uploading and read the reports that cover the run up to ``until`` (engine
+        time): each upload waits for its first report stamped at or after it, at most
+        :data:`DRAIN_S`."""
+        ups = [c for c in self.conns.values() if c.upload and c.connected and c.sock]
+        for conn in ups:
+            self.sel.modify(conn.sock, selectors.EVENT_READ, conn)
+        end = time.monotonic() + DRAIN_S
+        while ups and time.monotonic() < end:
+            for key, _ in self.sel.select(max(0.0, min(0.1, end - time.monotonic()))):
+                conn = key.data
+                if not conn.upload or conn.sock is None:
+                    continue
+                try:
+                    n = conn.sock.recv_into(self.buf)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    n = 0
+                if n == 0:
+                    self._close(conn)
+                    continue
+                self._reports(conn, bytes(self.buf[:n]), until, until)
+            ups = [c for c in ups if c.sock is not None and c.reported_at < until]
+
+    def count_subflows(self) -> None:
+        """The most MPTCP subflows any open connection has had (``MPTCP_INFO``)."""
+        if self.proto != IPPROTO_MPTCP:
+            return
+        from netns.baselines import _subflows
+
+        for conn in self.conns.values():
+            if conn.sock is not None and conn.connected:
+                self.subflows = max(self.subflows, _subflows(conn.sock) + 1)
 
     def _close(self, conn: EmuConn) -> None:
         if conn.sock is not None:
@@ -298,8 +444,9 @@ def run_client(
     mptcp: bool,
     start_at: float,
     n_paths: int,
-) -> Recorder:
-    """Run the workload spec from ``start_at`` (CLOCK_MONOTONIC) for ``duration`` s."""
+) -> tuple[Recorder, int]:
+    """Run the workload spec from ``start_at`` (CLOCK_MONOTONIC) for ``duration`` s; the
+    recorder and the most MPTCP subflows a connection had (0 without MPTCP)."""
     time.sleep(max(0.0, start_at - time.monotonic()))
     engine = RealTimeEngine(start_at)
     rec = Recorder(duration, n_paths)
@@ -308,21 +455,26 @@ def run_client(
     workloads = parse(workload)
     for i, w in enumerate(workloads):
         w.begin(rt, i)
+    next_info = 1.0
     while True:
         nxt = engine.run_due()
         now = engine.clock()
         if now >= duration:
             break
-        wait = min(duration, nxt if nxt is not None else duration) - now
+        if now >= next_info:
+            tr.count_subflows()
+            next_info = now + 1.0
+        wait = min(duration, next_info, nxt if nxt is not None else duration) - now
         for key, mask in tr.sel.select(max(0.0, min(wait, 0.5))):
             tr.handle(key.data, mask)
+    tr.drain_uploads(duration)
     engine.now = duration
     for w in workloads:
         w.end(duration)
     tr.close_all()
     rec.events = engine.events
     rec.wall = engine.clock()
-    return rec
+    return rec, tr.subflows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,9 +496,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "server":
         serve(a.cc)
         return 0
-    rec = run_client(a.workload, a.duration, a.seed, a.server, a.bind, a.mptcp, a.start_at, a.paths)
+    rec, subflows = run_client(
+        a.workload, a.duration, a.seed, a.server, a.bind, a.mptcp, a.start_at, a.paths
+    )
     with open(a.out, "w") as f:
-        json.dump(recorder_json(rec), f)
+        json.dump({"recorder": recorder_json(rec), "subflows": subflows}, f)
     return 0
 
 

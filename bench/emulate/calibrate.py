@@ -1,12 +1,13 @@
-"""How far to trust the simulator: the same trace stretch and workload in the simulator
-and in the emulation, compared per row and metric.
+"""How far to trust the simulator: the same trace seconds and workload in the simulator
+and in the emulation, compared per row, stretch and metric.
 
 For every emulated row that the simulator also has (a scheduler policy, or
 ``single:<carrier>``; kernel MPTCP has no simulated counterpart), :func:`simulate_rows`
-replays the scenario with the carriers shifted by that row's own lead (the trace time at
-which its emulated workload began), so both saw the same seconds of every trace.
-:func:`compare` then reports, per metric, the simulated and the emulated value, their
-ratio (simulated / emulated) and their difference.
+replays the scenario with the carriers shifted to the trace second at which that row's
+emulated workload began on its stretch (``trace_start_s``), so both saw the same seconds
+of every trace; a ``single:best`` row chosen per stretch is simulated on that stretch's
+carrier. :func:`compare` then reports, per metric and stretch, the simulated and the
+emulated value, their ratio (simulated / emulated) and their difference.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench.emulate.runner import MPTCP, shifted
-from bench.sim.runner import RunResult, Scenario, run
+from bench.sim.report import spread
+from bench.sim.runner import SINGLE, RunResult, Scenario, run
 
 
 def _fct(cls: str, q: str) -> Callable[[dict], float | None]:
@@ -52,22 +54,30 @@ METRICS: tuple[tuple[str, Callable[[dict], float | None]], ...] = (
 
 
 def simulate_rows(scn: Scenario, emulated: Sequence[RunResult]) -> list[RunResult]:
-    """The simulator's run of every emulated row it can model, on the same trace stretch."""
+    """The simulator's run of every emulated row it can model, on the same trace seconds
+    (the result carries the emulated row's name and stretch)."""
     out = []
     for r in emulated:
         if r.name == MPTCP:
             continue
-        view = dataclasses.replace(scn, carriers=shifted(scn.carriers, r.summary["lead_s"]))
-        out.append(run(view, r.name))
+        at = r.summary.get("trace_start_s", r.summary["lead_s"])
+        view = dataclasses.replace(scn, carriers=shifted(scn.carriers, at))
+        carrier = r.summary.get("carrier")
+        sim = run(view, SINGLE + carrier if carrier else r.name)
+        sim.name = r.name
+        sim.summary["stretch"] = r.summary.get("stretch", 0)
+        out.append(sim)
     return out
 
 
 def compare(sim: Sequence[RunResult], emu: Sequence[RunResult]) -> list[dict]:
-    """One record per (row, metric) both runs have: sim, emu, ratio sim/emu, sim - emu."""
-    by_name = {r.name: r for r in emu}
+    """One record per (row, stretch, metric) both runs have: sim, emu, ratio sim/emu,
+    sim - emu."""
+    by_run = {(r.name, r.summary.get("stretch", 0)): r for r in emu}
     out = []
     for s in sim:
-        e = by_name.get(s.name)
+        stretch = s.summary.get("stretch", 0)
+        e = by_run.get((s.name, stretch))
         if e is None:
             continue
         for metric, get in METRICS:
@@ -77,6 +87,7 @@ def compare(sim: Sequence[RunResult], emu: Sequence[RunResult]) -> list[dict]:
             out.append(
                 {
                     "row": s.name,
+                    "stretch": stretch,
                     "metric": metric,
                     "sim": a,
                     "emu": b,
@@ -88,17 +99,45 @@ def compare(sim: Sequence[RunResult], emu: Sequence[RunResult]) -> list[dict]:
 
 
 def table(records: Sequence[dict]) -> str:
+    """The records as Markdown; a stretch column when there are several stretches."""
+    many = any(r.get("stretch") for r in records)
+    head = "| row | " + ("stretch | " if many else "") + "metric | simulated | emulated "
     rows = [
-        "| row | metric | simulator | emulation | sim / emu | sim - emu |",
-        "|---|---|---|---|---|---|",
+        head + "| simulated / emulated | simulated - emulated |",
+        "|---|" + ("---|" if many else "") + "---|---|---|---|---|",
     ]
     for r in records:
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        where = f"{r.get('stretch', 0)} | " if many else ""
         rows.append(
-            f"| {r['row']} | {r['metric']} | {r['sim']:.3g} | {r['emu']:.3g} | {ratio} "
+            f"| {r['row']} | {where}{r['metric']} | {r['sim']:.3g} | {r['emu']:.3g} | {ratio} "
             f"| {r['diff']:+.3g} |"
         )
     return "\n".join(rows)
+
+
+def summarise(records: Sequence[dict]) -> list[dict]:
+    """Per (row, metric) over the stretches: the mean simulated and emulated values,
+    the ratio of the means, and the spread of the per-stretch ratios."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["row"], r["metric"]), []).append(r)
+    out = []
+    for (row, metric), rs in groups.items():
+        sim = sum(r["sim"] for r in rs) / len(rs)
+        emu = sum(r["emu"] for r in rs) / len(rs)
+        out.append(
+            {
+                "row": row,
+                "metric": metric,
+                "sim": sim,
+                "emu": emu,
+                "ratio": sim / emu if emu else None,
+                "diff": sim - emu,
+                "ratios": spread([r["ratio"] for r in rs]),
+            }
+        )
+    return out
 
 
 def write(records: Sequence[dict], out_dir: str | Path, title: str, command: str) -> Path:
@@ -106,15 +145,37 @@ def write(records: Sequence[dict], out_dir: str | Path, title: str, command: str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "calibration.json").write_text(
-        json.dumps({"title": title, "command": command, "records": list(records)}, indent=2) + "\n"
+        json.dumps(
+            {
+                "title": title,
+                "command": command,
+                "records": list(records),
+                "over_stretches": summarise(records),
+            },
+            indent=2,
+        )
+        + "\n"
     )
+    many = any(r.get("stretch") for r in records)
     md = [
-        f"# Simulator versus emulation: {title}",
+        f"# Simulated versus emulated: {title}",
         "",
-        "The same trace stretch and workload, simulated (`bench.sim`) and emulated (real "
-        "gateway and node, or plain TCP, on the testbed). sim / emu near 1 means the "
-        "simulator's figure can be taken at face value for this kind of case.",
+        "The same trace seconds and workload, simulated (`bench.sim`: the model) and "
+        "emulated (real gateway and node, or plain TCP, on the testbed: the reference), "
+        "per row and stretch. simulated / emulated near 1 means the simulator's figure can "
+        "be taken at face value for this kind of case.",
         "",
+    ]
+    if many:
+        md += [
+            "Over the stretches (means; simulated / emulated of the means):",
+            "",
+            table(summarise(records)),
+            "",
+            "Per stretch:",
+            "",
+        ]
+    md += [
         table(records),
         "",
         "Command:",

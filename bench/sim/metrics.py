@@ -4,17 +4,18 @@ The :class:`Recorder` is filled during the run (cheap appends and counters); the
 summary functions turn it into numbers a person compares across policies:
 
 * **goodput**: bytes delivered in order to the receiving application, per second and
-  over the run;
+  over the run; the part carried upstream (uploads: client to server) is kept apart too,
+  so a report gives download and upload goodput;
 * **oracle bound**: the integral of the sum of every carrier's instantaneous capacity
   (IP bytes), so a goodput reads as a fraction of what was physically possible;
 * **flow completion time** per size class (request sent to last byte delivered);
 * **page load time** (web), **stalls** (count and time, constant-bitrate streams);
 * **out-of-order delay**: how long a message that arrived waited in the receive buffer
   for the bytes before it;
-* **overhead**: redundant bytes (what the sending side wrote on its paths, every
-  message, copy, resend, framing and TLS record included, beyond the bytes delivered to
-  the applications: the emulation's measure) and the share of those bytes that is not
-  DATA payload.
+* **overhead**: redundant payload (DATA payload the sending side's mux put on its paths
+  beyond the first copy of each byte, over the payload it put there: copies and resends;
+  the emulation's measure, ``bench.emulate.directions``) and the share of what it wrote
+  that is not DATA payload.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Recorder:
     n_paths: int
     step: float = 1.0
     goodput: list[float] = field(default_factory=list)  # in-order bytes per step
+    uploaded: list[float] = field(default_factory=list)  # ... of which client to server
     path_useful: list[list[float]] = field(default_factory=list)  # first copies per path
     # (kind, size, start, completion time)
     flows: list[tuple[str, int, float, float]] = field(default_factory=list)
@@ -65,6 +67,7 @@ class Recorder:
     ooo_delays: array = field(default_factory=lambda: array("d"))
     messages_received: int = 0  # first copies
     payload_sent: int = 0  # DATA payload the sending side wrote on its paths, every copy
+    first_sent: int = 0  # ... of it, the first copy of each byte
     wire_sent: int = 0  # every byte it wrote on them (all messages, framing, TLS)
     useful_bytes: int = 0  # bytes delivered to the receiving applications
     duplicate_bytes: int = 0  # copies that reached the receiver after the first
@@ -81,12 +84,17 @@ class Recorder:
     def __post_init__(self) -> None:
         n = int(math.ceil(self.duration / self.step)) + 1
         self.goodput = [0.0] * n
+        self.uploaded = [0.0] * n
         self.path_useful = [[0.0] * n for _ in range(self.n_paths)]
 
-    def delivered(self, t: float, nbytes: int) -> None:
+    def delivered(self, t: float, nbytes: int, up: bool = False) -> None:
+        """``nbytes`` reached a receiving application in order at ``t``; ``up``: the
+        server's, from an upload."""
         i = int(t / self.step)
         if i < len(self.goodput):
             self.goodput[i] += nbytes
+            if up:
+                self.uploaded[i] += nbytes
 
     def useful(self, t: float, path: int, nbytes: int) -> None:
         i = int(t / self.step)
@@ -121,7 +129,9 @@ def summarize(rec: Recorder, oracle_bytes: float, measure_from: float = 0.0) -> 
     span = rec.duration - measure_from
     first = int(measure_from / rec.step)
     delivered = sum(rec.goodput[first:])
+    uploaded = sum(rec.uploaded[first:])
     goodput_mbps = delivered * 8 / span / 1e6 if span > 0 else 0.0
+    upload_mbps = uploaded * 8 / span / 1e6 if span > 0 else 0.0
     oracle_mbps = oracle_bytes * 8 / span / 1e6 if span > 0 else 0.0
     fct: dict[str, dict] = {}
     for name, _ in SIZE_CLASSES:
@@ -134,6 +144,8 @@ def summarize(rec: Recorder, oracle_bytes: float, measure_from: float = 0.0) -> 
     ooo_all = ooo + [0.0] * max(n_msgs - len(ooo), 0)
     return {
         "goodput_mbps": goodput_mbps,
+        "download_mbps": goodput_mbps - upload_mbps,
+        "upload_mbps": upload_mbps,
         "delivered_bytes": delivered,
         "oracle_mbps": oracle_mbps,
         "oracle_fraction": goodput_mbps / oracle_mbps if oracle_mbps > 0 else None,
@@ -152,8 +164,9 @@ def summarize(rec: Recorder, oracle_bytes: float, measure_from: float = 0.0) -> 
         "wire_sent": rec.wire_sent,
         "useful_bytes": rec.useful_bytes,
         "duplicate_bytes": rec.duplicate_bytes,
-        "redundant_fraction": (rec.wire_sent - rec.useful_bytes) / rec.wire_sent
-        if rec.wire_sent
+        "redundant_fraction": max(0, rec.payload_sent - max(rec.useful_bytes, rec.first_sent))
+        / rec.payload_sent
+        if rec.payload_sent
         else 0.0,
         "header_fraction": (rec.wire_sent - rec.payload_sent) / rec.wire_sent
         if rec.wire_sent

@@ -1,7 +1,10 @@
 """Reports of a comparison: a Markdown table, the full numbers as JSON, and PNG plots.
 
 Plots need matplotlib (the optional ``plot`` extra); without it the report says so and
-the table and JSON are still written. Files written to ``out_dir``:
+the table and JSON are still written. The same table, description and plots serve the
+emulation's report (``bench.emulate.report``), whose headings say "Emulated"; the
+aggregation over several runs of a row (:func:`spread`, :func:`mean_summary`) is here
+too. Files written to ``out_dir``:
 
 * ``report.md``  -- the scenario, the table, the plots, how to read them;
 * ``report.json`` -- every summary number of every run;
@@ -19,6 +22,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.sim.runner import SINGLE, RunResult, Scenario
+
+METRICS_NOTE = (
+    "Goodput is payload delivered in order to the receiving applications; the oracle is "
+    "the integral of the sum of every carrier's instantaneous capacity (IP bytes), the "
+    "same for every row, so `% of oracle` reads as a share of what was physically "
+    "possible (a demand-limited workload such as web browsing stays far below it). "
+    "FCT: request to last byte. OOO delay: time an arrived message waited for earlier "
+    "bytes (all messages; most wait 0). Redundant %: payload sent beyond what was "
+    "needed (copies and resends). `single:<carrier>` is that carrier alone."
+)
 
 
 def _f(x: float | None, fmt: str = ".2f") -> str:
@@ -53,16 +66,17 @@ def table(results: Sequence[RunResult]) -> str:
             f"| {_ms(short_fct(s, '<=10KB'))} / {_ms(short_fct(s, '<=10KB', 'p95'))} "
             f"| {_ms(short_fct(s, '10-100KB'))} / {_ms(short_fct(s, '10-100KB', 'p95'))} "
             f"| {_f(page.get('p50'))} / {_f(page.get('p95'))} "
-            f"| {s['stalls']} / {_f(s['stall_time'], '.1f')} "
+            f"| {_f(s['stalls'], '.0f')} / {_f(s['stall_time'], '.1f')} "
             f"| {_ms(ooo.get('p95'))} / {_ms(ooo.get('max'))} "
-            f"| {_f(s['redundant_fraction'] * 100, '.1f')} | {s['reinjections']} |"
+            f"| {_f(s['redundant_fraction'] * 100, '.1f')} | {_f(s['reinjections'], '.0f')} |"
         )
     return "\n".join(rows)
 
 
-def describe(scn: Scenario) -> str:
+def describe(scn: Scenario, kind: str = "simulated") -> str:
+    """The scenario as a Markdown list; ``kind``: "simulated" or "emulated"."""
     lines = [
-        f"- workload: `{scn.workload}`, {scn.duration:g} s simulated, seed {scn.seed}"
+        f"- workload: `{scn.workload}`, {scn.duration:g} s {kind}, seed {scn.seed}"
         + (f", first {scn.warmup:g} s not counted in goodput" if scn.warmup else ""),
     ]
     for c in scn.carriers:
@@ -87,29 +101,11 @@ def write(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = {
-        "scenario": {
-            "workload": scn.workload,
-            "duration": scn.duration,
-            "seed": scn.seed,
-            "warmup": scn.warmup,
-            "carriers": [
-                {"name": c.name, "trace": c.trace.name, "delay": c.delay, "loss": c.loss}
-                for c in scn.carriers
-            ],
-            "command": command,
-        },
+        "scenario": scenario_json(scn, command),
         "results": {r.name: r.summary for r in results},
     }
     (out / "report.json").write_text(json.dumps(data, indent=2, default=float) + "\n")
-    made, note = ([], "plots skipped: matplotlib is not installed (pip install '.[plot]')")
-    if plots:
-        try:
-            made = _plots(results, out)
-            note = ""
-        except ImportError:
-            pass
-    else:
-        note = "plots skipped (--no-plots)"
+    made, note = draw(results, out, plots)
     wall = sum(r.summary["wall_s"] for r in results)
     md = [
         f"# Replay comparison{': ' + scn.name if scn.name else ''}",
@@ -118,26 +114,107 @@ def write(
         "",
         table(results),
         "",
-        "Goodput is payload delivered in order to the receiving applications; the oracle is "
-        "the integral of the sum of every carrier's instantaneous capacity (IP bytes), the "
-        "same for every row, so `% of oracle` reads as a share of what was physically "
-        "possible (a demand-limited workload such as web browsing stays far below it). "
-        "FCT: request to last byte. OOO delay: time an arrived message waited for earlier "
-        "bytes (all messages; most wait 0). Redundant %: payload sent beyond what was "
-        "needed (copies and resends). `single:<carrier>` is that carrier alone.",
+        METRICS_NOTE,
         "",
         f"Simulated {scn.duration:g} s x {len(results)} runs in {wall:.1f} s of wall time.",
         "",
+        *closing(command, made, note),
     ]
-    if command:
-        md += ["Command:", "", f"    {command}", ""]
-    for name, title in made:
-        md += [f"## {title}", "", f"![{title}]({name})", ""]
-    if note:
-        md += [f"({note})", ""]
     path = out / "report.md"
     path.write_text("\n".join(md))
     return path
+
+
+def scenario_json(scn: Scenario, command: str) -> dict:
+    """The scenario's part of ``report.json``."""
+    return {
+        "workload": scn.workload,
+        "duration": scn.duration,
+        "seed": scn.seed,
+        "warmup": scn.warmup,
+        "carriers": [
+            {"name": c.name, "trace": c.trace.name, "delay": c.delay, "loss": c.loss}
+            for c in scn.carriers
+        ],
+        "command": command,
+    }
+
+
+def closing(command: str, made: Sequence[tuple[str, str]], note: str, of: str = "") -> list[str]:
+    """The end of ``report.md``: the command, the plots (titles followed by ``of``), or
+    the note saying why there are none."""
+    md = ["Command:", "", f"    {command}", ""] if command else []
+    for name, title in made:
+        md += [f"## {title}{of}", "", f"![{title}]({name})", ""]
+    return md + ([f"({note})", ""] if note else [])
+
+
+def draw(results: Sequence[RunResult], out: Path, plots: bool = True) -> tuple[list, str]:
+    """The plots (file name, title) and, if none were drawn, a note saying why."""
+    if not plots:
+        return [], "plots skipped (--no-plots)"
+    try:
+        return _plots(results, out), ""
+    except ImportError:
+        return [], "plots skipped: matplotlib is not installed (pip install '.[plot]')"
+
+
+def spread(values: Sequence[float | None]) -> dict | None:
+    """Mean and spread of one metric over several runs of a row (None where a run had
+    no value): mean, sample standard deviation (0 for one value), min, max, n, and the
+    values in run order. None if no run had a value."""
+    xs = [float(v) for v in values if v is not None]
+    if not xs:
+        return None
+    mean = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
+    return {
+        "mean": mean,
+        "sd": sd,
+        "min": min(xs),
+        "max": max(xs),
+        "n": len(xs),
+        "values": list(values),
+    }
+
+
+def _number(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def mean_summary(summaries: Sequence[dict]) -> dict:
+    """One summary from several runs of a row, in the same shape: numbers are the mean
+    over the runs that have them, flags are true if any run's is, lists are pooled,
+    other values kept if all runs agree (else the list of them, in run order)."""
+
+    def merge(vals: list) -> object:
+        have = [v for v in vals if v is not None]
+        if not have:
+            return None
+        if all(isinstance(v, dict) for v in have):
+            keys = list(dict.fromkeys(k for v in have for k in v))
+            return {k: merge([v.get(k) for v in have]) for k in keys}
+        if all(_number(v) for v in have):
+            return sum(have) / len(have)
+        if all(isinstance(v, bool) for v in have):
+            return any(have)
+        if all(isinstance(v, list) for v in have):
+            return [x for v in have for x in v]
+        return have[0] if all(v == have[0] for v in have) else vals
+
+    return merge(list(summaries))  # type: ignore[return-value]
+
+
+def flatten(summary: dict, prefix: str = "") -> dict[str, float]:
+    """Every number of a summary by dotted key (``fct.<=10KB.p50``), for spreads."""
+    out: dict[str, float] = {}
+    for k, v in summary.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif _number(v):
+            out[key] = v
+    return out
 
 
 def _plots(results: Sequence[RunResult], out: Path) -> list[tuple[str, str]]:

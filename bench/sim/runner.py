@@ -82,10 +82,19 @@ def _links(scn: Scenario, carriers: Sequence[Carrier], direction: str = "down") 
     ]
 
 
-def oracle_bytes(scn: Scenario) -> float:
-    """Integral over the measured span of the sum of every carrier's capacity (IP bytes)."""
-    links = _links(scn, scn.carriers)
+def oracle_bytes(scn: Scenario, direction: str = "down") -> float:
+    """Integral over the measured span of the sum of every carrier's capacity (IP bytes)
+    in ``direction`` ("down": node to gateway, "up")."""
+    links = _links(scn, scn.carriers, direction)
     return sum(lk.capacity_between(scn.warmup, scn.duration) for lk in links)
+
+
+def workload_oracle(scn: Scenario) -> float:
+    """The oracle of ``scn``'s workload: the downlinks' capacity for downloads, the
+    uplinks' for uploads, both for a mix (as the emulation reports it)."""
+    kinds = [w.name for w in parse(scn.workload)]
+    down = any(k != "upload" for k in kinds)
+    return oracle_bytes(scn) * down + oracle_bytes(scn, "up") * ("upload" in kinds)
 
 
 @dataclass
@@ -168,7 +177,7 @@ def run(
             rec.reinjections += mux.counters["retransmits"]
             rec.stall_reinjections += mux.counters["stall_retransmits"]
     if oracle is None:
-        oracle = oracle_bytes(scn)
+        oracle = workload_oracle(scn)
     summary = summarize(rec, oracle, scn.warmup)
     return RunResult(
         s.name,
@@ -196,7 +205,7 @@ def compare(
 ) -> list[RunResult]:
     """Every policy (default: ours, the baselines, each carrier alone) over ``scn``."""
     names = list(names) if names is not None else policy_names(True, scn.carriers)
-    oracle = oracle_bytes(scn)
+    oracle = workload_oracle(scn)
     out = []
     for n in names:
         r = run(scn, n, progress=progress, oracle=oracle)

@@ -50,8 +50,8 @@ from bench.sim.links import MSS, Link
 from bench.sim.metrics import Recorder
 from bench.sim.tcp import Socket
 from bench.sim.transport import Conn, Transport, TransportParams
-from middlebox.config import Config
-from middlebox.paths.conn import INFO_INTERVAL, UP, pump_mux, report_tcp_info
+from middlebox.config import Config, PathConfig
+from middlebox.paths.conn import INFO_INTERVAL, UP, allowance_for, pump_mux, report_tcp_info
 from middlebox.paths.sockets import ReconnectPolicy, delivering
 from middlebox.session import wire
 from middlebox.session.mux import (
@@ -122,25 +122,47 @@ class Flight:
 
 class End:
     """One end of a path connection as the shells see a ``PathConn``: what ``pump_mux``
-    and ``report_tcp_info`` call on it (``state``, ``room()``, ``write()``,
-    ``has_output``, ``flush()``, ``tcp_info()``, ``delivering``).
+    and ``report_tcp_info`` call on it (``state``, ``room()``, ``queued()``, ``write()``,
+    ``has_output``, ``flush()``, ``tcp_info()``, ``delivering``). Its unsent allowance
+    follows the socket's rate at each reading by ``PathConn``'s own rule
+    (:func:`~middlebox.paths.conn.allowance_for`: ``paths.notsent_time`` of the pacing
+    rate, 16 KiB to ``paths.notsent_lowat``).
 
     Messages written between two flushes reach the socket as one write, as
     ``PathConn.flush`` hands its buffer to the kernel: a small message rides in the same
     unit as the one before it (it would share its last packet), a large one starts a new
     unit, so each message still arrives about when its last byte would."""
 
-    __slots__ = ("sock", "lowat", "state", "info", "delivering", "last_rx", "rec", "units")
+    __slots__ = (
+        "sock",
+        "lowat",
+        "room_time",
+        "allowance",
+        "state",
+        "info",
+        "delivering",
+        "last_rx",
+        "rec",
+        "units",
+        "buffered",
+        "firsts",
+    )
 
-    def __init__(self, sock: Socket, lowat: int, rec: Recorder | None) -> None:
+    def __init__(
+        self, sock: Socket, paths: PathConfig, rec: Recorder | None, firsts: dict[int, int]
+    ) -> None:
         self.sock = sock
-        self.lowat = lowat
+        self.lowat = paths.notsent_lowat  # the most it may hold unsent
+        self.room_time = paths.notsent_time
+        self.allowance = self.lowat  # what it may hold now (until the first rate is known)
         self.state = "hello"
         self.info = None
         self.delivering = False
         self.last_rx = 0.0
         self.rec = rec
         self.units: list[list] = []  # [messages, wire bytes] written, not yet flushed
+        self.buffered = 0  # their bytes
+        self.firsts = firsts  # connection -> stream offset its side has sent up to
 
     @property
     def has_output(self) -> bool:
@@ -149,10 +171,11 @@ class End:
     def room(self) -> int:
         if self.state != UP:
             return 0
-        n = self.lowat - self.sock.notsent
-        for unit in self.units:
-            n -= unit[1]
+        n = self.allowance - self.sock.notsent - self.buffered
         return n if n > 0 else 0
+
+    def queued(self) -> int:
+        return self.sock.notsent + self.buffered
 
     def write(self, msg: object) -> None:
         size = wire_size(msg)
@@ -160,7 +183,16 @@ class End:
         if rec is not None:  # the side that sends the applications' bytes
             rec.wire_sent += size
             if type(msg) is wire.Data:
-                rec.payload_sent += len(msg.payload)  # type: ignore[attr-defined]
+                n = len(msg.payload)  # type: ignore[attr-defined]
+                rec.payload_sent += n
+                # first copies: the connection's stream offsets not written before (the
+                # emulation's per-connection bytes_sent of the sending mux)
+                cid, end = msg.conn_id, msg.seq + n  # type: ignore[attr-defined]
+                upto = self.firsts.get(cid, 0)
+                if end > upto:
+                    rec.first_sent += end - max(upto, msg.seq)  # type: ignore[attr-defined]
+                    self.firsts[cid] = end
+        self.buffered += size
         units = self.units
         if units and size < MSS:
             last = units[-1]
@@ -175,6 +207,7 @@ class End:
         for msgs, size in self.units:
             sock.write(msgs, size, now)
         self.units = []
+        self.buffered = 0
 
     def send(self, msg: object) -> None:
         """Write and flush one message (PROBEs, HELLO and the like)."""
@@ -187,6 +220,9 @@ class End:
             return None
         before, self.info = self.info, self.sock.tcp_info()
         self.delivering = delivering(before, self.info)
+        target = allowance_for(self.info, self.lowat, self.room_time, self.allowance)
+        if target is not None:
+            self.allowance = target
         return self.info
 
 
@@ -199,7 +235,6 @@ class Connection:
         ut = proxy.cfg.paths.user_timeout
         engine = proxy.engine
         rec = proxy.rec
-        lowat = proxy.cfg.paths.notsent_lowat
         gw_sock = Socket(
             engine,
             path.up,
@@ -219,8 +254,9 @@ class Connection:
         # the gateway's socket sends on the uplink, the node's on the downlink; the bytes
         # they write count towards redundancy on the side the applications' bytes leave
         # from (the node; the gateway too once a client uploads), as the emulation counts
-        self.gw = End(gw_sock, lowat, rec if proxy.uploads else None)
-        self.node = End(node_sock, lowat, rec)
+        paths = proxy.cfg.paths
+        self.gw = End(gw_sock, paths, rec if proxy.upstream else None, proxy.gateway_sent)
+        self.node = End(node_sock, paths, rec, proxy.node_sent)
         self.gw_open = True  # the gateway holds its end
         self.node_open = False  # the node holds its end (from the SYN on)
         self.node_pid: int | None = None
@@ -747,12 +783,13 @@ class Proxy(Transport):
         self.cfg = cfg
         self.carriers = [lk.carrier.name for lk in downs]
         self.conns: dict[int, Conn] = {}
-        self.uploads = False  # a client uploaded: the gateway's bytes count as sent too
-        lowat = cfg.paths.notsent_lowat
+        self.upstream = False  # a client uploaded: the gateway's bytes count as sent too
+        self.gateway_sent: dict[int, int] = {}  # connection -> offset sent up to, per side
+        self.node_sent: dict[int, int] = {}
 
         def adapter() -> SchedulerPolicy:
             return SchedulerPolicy(
-                cfg.scheduler, name=policy_name, lowat=lowat, longterm=longterm, carriers=carriers
+                cfg.scheduler, name=policy_name, longterm=longterm, carriers=carriers
             )
 
         self.gateway = Gateway(self, adapter())
@@ -842,8 +879,8 @@ class Proxy(Transport):
         """The client's SYN: the gateway accepts it at once and sends OPEN (``Bridge``),
         then the client's request line, or its upload."""
         gw = self.gateway
-        if conn.upload and not self.uploads:
-            self.uploads = True
+        if conn.upload and not self.upstream:
+            self.upstream = True
             for path in self.paths:
                 if path.conn is not None:
                     path.conn.gw.rec = self.rec

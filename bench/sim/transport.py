@@ -188,7 +188,7 @@ class Transport:
         conn.rcv_nxt += n
         rec = self.rec
         rec.useful_bytes += n
-        rec.delivered(now, n)
+        rec.delivered(now, n, up=conn.upload)
         conn.app.delivered(conn, now)
         if conn.rcv_nxt >= conn.total and not conn.done:
             conn.done = True

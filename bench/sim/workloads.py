@@ -1,5 +1,5 @@
-"""Traffic the replay offers: bulk, web browsing, a constant-bitrate stream, a resumable
-file transfer, and mixtures of them with several clients.
+"""Traffic the replay offers: bulk downloads and uploads, web browsing, a constant-bitrate
+stream, a resumable file transfer, and mixtures of them with several clients.
 
 A workload is given the transport at the start and opens connections on it; it hears
 back through :class:`~bench.sim.transport.App` callbacks. Every random draw comes from
@@ -71,6 +71,25 @@ class Bulk(App):
 
     def end(self, now: float) -> None:
         pass
+
+
+@dataclass
+class Upload(Bulk):
+    """``clients`` uploads of ``size`` MB each (0: endless) from the client to the server
+    (port 5002); goodput is what the server's application received."""
+
+    name = "upload"
+
+    def begin(self, rt: Runtime, index: int) -> None:
+        self.rt = rt
+        total = self.size * 1e6 if self.size > 0 else math.inf
+        for i in range(self.clients):
+            rt.transport.open(
+                self.start, self, total, client=f"upload{index}.{i}", dst_port=5002, upload=True
+            )
+
+    def completed(self, conn: Conn, now: float) -> None:
+        self.rt.rec.flows.append(("upload", int(conn.total), conn.started, now - conn.started))
 
 
 # -- web -----------------------------------------------------------------------------------
@@ -260,7 +279,13 @@ class File(App):
         pass
 
 
-KINDS: dict[str, type] = {"bulk": Bulk, "web": Web, "cbr": Stream, "file": File}
+KINDS: dict[str, type] = {
+    "bulk": Bulk,
+    "upload": Upload,
+    "web": Web,
+    "cbr": Stream,
+    "file": File,
+}
 
 
 def parse(spec: str) -> list:
@@ -294,7 +319,8 @@ def parse(spec: str) -> list:
         if getattr(w, "clients", 1) < 1 or getattr(w, "parallel", 1) < 1:
             raise WorkloadError(f"workload {name}: clients and parallel must be >= 1")
         for key in ("chunk", "rate", "think", "objects", "object_kb", "main_kb", "size"):
-            if key in kwargs and kwargs[key] <= 0 and not (key == "size" and name == "bulk"):
+            endless = key == "size" and name in ("bulk", "upload")  # size 0: endless
+            if key in kwargs and kwargs[key] <= 0 and not endless:
                 raise WorkloadError(f"workload {name}: {key} must be > 0")
         out.append(w)
     return out

@@ -21,18 +21,27 @@ reverse-path filtering on ``mpl-out`` so that they pass).
 
 :meth:`Listener.teardown` removes every rule, route, interface and the namespace it
 made, and is safe to call after a partial setup.
+
+In the listener namespace :func:`install_drop` keeps the kernel away from the captured
+originals (the capture shell reads them there). Every change to a namespace goes through
+:mod:`netns.plumbing` (``ip netns add`` for the namespace, pyroute2 for links, addresses,
+routes and rules, ``/proc/sys`` for sysctls, the ``nft`` command for nftables); its
+:class:`~netns.errors.PlumbingError` becomes a :class:`ListenerError` here (a
+:class:`CaptureError` from :func:`install_drop`), so the CLI prints one line.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
-import os
-import subprocess
+import socket
+from collections.abc import Callable
+from contextlib import suppress
 
 from middlebox.config import GatewayConfig
-from middlebox.gateway.capture import CaptureError, install_drop, remove_drop
+from middlebox.gateway.capture import CaptureError
+from netns import plumbing
+from netns.errors import PlumbingError
 
 log = logging.getLogger("mpproxy.listener")
 
@@ -45,37 +54,49 @@ class ListenerError(CaptureError):
     """The listener namespace could not be set up."""
 
 
-def _ip(args: list[str], netns: str | None = None, check: bool = True) -> str:
-    cmd = (["ip", "netns", "exec", netns] if netns else []) + ["ip", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    if check and r.returncode:
-        raise ListenerError(f"ip {' '.join(args)}: {r.stderr.strip() or r.stdout.strip()}")
-    return r.stdout
+def nft_table_name(interface: str) -> str:
+    return "mpproxy_" + "".join(c if c.isalnum() else "_" for c in interface)
 
 
-def _sysctl(key: str, value: str | None = None) -> str | None:
-    path = "/proc/sys/" + key.replace(".", "/")
+def install_drop(netns: str | None, interface: str) -> None:
+    """Drop the captured originals before the namespace's own stack sees them.
+
+    AF_PACKET taps run before netfilter, so the capture still sees every frame; the
+    kernel, which has no socket for these connections, would otherwise answer them
+    with RST. Reverse-path filtering is turned off because the clients' sources are
+    not routed through this interface. The listener does this for ``mpl-in``;
+    ``bench.capture_app`` for whichever interface it captures on (``netns=None``: here).
+    """
+    t = nft_table_name(interface)
+    rules = (
+        f"table inet {t} {{}}\ndelete table inet {t}\n"
+        f"table inet {t} {{\n"
+        f"  chain pre {{ type filter hook prerouting priority raw; policy accept;\n"
+        f'    iifname "{interface}" meta l4proto tcp drop\n  }}\n}}\n'
+    )
+    conf = interface.replace(".", "/")  # sysctl's spelling of a dot in a name
+    off = {f"net.ipv4.conf.{c}.rp_filter": 0 for c in ("all", "default", conf)}
     try:
-        if value is None:
-            with open(path) as f:
-                return f.read().strip()
-        with open(path, "w") as f:
-            f.write(value)
-    except OSError as e:
-        raise ListenerError(f"sysctl {key}: {e.strerror}") from None
-    return value
+        plumbing.nft(netns, rules)
+        plumbing.sysctl(netns, off)
+    except PlumbingError as e:
+        raise CaptureError(str(e)) from None
+
+
+def remove_drop(netns: str | None, interface: str) -> None:
+    """Remove what :func:`install_drop` added to nftables; never raises."""
+    with suppress(PlumbingError):
+        plumbing.nft_delete_table(netns, "inet", nft_table_name(interface))
 
 
 def local_prefixes(interface: str | None = None) -> list[str]:
     """The prefixes of this namespace's own IPv4 addresses (of one interface if named)."""
-    out = []
-    args = ["-j", "addr", "show"] + (["dev", interface] if interface else [])
-    for link in json.loads(_ip(args) or "[]"):
-        for a in link.get("addr_info", []):
-            if a.get("family") == "inet":
-                net = ipaddress.ip_network(f"{a['local']}/{a['prefixlen']}", strict=False)
-                out.append(str(net))
-    return sorted(set(out))
+    try:
+        found = plumbing.addresses(None, interface)
+    except PlumbingError as e:
+        raise ListenerError(str(e)) from None
+    nets = {str(ipaddress.ip_network(f"{a}/{n}", strict=False)) for a, n in found}
+    return sorted(nets)
 
 
 class Listener:
@@ -91,14 +112,13 @@ class Listener:
         self.outer_addr, self.inner_addr = str(hosts[0]), str(hosts[1])
         self.prefixlen = net.prefixlen
         self.inner_if = INNER_IF
-        self.rules: list[list[str]] = []
+        self.rules: list[plumbing.Rule] = []
         self.made_ns = False
         self.made_veth = False
         self.made_route = False
         self.drop = False
         self.untracked = False
         self.old_forward: str | None = None
-        self.old_rp: str | None = None
 
     def bypass_rules(self) -> list[str]:
         """Bypass prefixes safe to keep out of the listener by routing alone."""
@@ -115,55 +135,54 @@ class Listener:
         return out
 
     def setup(self) -> None:
-        gw = self.gw
-        if not os.path.exists(f"/sys/class/net/{gw.lan_interface}"):
-            raise ListenerError(f"gateway.lan_interface {gw.lan_interface!r}: no such interface")
-        if os.path.exists(f"/var/run/netns/{self.ns}"):
-            raise ListenerError(
-                f"network namespace {self.ns!r} exists already (another gateway running, or "
-                f"left over: 'ip netns del {self.ns}')"
-            )
+        lan = self.gw.lan_interface
         try:
+            if not plumbing.has_link(None, lan):
+                raise ListenerError(f"gateway.lan_interface {lan!r}: no such interface")
+            if plumbing.exists(self.ns):
+                raise ListenerError(
+                    f"network namespace {self.ns!r} exists already (another gateway running, "
+                    f"or left over: 'ip netns del {self.ns}')"
+                )
             self._setup()
+        except PlumbingError as e:
+            self.teardown()
+            raise ListenerError(str(e)) from None
         except BaseException:
             self.teardown()
             raise
 
     def _setup(self) -> None:
         gw, ns = self.gw, self.ns
-        _ip(["netns", "add", ns])
+        plumbing.create(ns)  # with lo up
         self.made_ns = True
-        _ip(["link", "set", "lo", "up"], ns)
-        _ip(["link", "add", OUTER_IF, "type", "veth", "peer", "name", INNER_IF, "netns", ns])
+        plumbing.veth(None, OUTER_IF, ns, INNER_IF, up=False)
         self.made_veth = True
-        _ip(["addr", "add", f"{self.outer_addr}/{self.prefixlen}", "dev", OUTER_IF])
-        _ip(["link", "set", OUTER_IF, "up"])
-        _ip(["addr", "add", f"{self.inner_addr}/{self.prefixlen}", "dev", INNER_IF], ns)
-        _ip(["link", "set", INNER_IF, "up"], ns)
+        plumbing.add_address(None, OUTER_IF, self.outer_addr, self.prefixlen)
+        plumbing.set_link(None, OUTER_IF, state="up")
+        plumbing.add_address(ns, INNER_IF, self.inner_addr, self.prefixlen)
+        plumbing.set_link(ns, INNER_IF, state="up")
         # the listener answers from every server address; it routes nothing itself
-        _ip(["route", "add", "default", "via", self.outer_addr, "dev", INNER_IF], ns)
-        table = str(gw.listener_table)
-        _ip(["route", "replace", "default", "via", self.inner_addr, "dev", OUTER_IF,
-             "table", table])  # fmt: skip
+        plumbing.add_route(ns, self.outer_addr, INNER_IF)
+        table = gw.listener_table
+        plumbing.add_route(None, self.inner_addr, OUTER_IF, table=table, replace=True)
         self.made_route = True
         prio = gw.listener_priority
+        lan = gw.lan_interface
         for prefix in self.bypass_rules():
-            self._rule(["iif", gw.lan_interface, "to", prefix, "lookup", "main",
-                        "priority", str(prio - 1)])  # fmt: skip
-        self._rule(["iif", gw.lan_interface, "ipproto", "tcp", "lookup", table,
-                    "priority", str(prio)])  # fmt: skip
-        self.old_rp = _sysctl(f"net.ipv4.conf.{OUTER_IF}.rp_filter")
-        _sysctl(f"net.ipv4.conf.{OUTER_IF}.rp_filter", "2")
-        self.old_forward = _sysctl("net.ipv4.ip_forward")
+            self._rule(plumbing.Rule(prio - 1, plumbing.MAIN_TABLE, iif=lan, to=prefix))
+        self._rule(plumbing.Rule(prio, table, iif=lan, ipproto=socket.IPPROTO_TCP))
+        plumbing.sysctl(None, {f"net.ipv4.conf.{OUTER_IF}.rp_filter": 2})
+        self.old_forward = plumbing.read_sysctl(None, "net.ipv4.ip_forward")
         if self.old_forward != "1":
-            _sysctl("net.ipv4.ip_forward", "1")
+            plumbing.sysctl(None, {"net.ipv4.ip_forward": 1})
         self._untrack()
         install_drop(ns, INNER_IF)
         self.drop = True
         log.info(
             "listener ready ns=%s lan=%s table=%s bypass_rules=%d",
             ns,
-            gw.lan_interface,
+            lan,
             table,
             len(self.rules) - 1,
         )
@@ -179,7 +198,7 @@ class Listener:
         routing-level bypass prefixes) and the listener's answers to the LAN are not
         tracked; what the listener writes back out toward servers (bypass) is.
         """
-        lan = [p for p in local_prefixes(self.gw.lan_interface)]
+        lan = local_prefixes(self.gw.lan_interface)
         keep = self.bypass_rules()
         skip = f" ip daddr != {{ {', '.join(keep)} }}" if keep else ""
         answers = (
@@ -192,38 +211,45 @@ class Listener:
             f'    iifname "{self.gw.lan_interface}" meta l4proto tcp{skip} notrack\n'
             f"{answers}  }}\n}}\n"
         )
-        r = subprocess.run(["nft", "-f", "-"], input=ruleset, capture_output=True, text=True)
-        if r.returncode:
-            raise ListenerError(f"nft (gateway namespace): {r.stderr.strip()}")
+        plumbing.nft(None, ruleset)
         self.untracked = True
 
-    def _rule(self, spec: list[str]) -> None:
-        _ip(["rule", "add", *spec])
-        self.rules.append(spec)
+    def _rule(self, rule: plumbing.Rule) -> None:
+        plumbing.add_rule(None, rule)
+        self.rules.append(rule)
 
     def teardown(self) -> None:
-        """Remove what setup made (in reverse); never raises."""
-        for spec in reversed(self.rules):
-            _ip(["rule", "del", *spec], check=False)
+        """Remove what setup made (in reverse); never raises.
+
+        Each step is tried even when an earlier one failed (the namespace may be half
+        gone already); what this listener did not make is left alone.
+        """
+        for rule in reversed(self.rules):
+            _quietly(plumbing.delete_rule, None, rule)
         self.rules.clear()
         if self.made_route:
-            _ip(["route", "flush", "table", str(self.gw.listener_table)], check=False)
+            _quietly(plumbing.flush_table, None, self.gw.listener_table)
             self.made_route = False
         if self.old_forward is not None and self.old_forward != "1":
-            try:
-                _sysctl("net.ipv4.ip_forward", self.old_forward)
-            except ListenerError:
-                pass
+            _quietly(plumbing.sysctl, None, {"net.ipv4.ip_forward": self.old_forward})
         self.old_forward = None
         if self.untracked:
-            subprocess.run(["nft", "delete", "table", "inet", NFT_TABLE], capture_output=True)
+            _quietly(plumbing.nft_delete_table, None, "inet", NFT_TABLE)
             self.untracked = False
         if self.drop:
             remove_drop(self.ns, INNER_IF)
             self.drop = False
         if self.made_veth:
-            _ip(["link", "del", OUTER_IF], check=False)
+            _quietly(plumbing.delete_link, None, OUTER_IF)
             self.made_veth = False
         if self.made_ns:
-            _ip(["netns", "del", self.ns], check=False)
+            _quietly(plumbing.remove, self.ns, kill=False)
             self.made_ns = False
+
+
+def _quietly(step: Callable[..., object], *args: object, **kw: object) -> None:
+    """One teardown step; a failure is logged and the next step runs."""
+    try:
+        step(*args, **kw)
+    except PlumbingError as e:
+        log.debug("teardown step failed: %s", e)

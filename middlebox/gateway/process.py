@@ -60,7 +60,6 @@ class Gateway:
         self.context = ContextLoop(cfg, clock)  # reads context files, opens the database
         self.policy = SchedulerPolicy(
             cfg.scheduler,
-            lowat=cfg.paths.notsent_lowat,
             longterm=self.context.longterm,
             carriers=self.context.tracker,
         )

@@ -191,6 +191,7 @@ class Uplink:
             sock,
             max_payload=self.cfg.wire.max_payload,
             lowat=self.cfg.paths.notsent_lowat,
+            room_time=self.cfg.paths.notsent_time,
             ctx=self.ctx,
             server_hostname=self.host,
             connecting=True,

@@ -209,6 +209,7 @@ class Gateways:
                 sock,
                 max_payload=self.cfg.wire.max_payload,
                 lowat=self.cfg.paths.notsent_lowat,
+                room_time=self.cfg.paths.notsent_time,
                 ctx=self.ctx,
                 server_side=True,
                 label=f"{peer[0]}:{peer[1]}",
@@ -299,7 +300,6 @@ class Gateways:
             sctx = SessionContext(self.context_db.predict, self.cfg.contextdb.window_s, now)
         policy = SchedulerPolicy(
             self.cfg.scheduler,
-            lowat=self.cfg.paths.notsent_lowat,
             longterm=sctx.longterm if sctx is not None else None,
             carriers=sctx.tracker if sctx is not None else None,
         )

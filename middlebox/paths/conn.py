@@ -8,9 +8,15 @@ failure in any phase raises :class:`PathError` with a reason for the logs, and t
 owner closes the path.
 
 Writes go to a buffer that is handed to the kernel as the socket takes it. The room a
-path offers the mux is ``paths.notsent_lowat`` minus the bytes the kernel has not sent
-yet (``SIOCOUTQNSD``, one cheap ioctl) minus the buffer, so a message is committed to
-a path only shortly before it can leave ("keep decisions late").
+path offers the mux is its unsent allowance minus the bytes the kernel has not sent yet
+(``SIOCOUTQNSD``, one cheap ioctl) minus the buffer, so a message is committed to a path
+only shortly before it can leave ("keep decisions late"). The allowance follows the
+path's rate: ``notsent_time`` seconds of its pacing rate (the kernel's smoothed sending
+rate, from TCP_INFO), at least :data:`MIN_ROOM` and at most ``notsent_lowat``, written to
+the socket's ``TCP_NOTSENT_LOWAT`` too so that the kernel wakes the loop at the same
+level. A fixed allowance held a slow carrier's messages for a quarter of a second or more
+before they even left (128 KiB at 4 Mbit/s), which is what made a connection wait on that
+carrier while the fast ones sat idle with their window full.
 
 TLS over a non-blocking socket: OpenSSL must be given the same bytes again after a
 ``want write``, so a TLS write takes a fixed slice of the buffer and retries exactly
@@ -28,7 +34,7 @@ import ssl
 import struct
 import time
 
-from middlebox.paths.sockets import TcpInfo, delivering, tcp_info
+from middlebox.paths.sockets import TCP_NOTSENT_LOWAT, TcpInfo, delivering, tcp_info
 from middlebox.session import wire
 
 log = logging.getLogger("mpproxy.path")
@@ -37,9 +43,25 @@ SIOCOUTQNSD = 0x894B  # bytes in the send queue not yet sent (linux/sockios.h)
 _INT = struct.Struct("i")
 TLS_WRITE_SLICE = 64 << 10
 READ_SIZE = 256 << 10
+MIN_ROOM = 16 << 10  # the least a path may hold unsent: one message of the default size
 
 CONNECTING, TLS, HELLO, UP, CLOSED = "connecting", "tls", "hello", "up", "closed"
 INFO_INTERVAL = 0.2  # seconds between two TCP_INFO readings of a path (gateway and node)
+
+
+def allowance_for(info: TcpInfo, lowat: int, room_time: float, current: int) -> int | None:
+    """The unsent allowance a path should have after reading ``info``: ``room_time``
+    seconds of its pacing rate (or delivery rate), at least :data:`MIN_ROOM`, at most
+    ``lowat``; None to keep ``current`` (no rate yet, ``room_time`` 0, or within a
+    quarter of it: not worth a system call). The replay simulator's path model sizes
+    its room with the same rule."""
+    rate = info.pacing_rate or info.delivery_rate
+    if not rate or not room_time:
+        return None
+    target = min(lowat, max(MIN_ROOM, int(rate * room_time)))
+    if abs(target - current) * 4 < current:
+        return None
+    return target
 
 
 class PathError(Exception):
@@ -64,6 +86,7 @@ class PathConn:
         *,
         max_payload: int,
         lowat: int,
+        room_time: float = 0.0,
         ctx: ssl.SSLContext | None = None,
         server_side: bool = False,
         server_hostname: str | None = None,
@@ -78,7 +101,9 @@ class PathConn:
         self.server_side = server_side
         self.server_hostname = server_hostname
         self.label = label
-        self.lowat = lowat
+        self.lowat = lowat  # the most it may hold unsent
+        self.room_time = room_time  # seconds of its rate it may hold (0: always lowat)
+        self.allowance = lowat  # what it may hold now (until the first rate is known)
         self.decoder = wire.Decoder(max_payload)
         self.peer_max_payload = max_payload
         self.out = bytearray()
@@ -251,7 +276,22 @@ class PathConn:
         """Bytes the mux may commit to this path now."""
         if self.state != UP:
             return 0
-        return max(0, self.lowat - self.notsent() - self.buffered)
+        return max(0, self.allowance - self.notsent() - self.buffered)
+
+    def queued(self) -> int:
+        """Bytes committed to this path that have not left yet (kernel unsent + buffer)."""
+        return self.notsent() + self.buffered
+
+    def follow_rate(self, info: TcpInfo) -> None:
+        """Size the unsent allowance to ``room_time`` of the rate ``info`` reports."""
+        target = allowance_for(info, self.lowat, self.room_time, self.allowance)
+        if target is None:
+            return
+        try:
+            self.raw.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, target)
+        except OSError:
+            return
+        self.allowance = target
 
     def tcp_info(self) -> TcpInfo | None:
         before = self.info
@@ -261,6 +301,7 @@ class PathConn:
             self.delivering = False
             return None
         self.delivering = delivering(before, self.info)
+        self.follow_rate(self.info)
         return self.info
 
     def kernel_status(self) -> dict:
@@ -333,7 +374,7 @@ def pump_mux(mux: object, paths: dict[int, PathConn], now: float) -> list[tuple[
     (the replay simulator passes its model of a path socket)."""
     for pid, pc in paths.items():
         if pc.state == UP:
-            mux.update_path(pid, room=pc.room())  # type: ignore[attr-defined]
+            mux.update_path(pid, room=pc.room(), queued=pc.queued())  # type: ignore[attr-defined]
     for pid, msg in mux.messages_to_send(now):  # type: ignore[attr-defined]
         pc = paths.get(pid)
         if pc is not None and pc.state == UP:

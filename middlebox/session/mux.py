@@ -113,6 +113,7 @@ class PathState:
     srtt: float = 0.1  # seconds (TCP_INFO srtt, or PROBE)
     rttvar: float = 0.05
     room: int = 1 << 20  # bytes the path accepts now (e.g. NOTSENT_LOWAT minus notsent)
+    queued: int = 0  # bytes committed to the path that have not left yet (the shell says)
     progress: float = 0.0
     sent_bytes: int = 0
     sent_messages: int = 0
@@ -374,6 +375,7 @@ class Mux:
         rttvar: float | None = None,
         room: int | None = None,
         progress: float | None = None,
+        queued: int | None = None,
     ) -> None:
         """``progress``: a time at which the path was seen delivering (its socket's
         acknowledged bytes advanced, or it had nothing in flight)."""
@@ -384,6 +386,8 @@ class Mux:
             p.rttvar = rttvar
         if room is not None:
             p.room = room
+        if queued is not None:
+            p.queued = queued
         if progress is not None and progress > p.progress:
             p.progress = progress
 
@@ -1100,6 +1104,7 @@ class Mux:
     def _charge(self, pid: int, size: int) -> None:
         p = self.paths[pid]
         p.room -= size + MESSAGE_OVERHEAD
+        p.queued += size + MESSAGE_OVERHEAD
         p.sent_bytes += size
         p.sent_messages += 1
 

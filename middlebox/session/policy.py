@@ -28,9 +28,9 @@ Each question is then translated:
   ACK must go back on the path its data came in on;
 * ``builtin`` as the policy name uses the built-in rule for everything.
 
-The policy sees the registry's path contexts of the candidate paths (with the queued
-bytes the mux's ``room`` implies written in) and the registry's context of the
-message's connection (the adapter fills ``MessageInfo.conn``).
+The policy sees the registry's path contexts of the candidate paths (with the bytes
+each holds unsent, as the shell reports them to the mux, written in) and the registry's
+context of the message's connection (the adapter fills ``MessageInfo.conn``).
 
 Streams: a data message whose ``backlog`` (bytes of the connection not yet cut into
 messages behind it, from the mux) is 0 hands the last byte the application produced to
@@ -83,13 +83,11 @@ class SchedulerPolicy:
         self,
         cfg: SchedulerConfig,
         name: str | None = None,
-        lowat: int = 128 << 10,
         longterm: LongTermSource | None = None,
         carriers: CarrierTracker | None = None,
     ):
         self.cfg = cfg
         self.name = name or cfg.policy
-        self.lowat = lowat
         self.longterm = longterm  # contextdb's predictions (gateway with [context] use_contextdb)
         self.policy = None if self.name == BUILTIN else policies.get(self.name, cfg, longterm)
         gens = Generators(cfg, carriers, longterm)
@@ -169,11 +167,11 @@ class SchedulerPolicy:
         if not cands:
             return ()
         # feed the generators what the mux knows now, then read the registry
-        gen, lowat = self.paths, self.lowat
+        gen = self.paths
         for p in cands:
             if p.id not in gen.contexts:
                 gen.placeholder(p.id, p.srtt, p.rttvar)
-            gen.refresh(p.id, up=True, queued=max(0, lowat - p.room))
+            gen.refresh(p.id, up=True, queued=p.queued)
         conns, cid = self.connections, info.conn_id
         conns.seen(cid, now)
         if kind == DATA:

@@ -1,21 +1,34 @@
 """Events the endpoint hands to the proxy (pulled with ``next_event()``).
 
 Records only: the connection queues them, and :func:`middlebox.tcp.connection.pull_event`
-hands them out. They name their connection for type checkers only (``TYPE_CHECKING``), so
-at run time this module imports nothing that imports it.
+hands them out. Each names its connection by :class:`Connection`, the part of
+:class:`middlebox.tcp.connection.Connection` a shell may call, so this module needs
+nothing from the module that makes the events.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from middlebox.tcp.options import Options
 
-if TYPE_CHECKING:
-    from middlebox.tcp.connection import Connection
-
 Key = tuple[bytes, int, bytes, int]
+
+
+class Connection(Protocol):
+    """What the proxy may do with a connection an event names."""
+
+    @property
+    def send_queued(self) -> int:
+        """Bytes accepted by :meth:`send` and not yet acknowledged by the client."""
+        ...
+
+    def accept(self) -> None: ...
+    def abort(self) -> None: ...
+    def send(self, data: bytes) -> None: ...
+    def close(self) -> None: ...
+    def set_buffer_room(self, n: int) -> None: ...
 
 
 @dataclass(slots=True)

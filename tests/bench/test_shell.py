@@ -89,9 +89,8 @@ def test_simulator_runs_the_products_mux_and_adapter():
     # the same inputs, to fresh muxes and adapters, in a small loop
     cfg = scn.params.config
     muxes, adapters, fresh = {}, {}, {}
-    lowat = cfg.paths.notsent_lowat
     for side, mp in (("gateway", cfg.mux_params("gateway")), ("node", cfg.mux_params("node"))):
-        adapters[side] = SchedulerPolicy(cfg.scheduler, name="context", lowat=lowat)
+        adapters[side] = SchedulerPolicy(cfg.scheduler, name="context")
         fresh[side] = adapters[side].policy = Asked(adapters[side].policy)
         muxes[side] = Mux(side, mp, adapters[side])
     origin: dict[int, tuple[str, int]] = {}  # a message the simulator passed -> who made it
@@ -217,17 +216,36 @@ def test_user_timeout_fails_the_connection():
     assert errors == [pytest.approx(sent + 4.0, abs=1e-6)] and not sock.alive
 
 
-def test_room_is_notsent_lowat_minus_what_the_socket_has_not_sent():
+def test_room_is_the_allowance_minus_what_the_socket_has_not_sent():
+    """As ``PathConn.room()``: the unsent allowance (``paths.notsent_time`` of the
+    socket's pacing rate, 16 KiB .. ``notsent_lowat``, re-sized at each TCP_INFO reading
+    by the product's own rule) minus the socket's not-sent bytes; the mux is told those
+    as the path's ``queued``."""
+    from middlebox.paths.conn import MIN_ROOM, allowance_for
+
     scn = Scenario([fixed("a", 10.0)], workload="bulk", duration=5.0)
     s = setup(scn, "minrtt")
     s.engine.run(3.0)
     (end,) = s.transport.node.paths.values()
-    lowat = scn.params.config.paths.notsent_lowat
+    paths = scn.params.config.paths
     assert end.sock.notsent > 0  # a download keeps the socket's backlog full
-    assert end.room() == max(0, lowat - end.sock.notsent)
     info = end.tcp_info()
+    rate = info.pacing_rate
+    # 10 Mbit/s: 0.04 s of it is about 50 KB, well under notsent_lowat
+    assert MIN_ROOM < end.allowance < paths.notsent_lowat
+    assert end.allowance == pytest.approx(paths.notsent_time * rate, rel=0.34)  # a quarter of it
+    assert allowance_for(info, paths.notsent_lowat, paths.notsent_time, end.allowance) is None
+    assert end.room() == max(0, end.allowance - end.sock.notsent)
+    assert end.queued() == end.sock.notsent
     assert info.notsent_bytes == end.sock.notsent and info.snd_mss == 1448
     assert math.isclose(info.srtt, end.sock.srtt, abs_tol=1e-6)
+    told: list[dict] = []
+    mux = s.transport.node.mux
+    update = mux.update_path
+    mux.update_path = lambda pid, **kw: (told.append(kw), update(pid, **kw))
+    expect = (end.room(), end.queued())
+    s.transport.node.iteration(s.engine.now)
+    assert (told[0]["room"], told[0]["queued"]) == expect  # pump_mux tells the mux
 
 
 def test_an_upload_goes_through_the_gateways_mux_to_the_node():

@@ -1,4 +1,5 @@
-"""``mpproxy demo`` runs the baselines on the bundled traces and prints the table."""
+"""``mpproxy demo`` runs the baselines and the proxy on the bundled traces, every row on the
+same trace seconds, and prints the table."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 
-def test_demo_prints_goodput_per_carrier_and_mptcp(traces, tmp_path):
+def test_demo_prints_goodput_per_carrier_mptcp_and_proxy_on_the_same_seconds(traces, tmp_path):
     out_dir = tmp_path / "replay"
     proc = subprocess.run(
         [sys.executable, "-m", "middlebox.cli", "demo", "--seconds", "3", "--out", str(out_dir)],
@@ -40,9 +41,15 @@ def test_demo_prints_goodput_per_carrier_and_mptcp(traces, tmp_path):
     singles = sum(offered for label, (_, offered, _) in rows.items() if label.startswith("TCP"))
     assert mp_offered == pytest.approx(singles, rel=0.15)
     assert "removed" in proc.stdout
-    # the proxy's own row, then the replay comparison of every policy
+    # the proxy's own rows, then the replay comparison of every policy
     proxy_goodput, proxy_offered, _ = rows["mpproxy, all carriers"]
     assert 0 < proxy_goodput <= proxy_offered * 1.05
+    # the same trace seconds as MPTCP: offered the very same capacity, not a share of
+    # another stretch
+    assert proxy_offered == pytest.approx(mp_offered, rel=0.01)
+    up_goodput, up_offered, _ = rows["mpproxy upload, all carriers"]
+    assert 0 < up_goodput <= up_offered * 1.05
+    assert "every row ran on trace seconds 3-6" in proc.stdout.lower().replace("\n", " ")
     assert f"replay report: {out_dir / 'report.md'}" in proc.stdout
     assert (out_dir / "report.md").is_file()
     for policy in ("context", "minrtt", "roundrobin", "redundant", "ecf", "blest"):

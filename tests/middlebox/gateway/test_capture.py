@@ -1,51 +1,33 @@
 """Interop: unmodified Linux TCP clients against the endpoint behind the raw-socket shell.
 
 Each test builds its own namespace pair (client <-> listener over a veth), runs
-``python -m middlebox.gateway.capture`` in the listener namespace with the test application
+``python -m bench.capture_app`` in the listener namespace with the test application
 behind it, and talks to a documentation-range "server" address that exists nowhere:
-only the captured endpoint can answer.
+only the captured endpoint can answer. (The relay application's tests are in
+``tests/bench/test_capture_app.py``.)
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import selectors
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from bench.capture_app import pattern
 from bench.tcp_bench import SERVER, NsPair
-from middlebox.gateway.capture import in_netns, pattern
+from netns import plumbing
 
 pytestmark = pytest.mark.netns
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=20)
-
-
-Pair = NsPair
-
-
-@pytest.fixture
-def pair(tmp_path: Path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root for namespaces")
-    p = Pair(tmp_path)
-    try:
-        yield p
-    finally:
-        p.close()
-
-
-def connect(p: Pair, timeout: float = 10.0) -> socket.socket:
+def connect(p: NsPair, timeout: float = 10.0) -> socket.socket:
     return p.connect((SERVER, 80), timeout)
 
 
@@ -73,28 +55,28 @@ def put(s: socket.socket, data: bytes) -> bytes:
     return reply
 
 
-def test_echo_and_clean_close(pair: Pair) -> None:
-    pair.start()
-    s = connect(pair)
+def test_echo_and_clean_close(ns_pair: NsPair) -> None:
+    ns_pair.start()
+    s = connect(ns_pair)
     s.sendall(b"ECHO\nhello through the captured endpoint")
     assert s.recv(100) == b"hello through the captured endpoint"
     s.shutdown(socket.SHUT_WR)
     assert s.recv(100) == b""
     s.close()
-    st = pair.stats()
+    st = ns_pair.stats()
     assert st["completed"] == 0 or st["connections_left"] <= 1
     assert st["table"]["opened"] == 1 and st["resets"] == 0
 
 
 @pytest.mark.parametrize("offload", ["aux", "csum", "gso"])
-def test_transfer_both_ways_byte_exact(pair: Pair, offload: str) -> None:
-    pair.start("--offload", offload)
+def test_transfer_both_ways_byte_exact(ns_pair: NsPair, offload: str) -> None:
+    ns_pair.start("--offload", offload)
     n = 8_000_000
-    got, digest = get(connect(pair), n)
+    got, digest = get(connect(ns_pair), n)
     assert (got, digest) == (n, hashlib.sha256(pattern(n)).hexdigest())
     data = os.urandom(n)
-    assert put(connect(pair), data) == f"{n} {hashlib.sha256(data).hexdigest()}\n".encode()
-    st = pair.stop()
+    assert put(connect(ns_pair), data) == f"{n} {hashlib.sha256(data).hexdigest()}\n".encode()
+    st = ns_pair.stop()
     assert st and not st["dropped"]
     # the client's TSO segments arrive with the checksum pending: only the kernel's word
     # (vnet header or PACKET_AUXDATA) lets them in
@@ -103,46 +85,46 @@ def test_transfer_both_ways_byte_exact(pair: Pair, offload: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("direction", ["download", "upload"])
-def test_100_megabytes_byte_exact(pair: Pair, direction: str) -> None:
-    pair.start()
+def test_100_megabytes_byte_exact(ns_pair: NsPair, direction: str) -> None:
+    ns_pair.start()
     n = 100_000_000
     if direction == "download":
-        got, digest = get(connect(pair, 60), n)
+        got, digest = get(connect(ns_pair, 60), n)
         assert (got, digest) == (n, hashlib.sha256(pattern(n)).hexdigest())
     else:
         data = pattern(n, seed=11)
-        reply = put(connect(pair, 60), data)
+        reply = put(connect(ns_pair, 60), data)
         assert reply == f"{n} {hashlib.sha256(data).hexdigest()}\n".encode()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("loss", [0.01, 0.05])
-def test_loss_and_reordering_byte_exact(pair: Pair, loss: float) -> None:
+def test_loss_and_reordering_byte_exact(ns_pair: NsPair, loss: float) -> None:
     # Frames are dropped and reordered inside the shell, both directions, seeded.
     # The client's veth segments at 1500 bytes so that a loss is one packet, not 64 KiB.
-    _ip("-n", pair.cns, "link", "set", pair.cif, "gso_max_size", "1500")
-    pair.start("--loss", str(loss), "--reorder", "0.01")
+    plumbing.set_link(ns_pair.cns, ns_pair.cif, gso_max_size=1500)
+    ns_pair.start("--loss", str(loss), "--reorder", "0.01")
     n = 100_000_000
-    got, digest = get(connect(pair, 60), n)
+    got, digest = get(connect(ns_pair, 60), n)
     assert (got, digest) == (n, hashlib.sha256(pattern(n)).hexdigest())
     data = pattern(n, seed=3)
-    reply = put(connect(pair, 60), data)
+    reply = put(connect(ns_pair, 60), data)
     assert reply == f"{n} {hashlib.sha256(data).hexdigest()}\n".encode()
-    st = pair.stop()
+    st = ns_pair.stop()
     assert st and st["table"]["retransmits"] > 0  # the endpoint did repair losses
 
 
-def test_client_sends_fin_early_and_keeps_reading(pair: Pair) -> None:
-    pair.start()
+def test_client_sends_fin_early_and_keeps_reading(ns_pair: NsPair) -> None:
+    ns_pair.start()
     n = 5_000_000
-    got, digest = get(connect(pair), n, shut_early=True)
+    got, digest = get(connect(ns_pair), n, shut_early=True)
     assert (got, digest) == (n, hashlib.sha256(pattern(n)).hexdigest())
 
 
-def test_500_concurrent_connections(pair: Pair) -> None:
-    pair.start()
+def test_500_concurrent_connections(ns_pair: NsPair) -> None:
+    ns_pair.start()
     socks = []
-    with in_netns(pair.cns):
+    with plumbing.entered(ns_pair.cns):
         for _ in range(500):
             s = socket.socket()
             s.setblocking(False)
@@ -175,30 +157,30 @@ def test_500_concurrent_connections(pair: Pair) -> None:
     sel.close()
     assert len(done) == 500
     assert got == want
-    st = pair.stats()
+    st = ns_pair.stats()
     assert st["table"]["opened"] == 500 and st["resets"] == 0
 
 
-def test_client_vanishing_mid_transfer_is_cleaned_up(pair: Pair) -> None:
-    pair.start("--max-retransmits", "4", "--rto-max", "1")
-    s = connect(pair)
+def test_client_vanishing_mid_transfer_is_cleaned_up(ns_pair: NsPair) -> None:
+    ns_pair.start("--max-retransmits", "4", "--rto-max", "1")
+    s = connect(ns_pair)
     s.sendall(b"GET 50000000\n")
     assert len(s.recv(100000)) > 0
     # the client disappears without a word: its link goes down, no FIN, no RST
-    _ip("-n", pair.cns, "link", "set", pair.cif, "down")
+    plumbing.set_link(ns_pair.cns, ns_pair.cif, state="down")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        st = pair.stats()
+        st = ns_pair.stats()
         if st["connections_left"] == 0:
             break
     assert st["connections_left"] == 0 and st["resets"] == 1
     s.close()
 
 
-def test_curl_download(pair: Pair, tmp_path: Path) -> None:
+def test_curl_download(ns_pair: NsPair, tmp_path: Path) -> None:
     if not shutil.which("curl"):
         pytest.skip("curl not installed")
-    pair.start()
+    ns_pair.start()
     out = tmp_path / "body"
     n = 3_000_000
     r = subprocess.run(
@@ -206,7 +188,7 @@ def test_curl_download(pair: Pair, tmp_path: Path) -> None:
             "ip",
             "netns",
             "exec",
-            pair.cns,
+            ns_pair.cns,
             "curl",
             "-sS",
             "--max-time",
@@ -223,117 +205,12 @@ def test_curl_download(pair: Pair, tmp_path: Path) -> None:
     assert out.read_bytes() == pattern(n)
 
 
-def test_kernel_in_listener_namespace_never_answers(pair: Pair) -> None:
+def test_kernel_in_listener_namespace_never_answers(ns_pair: NsPair) -> None:
     # Without the shell, the nft rule is absent and the listener kernel would reset;
     # with the shell, its drop rule keeps the kernel silent while the endpoint answers.
-    pair.start()
-    r = subprocess.run(
-        ["ip", "netns", "exec", pair.ens, "nft", "list", "ruleset"], capture_output=True, text=True
-    )
-    assert "meta l4proto tcp drop" in r.stdout
-    s = connect(pair)
+    ns_pair.start()
+    assert "meta l4proto tcp drop" in plumbing.run(ns_pair.ens, ["nft", "list", "ruleset"])
+    s = connect(ns_pair)
     s.sendall(b"ECHO\nx")
     assert s.recv(10) == b"x"
     s.close()
-
-
-def _in_ns(ns: str, *cmd: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen(["ip", "netns", "exec", ns, *cmd], **kw)
-
-
-def test_iperf3_through_the_relay_both_directions(pair: Pair) -> None:
-    if not shutil.which("iperf3"):
-        pytest.skip("iperf3 not installed")
-    srv = _in_ns(
-        pair.ens,
-        "iperf3",
-        "-s",
-        "-B",
-        "127.0.0.1",
-        "-p",
-        "5201",
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(0.5)
-        pair.start("--app", "relay", "--relay-to", "127.0.0.1:5201")
-        for reverse in ([], ["-R"]):
-            r = subprocess.run(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    pair.cns,
-                    "iperf3",
-                    "-c",
-                    SERVER,
-                    "-t",
-                    "2",
-                    "-J",
-                    *reverse,
-                ],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            result = json.loads(r.stdout)
-            assert "error" not in result, result["error"]
-            end = result["end"]
-            assert end["sum_received"]["bytes"] > 10_000_000
-            assert end["sum_sent"]["bytes"] >= end["sum_received"]["bytes"]
-        st = pair.stats()
-        # a control and a data connection per run (iperf3 may end a stream with RST)
-        assert st["table"]["opened"] >= 4 and not st["dropped"]
-    finally:
-        srv.terminate()
-        srv.wait(10)
-
-
-SLOW_READER = """
-import socket, sys, time, hashlib
-srv = socket.create_server(("127.0.0.1", 6000))
-open(sys.argv[1], "w").close()
-conn, _ = srv.accept()
-h = hashlib.sha256(); n = 0
-while True:
-    d = conn.recv(65536)
-    if not d:
-        break
-    h.update(d); n += len(d)
-    time.sleep(0.01)  # about 6 MB/s at most
-conn.sendall(f"{n} {h.hexdigest()}\\n".encode())
-conn.close()
-"""
-
-
-def test_slow_destination_slows_the_client_not_memory(pair: Pair, tmp_path: Path) -> None:
-    ready = tmp_path / "reader-ready"
-    reader = _in_ns(pair.ens, sys.executable, "-c", SLOW_READER, str(ready))
-    try:
-        deadline = time.monotonic() + 10
-        while not ready.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        limit = 256 << 10
-        pair.start("--app", "relay", "--relay-to", "127.0.0.1:6000", "--relay-limit", str(limit))
-        s = connect(pair, 60)
-        data = os.urandom(15_000_000)
-        t0 = time.monotonic()
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        reply = s.recv(200)
-        elapsed = time.monotonic() - t0
-        assert reply == f"{len(data)} {hashlib.sha256(data).hexdigest()}\n".encode()
-        assert elapsed > 1.5  # paced by the reader (15 MB at <= 6.5 MB/s), not by the LAN
-        st = pair.stats()
-        # the endpoint never held more than the room it granted, plus one GRO frame
-        assert 0 < st["relay_max_pending"] <= limit + 65536
-    finally:
-        reader.kill()
-        reader.wait(10)
-
-
-def test_refused_destination_refuses_the_client(pair: Pair) -> None:
-    pair.start("--app", "relay", "--relay-to", "127.0.0.1:9")  # nothing listens there
-    with pytest.raises(ConnectionRefusedError):
-        connect(pair)

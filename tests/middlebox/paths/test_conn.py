@@ -28,3 +28,39 @@ def test_has_output_until_the_kernel_took_every_queued_byte():
     finally:
         a.close()
         b.close()
+
+
+def test_room_follows_the_paths_rate_and_the_kernel_is_told():
+    """A slow path may hold only ``room_time`` of its rate unsent (at least MIN_ROOM, at
+    most ``lowat``), and the socket's TCP_NOTSENT_LOWAT says the same, so the kernel wakes
+    the loop at that level."""
+    import dataclasses
+
+    from middlebox.paths.conn import MIN_ROOM, UP
+    from middlebox.paths.sockets import TCP_NOTSENT_LOWAT, tcp_info
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    a = socket.create_connection(srv.getsockname())
+    b, _ = srv.accept()
+    try:
+        pc = PathConn(a, max_payload=1 << 20, lowat=128 << 10, room_time=0.04)
+        pc.state = UP
+        assert pc.room() == 128 << 10  # no rate known yet: the most
+        base = tcp_info(a)
+
+        def at(rate):
+            pc.follow_rate(dataclasses.replace(base, pacing_rate=rate, delivery_rate=0))
+            return pc.allowance, a.getsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT)
+
+        assert at(500_000) == (20_000, 20_000)  # 4 Mbit/s: 40 ms is 20 kB
+        assert at(550_000) == (20_000, 20_000)  # within a quarter: left alone
+        assert at(2_000_000) == (80_000, 80_000)
+        assert at(10_000) == (MIN_ROOM, MIN_ROOM)  # never below one message
+        assert at(100_000_000) == (128 << 10, 128 << 10)  # never above lowat
+        assert pc.room() == (128 << 10) - pc.queued()
+        fixed = PathConn(b, max_payload=1 << 20, lowat=64 << 10)  # room_time 0: fixed
+        fixed.follow_rate(dataclasses.replace(base, pacing_rate=500_000))
+        assert fixed.allowance == 64 << 10
+    finally:
+        for s in (a, b, srv):
+            s.close()

@@ -87,6 +87,7 @@ class SimClient:
         self.last_sack: list[tuple[int, int]] = []
         self.sent_log: list[Segment] = []
         self.peer_ts_ok = False
+        self.foreign: list[Segment] = []
 
     # segments the client sends
     def _seg(self, now: float, flags: int, seq: int, payload: bytes = b"", **kw) -> Segment:
@@ -172,7 +173,17 @@ class SimClient:
         return segs
 
     def on_segment(self, seg: Segment, now: float) -> list[Segment]:
-        """Process a segment from the endpoint; returns the client's immediate replies."""
+        """Process a segment from the endpoint; returns the client's immediate replies.
+
+        Like a host, the client takes only segments of its own 4-tuple (RFC 9293 3.10.7
+        demultiplexes by the whole tuple). The endpoint also answers segments of other
+        tuples (a stranger's RST, a new SYN's SYN-ACK) and the network delivers by port
+        alone, so replies that belong to another connection sharing the client's port
+        arrive here too; they are kept in ``foreign``, not processed.
+        """
+        if (seg.src, seg.sport, seg.dst, seg.dport) != (SERVER, 80, CLIENT, self.port):
+            self.foreign.append(seg)
+            return []
         o = seg.opts
         if seg.flags & RST:
             self.got_rst = True

@@ -575,6 +575,39 @@ def test_segments_of_unknown_connections_get_rst(sim, cfg) -> None:
     assert t.counters["rst_sent"] == 2 and not t.connections
 
 
+def test_replies_to_another_tuple_on_the_clients_port_leave_the_flow_alone(sim, make_net) -> None:
+    # A blind SYN-ACK on the flow's tuple whose destination port a checksum-neutral
+    # mutation turned from 80 into 136 (the fuzz test's input that once "reset" the
+    # client): no connection has that tuple, so it is reset as a stranger's (RFC 9293
+    # 3.10.7.1), towards the client's port but from port 136. SYNs to port 63, and from
+    # another address with the client's port, open connections of their own, which
+    # answer, retry and give up with a RST. None of it belongs to the flow to port 80;
+    # a host files each reply under its own tuple.
+    net, c, conn = established(sim, make_net)
+    synack = c._seg(net.now, SYN | ACK, 1278259442, b"x" * 100, ack=2380287610)
+    synack.dport = 136
+    (rst,) = net.inject(synack)
+    assert (rst.src, rst.sport, rst.dst, rst.dport) == (sim.SERVER, 136, sim.CLIENT, KEY_PORT)
+    assert (rst.flags, rst.seq) == (RST, 2380287610)
+    neighbour = bytes([10, 1, 0, 3])
+    for src, dport in ((sim.CLIENT, 63), (neighbour, 80)):
+        syn = c._seg(net.now, SYN, 12345)
+        syn.src, syn.dport = src, dport
+        (answer,) = net.inject(syn)
+        assert answer.flags == SYN | ACK and (answer.dst, answer.dport) == (src, KEY_PORT)
+    assert len(net.table) == 3
+    net.run(net.now + 100)
+    assert list(net.table.connections.values()) == [conn] and conn.state == C.ESTABLISHED
+    assert not c.got_rst
+    assert {(s.dst, s.sport) for s in c.foreign} == {
+        (sim.CLIENT, 136),
+        (sim.CLIENT, 63),
+        (neighbour, 80),
+    }
+    assert [e.reason for e in net.events if isinstance(e, Reset)] == ["timeout", "timeout"]
+    transfer(net, c, conn, 50_000, 50_000)
+
+
 def test_stray_ack_after_close_is_ignored(sim, make_net) -> None:
     net, c, conn = established(sim, make_net)
     conn.abort()
