@@ -54,6 +54,17 @@ def opt(
     return field(default=default, metadata=meta)
 
 
+def _buffer_max_opt(peer: str) -> Any:
+    """``buffer_max_bytes`` of one side (the same rule both ways, see MuxParams)."""
+    return opt(
+        32 << 20,
+        f"The most a connection's window toward the {peer} may grow to while more than half "
+        "of it waits behind a hole (a byte still on a slow carrier); at least buffer_bytes.",
+        min=64 << 10,
+        max=1 << 30,
+    )
+
+
 def _copy(value: Any) -> Any:
     if isinstance(value, list):
         return [_copy(v) for v in value]
@@ -162,10 +173,12 @@ class GatewayConfig:
     listener_namespace: str = opt("mpp-listen", "Network namespace of the capturing listener.")
     buffer_bytes: int = opt(
         4 << 20,
-        "Bytes buffered per connection before the client's TCP window closes.",
+        "Bytes buffered per connection before the client's TCP window closes (and the "
+        "window the gateway first lets the node send beyond what the client has read).",
         min=64 << 10,
         max=1 << 30,
     )
+    buffer_max_bytes: int = _buffer_max_opt("node")
     bypass: list[str] = opt(
         ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"],
         "Destination prefixes forwarded by ordinary routing, not proxied.",
@@ -243,8 +256,13 @@ class NodeConfig:
         check=_check_prefixes,
     )
     buffer_bytes: int = opt(
-        4 << 20, "Bytes buffered per connection on the node.", min=64 << 10, max=1 << 30
+        4 << 20,
+        "Bytes buffered per connection on the node (and the window it first lets the "
+        "gateway send beyond what the server has taken).",
+        min=64 << 10,
+        max=1 << 30,
     )
+    buffer_max_bytes: int = _buffer_max_opt("gateway")
     control_socket: str = opt(
         "/run/mpproxy/node.sock", "Unix socket 'mpproxy status' reads the node's state from."
     )
@@ -524,10 +542,11 @@ class Config:
     def mux_params(self, side: str, peer_max_payload: int | None = None) -> MuxParams:
         """The session core's parameters on ``side`` ("gateway" or "node");
         ``peer_max_payload``: the limit the peer announced in HELLO / HELLO_ACK."""
-        buffer = self.gateway.buffer_bytes if side == "gateway" else self.node.buffer_bytes
+        own = self.gateway if side == "gateway" else self.node
         max_data = max_data_payload(peer_max_payload or self.wire.max_payload)
         return MuxParams(
-            buffer_bytes=buffer,
+            buffer_bytes=own.buffer_bytes,
+            buffer_max=max(own.buffer_bytes, own.buffer_max_bytes),
             message_size=min(self.wire.message_size, max_data),
             max_data=max_data,
             stall_min=self.paths.stall_min,

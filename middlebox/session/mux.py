@@ -18,15 +18,22 @@ Per connection and direction (docs/PROTOCOL.md has the messages):
   that runs dry falls back towards ``message_size``; a message is never larger than
   the room its path has.
 * **Nothing is lost.** Every message stays buffered until a DATA_ACK covers it, by the
-  cumulative ``ack`` or a selective range. When its path goes down, or it has waited
-  for its ACK longer than the path's stall threshold, it is sent again on another path
-  (the receiver keeps the first copy of each byte and drops the rest).
+  cumulative ``ack`` or a selective range. When its path goes down, or the path has
+  been silent (nothing it carried acknowledged, its socket's acknowledged bytes not
+  advancing) for the path's stall threshold since the message was sent, it is sent again
+  on another path (the receiver keeps the first copy of each byte and drops the rest).
 * **Flow control.** The receiver advertises ``window`` so that ``ack + window`` is
-  ``consumed + buffer_bytes``: a right edge that never moves backwards, whatever order
-  the DATA_ACKs arrive in. The sender never sends beyond the highest edge it has seen
-  (before the first DATA_ACK: :data:`INITIAL_WINDOW`). Bytes leave the receive buffer
-  only when the shell takes them with :meth:`Mux.read`, so a slow reader closes the
-  window all the way back to the client's TCP window.
+  ``consumed`` plus the connection's window: a right edge that never moves backwards,
+  whatever order the DATA_ACKs arrive in. The window starts at ``buffer_bytes`` and
+  doubles, up to ``buffer_max``, whenever more than half of it is held behind a hole
+  (bytes that arrived on fast paths while the byte the reader needs next is still on a
+  slow one): the connection then waits on its slowest path, and a larger window lets the
+  others keep sending meanwhile. A reader that is merely slow never makes it grow (its
+  bytes are in order). The sender never sends beyond the highest edge it has seen
+  (before the first DATA_ACK: :data:`INITIAL_WINDOW`), and its buffer bound follows the
+  window the peer advertises. Bytes leave the receive buffer only when the shell takes
+  them with :meth:`Mux.read`, so a slow reader closes the window all the way back to the
+  client's TCP window.
 * **FIN, RST, half-close.** Each direction ends on its own with FIN (stream length,
   retransmitted until acknowledged as one extra sequence number); RST aborts both
   directions and goes out on every path. A connection ends when both FINs are
@@ -88,6 +95,7 @@ class MuxParams:
     so the core never imports it."""
 
     buffer_bytes: int = 4 << 20  # receive window and send buffer bound, per connection
+    buffer_max: int = 32 << 20  # ... to which they may grow while the connection waits on a hole
     message_size: int = 16 << 10  # first DATA payload size; adapted per connection
     max_data: int = (256 << 10) - DATA_FIXED  # largest DATA payload the peer accepts
     stall_min: float = 0.5  # seconds without DATA_ACK before a message is sent again
@@ -274,6 +282,7 @@ class Conn:
         self.fin_acked = False
         self.target = params.message_size
         self.blocked = False
+        self.window = params.buffer_bytes  # what we let the peer send beyond what was read
         # receive side
         self.rcv_nxt = 0
         self.rbuf = bytearray()
@@ -295,6 +304,11 @@ class Conn:
     def queued_bytes(self) -> int:
         """Bytes held by the send side: in flight and not yet sent."""
         return len(self.sbuf)
+
+    def send_limit(self, params: MuxParams) -> int:
+        """Bytes the send side may hold: ``buffer_bytes``, or the window the peer
+        advertised if that is larger (its window grew), at most ``buffer_max``."""
+        return min(params.buffer_max, max(params.buffer_bytes, self.peer_edge - self.sbase))
 
     @property
     def unsent(self) -> int:
@@ -354,6 +368,7 @@ class Mux:
             "duplicates": 0,
             "resets_sent": 0,
             "unknown_connection": 0,
+            "window_grown": 0,
         }
 
     # -- paths -------------------------------------------------------------------------
@@ -447,7 +462,7 @@ class Mux:
         msg = Open(conn_id, src_addr, src_port, dst_addr, dst_port, **tcp_options)  # type: ignore[arg-type]
         conn = Conn(conn_id, ConnState.OPENING, self.params)
         conn.open_msg = msg
-        conn.adv_edge = self.params.buffer_bytes
+        conn.adv_edge = conn.window
         self.conns[conn_id] = conn
         self._control.append((conn_id, msg, False))
         return conn_id
@@ -471,7 +486,7 @@ class Mux:
         conn = self.conns[conn_id]
         if conn.fin_wanted:
             raise RuntimeError(f"connection {conn_id}: send after shutdown")
-        room = self.params.buffer_bytes - len(conn.sbuf)
+        room = conn.send_limit(self.params) - len(conn.sbuf)
         n = min(room, len(data))
         if n > 0:
             conn.sbuf += data[:n]
@@ -481,7 +496,7 @@ class Mux:
 
     def send_room(self, conn_id: int) -> int:
         conn = self.conns[conn_id]
-        return self.params.buffer_bytes - len(conn.sbuf)
+        return conn.send_limit(self.params) - len(conn.sbuf)
 
     def shutdown(self, conn_id: int) -> None:
         """This side's direction ends after the bytes already queued (FIN)."""
@@ -500,11 +515,9 @@ class Mux:
             out = conn.rbuf[:n]
             del conn.rbuf[:n]
         conn.consumed += n
-        edge = conn.consumed + self.params.buffer_bytes
+        edge = conn.consumed + conn.window
         opened = edge - conn.adv_edge
-        if opened >= self.params.buffer_bytes // 4 or (
-            opened > 0 and conn.adv_edge - conn.rcv_nxt < SWS_MIN
-        ):
+        if opened >= conn.window // 4 or (opened > 0 and conn.adv_edge - conn.rcv_nxt < SWS_MIN):
             conn.ack_due = True  # tell the sender the window opened
         if not conn.rbuf:
             self._check_closed(conn)
@@ -565,6 +578,7 @@ class Mux:
                     "queued_bytes": c.queued_bytes,
                     "in_flight": c.snd_nxt - c.sbase,
                     "received_unread": len(c.rbuf),
+                    "window": c.window,
                     "bytes_sent": c.bytes_sent,
                     "bytes_received": c.rcv_nxt,
                     "retransmits": c.retransmits,
@@ -688,7 +702,7 @@ class Mux:
             return
         conn = Conn(cid, ConnState.OPENING, self.params)
         conn.open_msg = msg
-        conn.adv_edge = self.params.buffer_bytes
+        conn.adv_edge = conn.window
         self.conns[cid] = conn
         self._events.append(OpenRequested(cid, msg))
 
@@ -719,7 +733,7 @@ class Mux:
         seq = msg.seq
         payload = msg.payload
         end = seq + len(payload)
-        if end > conn.consumed + self.params.buffer_bytes:
+        if end > conn.consumed + conn.window:
             return self._reset(conn, RstReason.BUFFER_OVERFLOW, now)
         if conn.peer_fin is not None and end > conn.peer_fin:
             return self._protocol_error(conn, now)
@@ -739,6 +753,15 @@ class Mux:
         else:
             self._insert(conn, seq, end, payload)
             self._deliver(conn)
+            if (
+                conn.max_seen - conn.rcv_nxt > conn.window // 2
+                and conn.window < self.params.buffer_max
+            ):
+                # half the window waits behind a hole: the connection is held by its
+                # slowest path; let the other paths go on (see the module text)
+                conn.window = min(self.params.buffer_max, conn.window * 2)
+                conn.ack_due = True
+                self.counters["window_grown"] += 1
         if was_empty and conn.rbuf:
             self._events.append(Readable(conn.id))
         self._check_eof(conn)
@@ -843,7 +866,7 @@ class Mux:
         if conn.fin_seq is not None and ack > conn.fin_seq and not conn.fin_acked:
             conn.fin_acked = True
             self._check_closed(conn)
-        if conn.blocked and len(conn.sbuf) < self.params.buffer_bytes:
+        if conn.blocked and len(conn.sbuf) < conn.send_limit(self.params):
             conn.blocked = False
             self._events.append(Writable(conn.id))
 
@@ -935,12 +958,11 @@ class Mux:
         self._control = keep
 
     def _send_acks(self, out: list, paths: list[PathState], now: float) -> None:
-        buffer = self.params.buffer_bytes
         for conn in self.conns.values():
             if not conn.ack_due:
                 continue
             ack = conn.ack_value()
-            edge = conn.consumed + buffer
+            edge = conn.consumed + conn.window
             ranges = tuple((s, e) for s, e in conn.sacks[:MAX_SACK_RANGES])
             msg = DataAck(conn.id, ack, min(max(edge - ack, 0), U32), ranges)
             info = MessageInfo(conn.id, 32 + 16 * len(ranges), ACK, prefer=conn.rx_path)

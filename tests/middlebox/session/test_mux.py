@@ -518,6 +518,50 @@ def test_window_is_enforced_and_advertised():
     assert any(isinstance(msg, wire.Rst) for _, msg in out)
 
 
+def test_window_grows_while_half_of_it_waits_behind_a_hole():
+    node = Mux("node", MuxParams(buffer_bytes=64 << 10, buffer_max=256 << 10))
+    node.path_up(1, 0.0)
+    node.receive(1, wire.Open(7, "10.0.0.1", 1000, "192.0.2.1", 80), 0.0)
+    node.next_event()
+    node.accept(7)
+    node.messages_to_send(0.0)
+    # bytes 0..8K are still on a slow path; 40 KiB arrived behind them on fast ones
+    node.receive(1, wire.Data(7, 8 << 10, b"f" * (40 << 10)), 0.1)
+    (a,) = acks(node, 0.1)
+    assert a.ack == 0 and a.window == 128 << 10
+    assert node.counters["window_grown"] == 1
+    # what the grown window lets in is accepted (the old edge would have reset it)
+    node.receive(1, wire.Data(7, 48 << 10, b"g" * (60 << 10)), 0.2)
+    assert node.counters["window_grown"] == 2
+    (a,) = acks(node, 0.2)
+    assert a.window == 256 << 10  # and no further than buffer_max
+    node.receive(1, wire.Data(7, 108 << 10, b"h" * (100 << 10)), 0.3)
+    assert node.counters["window_grown"] == 2
+    node.receive(1, wire.Data(7, 0, b"s" * (8 << 10)), 0.4)
+    assert len(node.read(7)) == 208 << 10
+    assert node.stats()["connections"][7]["window"] == 256 << 10
+
+
+def test_window_does_not_grow_for_a_slow_reader():
+    node = opened_node(buffer_bytes=64 << 10)
+    node.receive(1, wire.Data(7, 0, b"x" * (60 << 10)), 0.1)  # in order, nobody reads
+    (a,) = acks(node, 0.1)
+    assert a.ack + a.window == 64 << 10
+    assert node.counters["window_grown"] == 0
+
+
+def test_send_buffer_follows_the_window_the_peer_grew():
+    gw = Mux("gateway", MuxParams(buffer_bytes=64 << 10, buffer_max=256 << 10))
+    gw.path_up(1, 0.0, room=10 << 20)
+    cid = gw.open("10.1.0.5", 40000, "198.51.100.7", 443)
+    assert gw.send(cid, b"a" * (1 << 20)) == 64 << 10
+    gw.receive(1, wire.OpenOk(cid), 0.1)
+    gw.receive(1, wire.DataAck(cid, 0, 200 << 10), 0.1)
+    assert gw.send_room(cid) == (200 - 64) << 10
+    gw.receive(1, wire.DataAck(cid, 0, 1 << 20), 0.2)
+    assert gw.send_room(cid) == (256 - 64) << 10  # never beyond buffer_max
+
+
 def test_unknown_connection_gets_one_rst_per_burst():
     node = Mux("node")
     node.path_up(1, 0.0)
