@@ -6,8 +6,10 @@ new TCP connection through the carrier's two :class:`~bench.sim.links.Link` dire
 SYN and SYN-ACK (the SYN sent again after 1 s, 2 s, ... when lost), the client's
 request line, then the response on a fresh :class:`~bench.sim.tcp.Socket` (its own
 congestion control, starting from the initial window as every real connection does; its
-ACKs on the uplink), the server writing ahead of what was sent by a few units. An
-upload runs the other way. The kernel's own user timeout is minutes: a plain TCP
+ACKs on the uplink), the server writing as fast as its socket takes it: Linux sizes a
+socket's send buffer to about twice the congestion window (``tcp_sndbuf_expand``), so a
+writer that never waits keeps about a window unsent beyond what is in flight (a few
+units at least). An upload runs the other way. The kernel's own user timeout is minutes: a plain TCP
 connection outlives every outage of a replay.
 """
 
@@ -21,7 +23,7 @@ from bench.sim.tcp import Socket
 from bench.sim.transport import Conn, Transport, TransportParams
 
 UNIT = 14_480  # bytes the server hands its socket at a time (ten packets)
-AHEAD = 4 * UNIT  # not-sent bytes the server keeps in its socket
+AHEAD = 4 * UNIT  # the least it keeps unsent in its socket (a congestion window, if more)
 
 
 class _Flow:
@@ -119,13 +121,18 @@ class PlainTcp(Transport):
         return acked
 
     def _write(self, flow: _Flow, now: float) -> None:
-        """The sender keeps a few units ahead in its socket, as far as it has produced."""
+        """The sender keeps about a congestion window (a few units at least) unsent in
+        its socket, as far as it has produced: what an application writing into an
+        autotuned send buffer has queued. With less, a burst of ACKs (a cellular
+        link's) drains the socket and the rate samples that follow count as
+        application-limited, so BBR stops probing."""
         sock = flow.sender
         if sock is None:
             return
         conn = flow.conn
         limit = min(conn.avail, conn.total)
-        while sock.notsent < AHEAD and conn.snd_nxt < limit:
+        ahead = max(AHEAD, sock.cc.cwnd)
+        while sock.notsent < ahead and conn.snd_nxt < limit:
             n = int(min(UNIT, limit - conn.snd_nxt))
             conn.snd_nxt += n
             sock.write(n, n, now)

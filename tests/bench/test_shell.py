@@ -143,6 +143,18 @@ def test_a_download_needs_its_uplink_for_the_acks():
         assert slow.summary["goodput_mbps"] < 0.6 * fast.summary["goodput_mbps"]
 
 
+def test_plain_tcp_keeps_a_window_unsent_so_bursty_acks_do_not_starve_it():
+    """A plain TCP sender writes into an autotuned send buffer (about two congestion
+    windows): over a link that delivers in 50 ms bursts, the ACKs come in bunches that
+    free more than a few units at once, and a sender that kept only those few ahead ran
+    dry, its rate samples counted as application-limited and BBR settled at 16 of the
+    link's 19.3 Mbit/s of TCP payload."""
+    bursty = SteppedTrace.of([40e6, 0.0] * 200, 0.05, "a")
+    uplink = SteppedTrace.of([40e6], 1.0, "up")
+    scn = Scenario([Carrier("a", bursty, delay=0.03, up=uplink)], "bulk", 20.0, warmup=5.0)
+    assert run(scn, "single:a").summary["goodput_mbps"] > 18.5
+
+
 def _socket(fwd: Carrier, rev: Carrier, **kw):
     from bench.sim.engine import Engine
 
