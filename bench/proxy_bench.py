@@ -125,7 +125,7 @@ class ProxyBed:
         sched = {"policy": self.policy} if self.policy else {}
         node = {
             "id": "node-1",
-            "listen": "0.0.0.0:4433",
+            "listen": f"{node_carrier_addr(0)}:4433",  # every carrier's paths dial it
             "allowed_destinations": json.loads(DOC_RANGES),
             "control_socket": str(d / "node.sock"),
             "connect_timeout": 3.0,

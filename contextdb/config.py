@@ -94,6 +94,40 @@ class ContextDBConfig:
         "Name of the line (route) whose history this gateway shares with the fleet.",
         check=_check_line,
     )
+    fleet_timeout: float = _opt(
+        5.0,
+        "Seconds a fleet store connect, read or write may take; then the connection is "
+        "dropped and dialled again with back-off. In the gateway and node this I/O runs in "
+        "a background thread, never in the data path.",
+        min=0.1,
+        max=120.0,
+    )
+    fleet_retry_max: float = _opt(
+        60.0,
+        "Longest delay between attempts to reach the fleet store (from 1 s, doubling).",
+        min=1.0,
+        max=3600.0,
+    )
+    fleet_refresh: float = _opt(
+        30.0,
+        "Seconds between fetches of what other gateways added to the fleet store.",
+        min=1.0,
+        max=86400.0,
+    )
+    fleet_max_reply: int = _opt(
+        16 << 20,
+        "Largest string a fleet store reply may announce, in bytes (one chunk); a larger "
+        "one is an error, not an allocation.",
+        min=1 << 16,
+        max=512 << 20,
+    )
+    fleet_max_queued: int = _opt(
+        64 << 20,
+        "Bytes of learnt history kept for the fleet store while it is unreachable; beyond "
+        "it the oldest is dropped (counted in status as fleet dropped_chunks).",
+        min=1 << 20,
+        max=4 << 30,
+    )
 
     def step_s(self) -> int:
         """Seconds between the starts of consecutive windows."""

@@ -9,10 +9,20 @@ and, when the path layer timed a disconnection exactly, :meth:`disconnection`. C
 look-ahead has completed with the same code as a batch import, and stores it.
 The running gateway feeds it from ``middlebox/context/loop.py`` (one sample per carrier per second
 from TCP_INFO and the carrier context), flushing every ``context.flush_interval``.
+
+What comes in is checked (:func:`clean`): a sample whose time is not a finite number
+of seconds since the epoch is refused, and a value that is infinite or beyond
+:data:`MAX_ABS` (which no unit here comes near, and which the windows' float32 columns
+would turn into an infinity) becomes unknown, so no glitch of a modem or a measurement
+puts an infinity into the windows a fleet shares. Values are not clamped to physical
+ranges here: a live ingest stores exactly what a batch import of the same samples
+stores (the property test in tests/contextdb/test_db.py); the gateway range-checks what
+its context source reports (:mod:`middlebox.context.carriers`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -23,6 +33,24 @@ from contextdb.records import HandoverEvent, Sample, classify
 from contextdb.windows import RUN_BREAK_S, cut_windows, detect_events, to_grid
 
 SETTLE_S = 10.0  # seconds a window waits after its look-ahead before it is stored
+MAX_ABS = 1e15  # any value beyond: unknown (a petabit per second, a million years of RTT)
+MAX_T = 1e11  # seconds since the epoch (the year 5138)
+VALUES = ("rsrp", "lat", "lon", "dl_bps", "rtt", "loss")
+
+
+def clean(sample: Sample) -> Sample | None:
+    """``sample`` with every value that is not a number, infinite or beyond
+    :data:`MAX_ABS` unknown (nan), or None when its time is unusable."""
+    t = sample.t
+    if isinstance(t, bool) or not isinstance(t, int | float) or not abs(t) <= MAX_T:
+        return None  # nan fails the comparison too
+    bad = {}
+    for name in VALUES:
+        v = getattr(sample, name)
+        ok = isinstance(v, int | float) and not isinstance(v, bool) and abs(v) <= MAX_ABS
+        if not ok and not (isinstance(v, float) and math.isnan(v)):
+            bad[name] = math.nan
+    return dataclasses.replace(sample, **bad) if bad else sample
 
 
 @dataclass
@@ -41,8 +69,16 @@ class LiveIngest:
         self._carriers: dict[str, _Carrier] = {}
         # seconds of history kept so that a window and its look-ahead can be re-cut
         self.keep_s = self.cfg.window_s + self.cfg.lookahead_s + SETTLE_S + 60
+        self.counters = {"samples_refused": 0, "values_dropped": 0}
 
     def feed(self, sample: Sample) -> None:
+        checked = clean(sample)
+        if checked is None:
+            self.counters["samples_refused"] += 1
+            return
+        if checked is not sample:
+            self.counters["values_dropped"] += 1
+            sample = checked
         st = self._carriers.setdefault(sample.carrier, _Carrier())
         if st.samples and sample.t - st.samples[-1].t >= RUN_BREAK_S:
             self.flush(math.inf, sample.carrier)

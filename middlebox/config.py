@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
+import reprlib
 import tomllib
 import types
 import typing
@@ -24,7 +26,7 @@ from typing import Any
 from contextdb.config import ContextDBConfig
 from middlebox.errors import UserError
 from middlebox.session.mux import MuxParams
-from middlebox.session.wire import DATA_FIXED, max_data_payload
+from middlebox.session.wire import DATA_FIXED, max_data_payload, name_error
 from middlebox.tcp.params import TcpParams
 from scheduler.config import SchedulerConfig
 
@@ -73,10 +75,106 @@ def _copy(value: Any) -> Any:
     return value
 
 
+# -- numbers ------------------------------------------------------------------------------
+
+INT_BITS = 64  # TOML's integers are 64-bit (its specification); tomllib accepts any size
+
+
+def number_error(value: float, lo: float | None = None, hi: float | None = None) -> str | None:
+    """Why a number from a file or a command line is unacceptable, or None.
+
+    The one numeric rule of every input an operator writes: NaN and infinities pass
+    every comparison (``nan < 1.0`` and ``nan > 600.0`` are both false), so they are
+    refused before the range; integers must fit in 64 bits."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number (got {value!r})"
+    if isinstance(value, int) and not -(1 << (INT_BITS - 1)) <= value < 1 << (INT_BITS - 1):
+        return f"must be an integer of at most {INT_BITS} bits (got {value.bit_length()} bits)"
+    if lo is not None and value < lo:
+        return f"must be >= {lo} (got {value!r})"
+    if hi is not None and value > hi:
+        return f"must be <= {hi} (got {value!r})"
+    return None
+
+
+def number_arg(kind: type, lo: float, hi: float) -> typing.Callable[[str], Any]:
+    """An ``argparse`` type for a numeric command-line argument under :func:`number_error`
+    (``type=number_arg(int, 1, 36500)``): argparse reports a refusal as one usage line."""
+    import argparse
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text.strip()) if text.isascii() else None
+        except ValueError:  # also an int of more than 4300 digits
+            value = None
+        if value is None:
+            raise argparse.ArgumentTypeError(f"not {_TYPE_NAMES[kind]}: {_show(text)}")
+        if err := number_error(value, lo, hi):
+            raise argparse.ArgumentTypeError(err)
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+
+
+def _show(value: Any) -> str:
+    """``repr`` for error messages, bounded in length and nesting (a hostile file may hold
+    a string of megabytes or a list nested hundreds deep)."""
+    return _REPR.repr(value)
+
+
+# -- checks ---------------------------------------------------------------------------------
+
+# Where tls.plaintext may be used: loopback and the testbed's address plan (netns/topology.py:
+# 100.64-100.66, inside RFC 6598's shared space, which no public Internet path carries).
+PLAINTEXT_NETWORKS = tuple(
+    ipaddress.ip_network(n) for n in ("127.0.0.0/8", "::1/128", "100.64.0.0/10")
+)
+
+
+def plaintext_error(key: str, address: str) -> ConfigError | None:
+    """The error to raise when ``tls.plaintext`` is set and ``address`` (HOST:PORT of
+    ``key``: the node's ``node.listen``, the gateway's ``gateway.node``) is neither
+    loopback nor the testbed's, or None. Paths without TLS are neither encrypted nor
+    authenticated: on any other address anyone could read them, or claim to be any
+    gateway and use the node as an open proxy. A wildcard listen address is refused too
+    (it listens on every interface, public ones included): name the testbed address."""
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        a = ipaddress.ip_address(host)
+    except ValueError:
+        a = None
+    if a is not None and any(a in n for n in PLAINTEXT_NETWORKS if n.version == a.version):
+        return None
+    nets = ", ".join(str(n) for n in PLAINTEXT_NETWORKS)
+    return ConfigError(
+        f"tls.plaintext: only for loopback or the testbed ({nets}), but {key} is "
+        f"{_show(address)}; use TLS (mpproxy pki) on any other address"
+    )
+
+
+def _port(text: str) -> int | None:
+    """A port number written in ASCII digits (``str.isdigit`` also takes '²' and '٣')."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 5):
+        return None
+    return int(text)
+
+
 def _check_hostport(value: str) -> str | None:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        return f"must be HOST:PORT with a port in 1..65535 (got {value!r})"
+    p = _port(port)
+    if (
+        not sep
+        or not host
+        or not (host.isascii() and host.isprintable() and " " not in host)
+        or p is None
+        or not 0 < p < 65536
+    ):
+        return f"must be HOST:PORT with a port in 1..65535 (got {_show(value)})"
     return None
 
 
@@ -86,7 +184,7 @@ def _check_address(value: str) -> str | None:
     try:
         ipaddress.ip_address(value)
     except ValueError:
-        return f"must be an IP address (got {value!r})"
+        return f"must be an IP address (got {_show(value)})"
     return None
 
 
@@ -95,23 +193,18 @@ def _check_prefixes(values: list[str]) -> str | None:
         try:
             ipaddress.ip_network(v, strict=False)
         except ValueError:
-            return f"must be a list of IP prefixes such as '10.0.0.0/8' (bad entry {v!r})"
-    return None
-
-
-def _check_name(value: str) -> str | None:
-    if not value or len(value) > 64 or not all(c.isalnum() or c in "-_." for c in value):
-        return f"must be 1..64 characters of letters, digits, '-', '_' or '.' (got {value!r})"
+            return f"must be a list of IP prefixes such as '10.0.0.0/8' (bad entry {_show(v)})"
     return None
 
 
 def _check_ports(values: list[str]) -> str | None:
     for v in values:
         lo, _, hi = v.partition("-")
-        hi = hi or lo
-        if not (lo.isdigit() and hi.isdigit() and 0 <= int(lo) <= int(hi) <= 65535):
+        a, b = _port(lo), _port(hi or lo)
+        if a is None or b is None or not 0 <= a <= b <= 65535:
             return (
-                f"must be a list of ports or ranges such as '443' or '8000-8999' (bad entry {v!r})"
+                "must be a list of ports or ranges such as '443' or '8000-8999' "
+                f"(bad entry {_show(v)})"
             )
     return None
 
@@ -145,7 +238,7 @@ class AclRuleConfig:
 class CarrierConfig:
     """One cellular modem of the gateway, one carrier path group to the node."""
 
-    name: str = opt("", "Carrier name, unique per gateway (e.g. 'vodafone').", check=_check_name)
+    name: str = opt("", "Carrier name, unique per gateway (e.g. 'vodafone').", check=name_error)
     type: str = opt("lte", "Access technology, sent in HELLO.", choices=CARRIER_TYPES)
     interface: str = opt("", "Interface of the modem (bound with SO_BINDTODEVICE).")
     address: str = opt(
@@ -164,7 +257,7 @@ class GatewayConfig:
     id: str = opt(
         "gateway",
         "Identity of this gateway, sent in HELLO and matched against its certificate.",
-        check=_check_name,
+        check=name_error,
     )
     node: str = opt(
         "127.0.0.1:4433", "Address of the cloud node, HOST:PORT.", check=_check_hostport
@@ -194,7 +287,25 @@ class GatewayConfig:
         "bypass lists; the first match decides; no match: deny list, then bypass list, then proxy.",
     )
     flow_table_size: int = opt(
-        65536, "Most flows tracked at once; new flows beyond it are dropped.", min=64, max=1 << 24
+        65536,
+        "Most flows tracked at once. When full, a new flow takes the place of the oldest "
+        "half-open or closed one; only a table full of established flows drops it.",
+        min=64,
+        max=1 << 24,
+    )
+    flow_table_per_source: int = opt(
+        4096,
+        "Most flows tracked at once for one passenger (source address); its new flows "
+        "beyond it are dropped, so one passenger cannot fill the table.",
+        min=1,
+        max=1 << 24,
+    )
+    flow_new_per_source: int = opt(
+        500,
+        "Most new flows (SYNs of new tuples) one passenger may start per second; beyond "
+        "it they are dropped (the client retries), before any endpoint work.",
+        min=1,
+        max=1 << 20,
     )
     flow_timeout_half_open: float = opt(
         30.0, "Seconds a flow may stay idle before its handshake completes.", min=1.0, max=3600.0
@@ -230,11 +341,36 @@ class GatewayConfig:
     control_socket: str = opt(
         "/run/mpproxy/gateway.sock", "Unix socket 'mpproxy status' reads the gateway's state from."
     )
+    memory_budget: int = opt(
+        512 << 20,
+        "Bytes the connections' buffers toward the node may hold at the gateway together "
+        "(received, out-of-order and unacknowledged data). As it fills, new connections get "
+        "smaller windows and windows stop growing; no accepted byte is dropped.",
+        min=1 << 20,
+        max=1 << 40,
+    )
 
 
 @dataclass(frozen=True)
 class NodeConfig:
-    id: str = opt("node", "Identity of this node, sent in HELLO_ACK.", check=_check_name)
+    id: str = opt("node", "Identity of this node, sent in HELLO_ACK.", check=name_error)
+    revoked_gateways: str = opt(
+        "",
+        "File of revoked gateway ids, one per line ('#' comments): their paths are refused "
+        "at HELLO, and when the file changes their sessions end (reloaded without restart). "
+        "Empty: none.",
+    )
+    allowed_gateways: str = opt(
+        "",
+        "File of the only gateway ids admitted, in the same format; empty: every gateway "
+        "whose certificate the CA signed.",
+    )
+    gateway_lists_interval: float = opt(
+        1.0,
+        "Seconds between checks of the gateway lists' modification times.",
+        min=0.1,
+        max=3600.0,
+    )
     listen: str = opt(
         "0.0.0.0:4433",
         "Address the node accepts carrier paths on, HOST:PORT.",
@@ -266,6 +402,50 @@ class NodeConfig:
     control_socket: str = opt(
         "/run/mpproxy/node.sock", "Unix socket 'mpproxy status' reads the node's state from."
     )
+    max_handshakes: int = opt(
+        512,
+        "Paths accepted at once that have not finished TLS and HELLO (each has "
+        "paths.connect_timeout). Beyond it a newcomer takes the place of the oldest pending "
+        "handshake of the address holding the most, or is closed at once, before any TLS work.",
+        min=1,
+        max=1 << 20,
+    )
+    max_handshakes_per_source: int = opt(
+        32,
+        "Pending handshakes from one address; beyond it new connections from that address "
+        "are closed at once.",
+        min=1,
+        max=1 << 20,
+    )
+    accept_backoff: float = opt(
+        0.5,
+        "Seconds the node stops accepting paths after accept() failed for want of "
+        "descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM); counted, logged once a minute.",
+        min=0.01,
+        max=60.0,
+    )
+    session_connections: int = opt(
+        16384,
+        "Connections one gateway session may hold at the node; an OPEN beyond it is answered "
+        "with OPEN_FAIL (no resources), so the gateway resets that client.",
+        min=1,
+        max=1 << 22,
+    )
+    session_memory: int = opt(
+        256 << 20,
+        "Bytes the connections of one gateway session may hold in their buffers at the node "
+        "(received, out-of-order and unacknowledged data). As it fills, new connections get "
+        "smaller windows and windows stop growing; no accepted byte is dropped.",
+        min=1 << 20,
+        max=1 << 40,
+    )
+    memory_budget: int = opt(
+        1 << 30,
+        "Bytes the connection buffers of all sessions may hold at the node together; "
+        "enforced like session_memory.",
+        min=1 << 20,
+        max=1 << 40,
+    )
 
 
 @dataclass(frozen=True)
@@ -275,7 +455,9 @@ class TLSConfig:
     key: str = opt("", "This process's private key (PEM).")
     plaintext: bool = opt(
         False,
-        "Carry paths without TLS. For benchmarks on a closed testbed only; logged loudly at start.",
+        "Carry paths without TLS. For benchmarks on a closed testbed only; logged loudly at "
+        "start, and refused unless the node's listen address and the gateway's node address "
+        "are loopback or in the testbed's 100.64.0.0/10.",
     )
 
 
@@ -308,7 +490,8 @@ class PathConfig:
     user_timeout: float = opt(
         10.0,
         "Seconds sent data may stay unacknowledged before the kernel drops the path "
-        "(TCP_USER_TIMEOUT).",
+        "(TCP_USER_TIMEOUT); also how long a path may stay silent (nothing received) before "
+        "the gateway or the node closes it.",
         min=1.0,
         max=600.0,
     )
@@ -352,6 +535,14 @@ class PathConfig:
         min=1.0,
         max=3600.0,
     )
+    max_output: int = opt(
+        4 << 20,
+        "Bytes a path may hold for its peer beyond notsent_lowat (answers such as PROBE_ACK, "
+        "DATA_ACK and RST that a peer which does not read lets pile up); beyond it the path "
+        "is closed and counted (paths_unread).",
+        min=64 << 10,
+        max=1 << 30,
+    )
 
 
 @dataclass(frozen=True)
@@ -368,6 +559,14 @@ class WireConfig:
         "Target DATA message size in bytes (adapted at run time up to max_payload).",
         min=512,
         max=16 << 20,
+    )
+    reorder_overhead: int = opt(
+        512 << 10,
+        "Bytes of bookkeeping a connection's out-of-order data may cost beyond the data "
+        "itself (each piece held above a hole costs about 200 bytes more than its payload); "
+        "a peer that cuts more holes than this is reset (counted as reorder_overflow).",
+        min=16 << 10,
+        max=1 << 30,
     )
 
 
@@ -430,6 +629,47 @@ class TcpConfig:
         min=1,
         max=1 << 22,
     )
+    max_connections_per_source: int = opt(
+        _TCP.max_connections_per_source,
+        "Most connections of one passenger (client address) at once; its SYNs beyond it are "
+        "refused with RST.",
+        min=1,
+        max=1 << 22,
+    )
+    max_half_open: int = opt(
+        _TCP.max_half_open,
+        "Most connections whose handshake is not complete (SYN-RECEIVED) at once; SYNs "
+        "beyond it are answered with SYN cookies (no state kept).",
+        min=1,
+        max=1 << 22,
+    )
+    max_half_open_per_source: int = opt(
+        _TCP.max_half_open_per_source,
+        "Most half-open connections of one passenger; its SYNs beyond it get SYN cookies.",
+        min=1,
+        max=1 << 22,
+    )
+    syn_cookies: bool = opt(
+        _TCP.syn_cookies,
+        "Answer SYNs beyond the half-open limits with SYN cookies; false: drop them (the "
+        "client retries). A cookie keeps the MSS (rounded down to 536, 1300, 1440 or 1460), "
+        "window scaling and SACK only with clients that use timestamps.",
+    )
+    rst_rate: int = opt(
+        _TCP.rst_rate,
+        "Most RSTs per second answering segments of no connection (stray ACKs, FINs, data; "
+        "refused SYNs); beyond it they are dropped and counted.",
+        min=1,
+        max=1 << 24,
+    )
+    ofo_memory: int = opt(
+        _TCP.ofo_memory,
+        "Bytes one connection's out-of-order data may hold, counting 96 bytes per stored "
+        "piece and per range besides the payload; out-of-order segments beyond it are "
+        "dropped (the client sends them again). Keep it above gateway.buffer_bytes.",
+        min=64 << 10,
+        max=1 << 30,
+    )
     gso: bool = opt(
         _TCP.gso, "Hand segments of up to 64 KiB to the kernel to cut (PACKET_VNET_HDR + GSO)."
     )
@@ -459,6 +699,7 @@ class ContextConfig:
         "trace start so that the context matches the emulated links; 0: when the gateway "
         "starts.",
         min=0.0,
+        max=1e9,
     )
     replay_loop: bool = opt(True, "Start the files again after their last second.")
     replay_time_scale: float = opt(
@@ -551,6 +792,8 @@ class Config:
             max_data=max_data,
             stall_min=self.paths.stall_min,
             paths_lost_timeout=self.paths.lost_timeout,
+            reorder_overhead=self.wire.reorder_overhead,
+            **({"max_connections": self.node.session_connections} if side == "node" else {}),
         )
 
 
@@ -575,7 +818,9 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
-        raise ConfigError(f"{key}: must be {_TYPE_NAMES.get(tp, tp.__name__)} (got {value!r})")
+        raise ConfigError(f"{key}: must be {_TYPE_NAMES.get(tp, tp.__name__)} (got {_show(value)})")
+    if tp in (int, float) and (err := number_error(value)):
+        raise ConfigError(f"{key}: {err}")
     return value
 
 
@@ -587,12 +832,10 @@ def _validate(f: dataclasses.Field, value: Any, key: str) -> None:
         meta.get("choices"),
         meta.get("check"),
     )
-    if lo is not None and value < lo:
-        raise ConfigError(f"{key}: must be >= {lo} (got {value!r})")
-    if hi is not None and value > hi:
-        raise ConfigError(f"{key}: must be <= {hi} (got {value!r})")
+    if (lo is not None or hi is not None) and (err := number_error(value, lo, hi)):
+        raise ConfigError(f"{key}: {err}")
     if choices is not None and value not in choices:
-        raise ConfigError(f"{key}: must be one of {', '.join(choices)} (got {value!r})")
+        raise ConfigError(f"{key}: must be one of {', '.join(choices)} (got {_show(value)})")
     if check is not None and (err := check(value)):
         raise ConfigError(f"{key}: {err}")
 
@@ -641,6 +884,10 @@ def load(path: str | Path) -> Config:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except ValueError as e:  # an integer of more than 4300 digits
+        raise ConfigError(f"{path}: not usable TOML: {e}") from None
+    except RecursionError:  # arrays or tables nested hundreds deep
+        raise ConfigError(f"{path}: not usable TOML: nested too deeply") from None
     try:
         return from_dict(Config, data)
     except ConfigError as e:

@@ -6,6 +6,12 @@ sends one line, ``status``, and gets one JSON document back, then the process cl
 the connection. The server side is non-blocking and lives in the process's selector
 loop; a client that does not finish its request within a second is dropped, so a stuck
 ``mpproxy status`` never stalls the data path.
+
+A socket file already at the path is probed before it is replaced: when a process
+accepts a connection on it, that process is alive and this one refuses to start (two
+gateways on one configuration would fight over the same namespace and rules); when
+nobody does (the process died), the file is stale and replaced. Anything else at the
+path (a regular file, a directory) is never removed.
 """
 
 from __future__ import annotations
@@ -27,6 +33,24 @@ class ControlError(UserError):
     """The control socket could not be created or read."""
 
 
+def _in_use(path: str) -> bool:
+    """Whether a live process listens on the Unix socket at ``path`` (connect succeeds).
+
+    A listening socket accepts into its backlog without the process's help, so the probe
+    never waits for a busy process; a full backlog (EAGAIN) also means it is alive."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(CLIENT_TIMEOUT)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except (BlockingIOError, TimeoutError):
+        return True
+    finally:
+        probe.close()
+    return True
+
+
 class ControlServer:
     """Answers ``status`` with ``snapshot()`` as JSON."""
 
@@ -34,10 +58,15 @@ class ControlServer:
         self.path = path
         self.snapshot = snapshot
         self._clients: dict[socket.socket, tuple[bytearray, float]] = {}
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
             if Path(path).is_socket():
-                os.unlink(path)  # left by a process that died; a live one would answer
+                if _in_use(path):
+                    raise ControlError(
+                        f"control socket {path}: another process is running and answers on "
+                        "it (stop it first, or give this one another control_socket)"
+                    )
+                os.unlink(path)  # stale: left by a process that died
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             old = os.umask(0o177)
             try:
@@ -192,7 +221,7 @@ def render(state: dict) -> str:
     if ctx:
         items = ((k, v) for k, v in ctx.items() if k != "carriers")
         lines.append("context: " + " ".join(f"{k}={v}" for k, v in sorted(items)))
-    for key in ("flows", "endpoint", "capture", "counters"):
+    for key in ("flows", "endpoint", "capture", "counters", "admission", "memory", "limits"):
         if state.get(key):
             items = state[key].items()
             lines.append(f"{key}: " + " ".join(f"{k}={v}" for k, v in sorted(items)))

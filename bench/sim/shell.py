@@ -15,8 +15,9 @@ shells do around them, with the same calls:
   :class:`~middlebox.paths.sockets.ReconnectPolicy` backoff. A path fails on the gateway
   when nothing arrived on it for ``paths.user_timeout`` (PROBEs go every
   ``paths.probe_interval``) or when its socket's user timeout expires; the node drops a
-  path when its own socket's user timeout expires or the gateway's FIN or RST reaches
-  it. A reconnected path is a new path id on the node, as live.
+  path when nothing arrived on it for ``paths.user_timeout`` either, when its own
+  socket's user timeout expires or the gateway's FIN or RST reaches it. A reconnected
+  path is a new path id on the node, as live.
 * **the loop**: each side runs an iteration whenever something arrived, its mux's
   timer came due, or its TCP_INFO reading did: the mux's events are handled, then
   :func:`~middlebox.paths.conn.pump_mux` offers each path's room (NOTSENT_LOWAT minus
@@ -56,6 +57,7 @@ from middlebox.paths.sockets import ReconnectPolicy, delivering
 from middlebox.session import wire
 from middlebox.session.mux import (
     MESSAGE_OVERHEAD,
+    Budget,
     Closed,
     Mux,
     OpenFailed,
@@ -269,6 +271,7 @@ class Connection:
         if not self.node_open:
             self._refuse(now, to_gateway=True)
             return False
+        self.node.last_rx = now
         receive = self.proxy.node.receive
         for msg in unit:
             receive(self, msg, now)
@@ -372,7 +375,13 @@ class Gateway(_Loop):
         super().__init__(proxy)
         cfg = proxy.cfg
         self.policy = policy
-        self.mux = Mux("gateway", cfg.mux_params("gateway"), policy=policy)
+        # as Uplink does: the one session's budget is the whole process's
+        self.mux = Mux(
+            "gateway",
+            cfg.mux_params("gateway"),
+            policy=policy,
+            budget=Budget(cfg.gateway.memory_budget),
+        )
         self.paths: dict[int, End] = {}  # the slots that are up
         self.apps: dict[int, Conn] = {}  # the clients' connections by id
         self.session = 1
@@ -570,7 +579,9 @@ class Node(_Loop):
         super().__init__(proxy)
         cfg = proxy.cfg
         self.policy = policy
-        self.mux = Mux("node", cfg.mux_params("node", cfg.wire.max_payload), policy)
+        # as Gateways._new_session does: a session's budget inside the process's
+        budget = Budget(cfg.node.session_memory, Budget(cfg.node.memory_budget))
+        self.mux = Mux("node", cfg.mux_params("node", cfg.wire.max_payload), policy, budget)
         self.paths: dict[int, End] = {}
         self.conns: dict[int, Connection] = {}  # node path id -> connection
         self.carrier_of: dict[int, int] = {}  # node path id -> carrier index
@@ -638,7 +649,12 @@ class Node(_Loop):
             self.wake(now)
 
     def tick(self, now: float) -> None:
-        """``Gateways.poll`` at its TCP_INFO cadence."""
+        """``Gateways.poll`` at its TCP_INFO cadence: silent paths are closed
+        (``_close_silent``), readings go on."""
+        silence = self.proxy.cfg.paths.user_timeout
+        for pid, end in list(self.paths.items()):
+            if now - end.last_rx > silence:
+                self.drop(self.conns[pid], now)
         carriers = self.proxy.carriers
         for pid, end in self.paths.items():
             report_tcp_info(self.mux, self.policy, pid, carriers[self.carrier_of[pid]], end, now)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from middlebox.config import number_arg
+
+MAX_DAYS = 36500  # a validity beyond a century is a typo
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,7 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     def common(q: argparse.ArgumentParser, days: int) -> None:
         q.add_argument("--dir", required=True, help="directory of the CA and certificates")
-        q.add_argument("--days", type=int, default=days, help=f"validity (default {days})")
+        q.add_argument(
+            "--days",
+            type=number_arg(int, 1, MAX_DAYS),
+            default=days,
+            help=f"validity (default {days}, at most {MAX_DAYS})",
+        )
         q.add_argument("--force", action="store_true", help="replace existing files")
 
     ca = psub.add_parser("ca", help="create the CA (DIR/ca.pem, DIR/ca.key)")

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Protocol
 
 from middlebox.errors import UserError
+from middlebox.session.wire import RSRP_RANGE
 from scheduler.context import CarrierContext
 from scheduler.generators import CarrierTracker
 
@@ -160,14 +161,27 @@ def load_replay(files: Sequence[str], carriers: Sequence[str]) -> dict[str, list
     return out
 
 
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number")
+
+
+# What a reading's numbers may be (a modem reports RSRP from -156 to -31 dBm; the wire
+# carries -200..0, the range used here so that whatever is tracked can be reported).
+READING_RANGES = {"rsrp": RSRP_RANGE, "lat": (-90.0, 90.0), "lon": (-180.0, 180.0)}
+
+
 class JsonLinesParser:
     """Readings from JSON lines, one object per line, as a modem helper prints them::
 
         {"carrier": "vodafone", "cell_id": "26034", "rsrp": -97.5, "lat": 53.3, "lon": -6.2}
 
-    ``carrier`` is required; the other keys are optional. A line that is not such an
-    object is counted in ``errors`` (and its text kept in ``last_error``) and skipped:
-    a misbehaving helper never stops the gateway. ``feed`` takes any chunking.
+    ``carrier`` is required; the other keys are optional (absent or null: unknown). A
+    line that is not such an object is counted in ``errors`` (and its text kept in
+    ``last_error``) and skipped: a misbehaving helper never stops the gateway. That
+    includes whatever the JSON decoder raises on hostile input (nesting a thousand deep
+    raises RecursionError), NaN and Infinity (not JSON, though Python's decoder takes
+    them), integers too large for a float and numbers outside :data:`READING_RANGES`.
+    ``feed`` takes any chunking.
     """
 
     MAX_LINE = 4096
@@ -185,7 +199,11 @@ class JsonLinesParser:
             line = bytes(self._buf[:i])
             del self._buf[: i + 1]
             if line.strip():
-                r = self._parse(line, now)
+                try:
+                    r = self._parse(line, now)
+                except Exception as e:  # the line boundary: no line ends the gateway
+                    self._error(f"unusable line ({type(e).__name__}): {line[:80]!r}")
+                    continue
                 if r is not None:
                     out.append(r)
         if len(self._buf) > self.MAX_LINE:
@@ -199,8 +217,8 @@ class JsonLinesParser:
 
     def _parse(self, line: bytes, now: float) -> Reading | None:
         try:
-            obj = json.loads(line)
-        except ValueError:
+            obj = json.loads(line, parse_constant=_no_constant)
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             self._error(f"not JSON: {line[:80]!r}")
             return None
         if not isinstance(obj, dict) or not isinstance(obj.get("carrier"), str):
@@ -218,13 +236,16 @@ class JsonLinesParser:
         if len(cell) > 64 or not cell.isprintable():
             self._error(f"cell_id: more than 64 characters or control characters: {cell[:80]!r}")
             return None
-        num = {}
-        for key in ("rsrp", "lat", "lon"):
+        num: dict[str, float | None] = {}
+        for key, (lo, hi) in READING_RANGES.items():
             v = obj.get(key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
-                self._error(f"{key}: not a number: {v!r}")
+                self._error(f"{key}: not a number: {str(v)[:80]!r}")
                 return None
-            num[key] = _finite(v)
+            if v is not None and not lo <= v <= hi:  # exact for ints of any size
+                self._error(f"{key}: outside {lo}..{hi}: {str(v)[:80]}")
+                return None
+            num[key] = None if v is None else float(v)
         if (num["lat"] is None) != (num["lon"] is None):
             num["lat"] = num["lon"] = None
         return Reading(carrier, now, cell, **num)

@@ -16,7 +16,11 @@ Once a second (driven by the gateway's event loop through :meth:`ContextLoop.tic
    CONTEXT message, on the carrier's own path when it is up, else on any up path;
 4. every ``flush_interval`` the matured windows are written to the database. The
    write runs in the event loop between packets; its duration is measured and shown in
-   ``mpproxy status`` (``flush_ms_max``).
+   ``mpproxy status`` (``flush_ms_max``). With a fleet store (``contextdb.fleet_url``)
+   the database's store is a :class:`contextdb.fleet.BackgroundStore`: the write goes
+   to memory and a thread carries it to the server, so an unreachable server never holds
+   up the loop; what other gateways added is loaded (``refreshes``) once the thread has
+   fetched it.
 
 Without ``[context] use_contextdb`` nothing reaches the scheduler and nothing is
 learnt; with ``source = none`` there is no context at all and this loop only measures.
@@ -123,7 +127,7 @@ def open_context_db(cfg: Config, origin: str, readonly: bool):
 
     d = cfg.contextdb
     try:
-        store = open_store(d.path, d.fleet_url, d.line, readonly=readonly)
+        store = open_store(d.path, d.fleet_url, d.line, readonly=readonly, live=d)
         try:
             return ContextDB(store, d, origin=origin)
         except BaseException:
@@ -192,7 +196,8 @@ class ContextLoop:
         self.ticked = False
         self.counters = {"readings": 0, "reports_sent": 0, "seconds": 0, "samples_fed": 0,
                          "samples_unsaturated": 0, "windows_stored": 0, "flushes": 0,
-                         "seconds_skipped": 0, "flush_errors": 0}  # fmt: skip
+                         "seconds_skipped": 0, "flush_errors": 0, "refreshes": 0,
+                         "refresh_errors": 0}  # fmt: skip
         self.flush_ms_max = 0.0
         self.flush_ms_total = 0.0
         self._start_command = c.source == "command"
@@ -261,6 +266,7 @@ class ContextLoop:
         from contextdb.records import Sample
 
         self.counters["seconds"] += 1
+        self.refresh()
         direction = self.cfg.measure
         for s in self.meter.close(now):
             self.latest[s.carrier] = s
@@ -315,6 +321,18 @@ class ContextLoop:
         if ms > 50:
             log.warning("context database write took %.0f ms", ms)
         return n
+
+    def refresh(self) -> None:
+        """Load what the fleet store's thread fetched from other gateways (memory only)."""
+        take = getattr(getattr(self.db, "store", None), "take_news", None)
+        if take is None or not take():
+            return
+        try:
+            self.db.refresh()
+            self.counters["refreshes"] += 1
+        except Exception as e:  # a corrupt chunk from the fleet: skipped, counted
+            self.counters["refresh_errors"] += 1
+            log.warning("context database refresh failed %s", kv(why=repr(e)))
 
     def messages(self, now: float) -> list[wire.Context]:
         """One CONTEXT message per carrier with a context."""
@@ -383,6 +401,12 @@ class ContextLoop:
             out["flush_ms_mean"] = round(self.flush_ms_total / max(1, self.counters["flushes"]), 2)
         if isinstance(self.source, CommandSource):
             out["command_errors"] = self.source.parser.errors
+            out["command_last_error"] = self.source.parser.last_error
+        if self.ingest is not None:
+            out.update(self.ingest.counters)
+        fleet = getattr(getattr(self.db, "store", None), "status", None)
+        if fleet is not None:
+            out["fleet"] = fleet()
         return out
 
     def close(self) -> None:

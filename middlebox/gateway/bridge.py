@@ -3,8 +3,12 @@
 :class:`Bridge` turns endpoint events into mux calls and mux events into endpoint calls,
 one :class:`Link` per connection:
 
-* early accept: the client's handshake completes at once; OPEN (with the client's TCP
-  options) goes to the node; OPEN_FAIL resets the client;
+* the endpoint answers the client's SYN itself (with a SYN cookie beyond its half-open
+  limits); OPEN (with the client's TCP options) goes to the node when the client's
+  handshake completes (:class:`~middlebox.tcp.events.ConnectionEstablished`), so a SYN
+  flood never reaches the node; OPEN_FAIL resets the client (a refused destination
+  reaches the client as a RST after its connect succeeded, one LAN round trip later
+  than when OPEN left at the SYN);
 * bytes each way with both buffers bounded: the client's window is the mux's send room,
   and bytes toward the client are taken from the mux only while the endpoint's queue is
   below its limit (``down_limit``);
@@ -71,8 +75,8 @@ class Bridge:
 
     def on_event(self, e: object, now: float) -> None:
         t = type(e)
-        if t is ev.ConnectionRequested:
-            self._requested(e, now)  # type: ignore[arg-type]
+        if t is ev.ConnectionEstablished:
+            self._established(e, now)  # type: ignore[arg-type]
             return
         link = self.by_conn.get(e.conn)  # type: ignore[attr-defined]
         if link is None:
@@ -92,7 +96,7 @@ class Bridge:
             if self.mux.pending(link.cid):
                 self.mux.abort(link.cid, wire.RstReason.CLIENT_RESET, now)
 
-    def _requested(self, e: ev.ConnectionRequested, now: float) -> None:
+    def _established(self, e: ev.ConnectionEstablished, now: float) -> None:
         src, sport, dst, dport = e.key
         o = e.options
         try:
@@ -116,7 +120,6 @@ class Bridge:
         self.counters["opened"] += 1
         if self.policy is not None:
             self.policy.opened(cid, str(ipaddress.ip_address(src)), dport, now)
-        e.conn.accept()  # early accept: the client's handshake completes now
 
     def _up(self, link: Link) -> None:
         mux, cid = self.mux, link.cid

@@ -6,8 +6,16 @@ flow takes the slow path through the rules. ``PROXY`` segments go to the
 :class:`~middlebox.tcp.endpoint.EndpointTable`, ``BYPASS`` segments are written back
 unchanged toward the gateway's namespace (which routes them normally: they entered the
 listener by the LAN rule, they leave it from ``mpl-in``), ``DENY`` is answered with RST
-and ``DROP`` with nothing. Timers of the endpoint, the flow table and the rest of the
-gateway (``extra_timer``) reach the shell's loop through :meth:`Classifier.next_timer`.
+(the endpoint's, within its RST rate) and ``DROP`` with nothing. Timers of the endpoint,
+the flow table and the rest of the gateway (``extra_timer``) reach the shell's loop
+through :meth:`Classifier.next_timer`.
+
+The flow table makes entries only for SYNs. A packet of no flow gets the rules' action
+without one; a proxied one goes to the endpoint, which answers it as a host would, and
+is recorded only if the endpoint knows its connection (a handshake completed with a SYN
+cookie). A SYN the endpoint keeps no state for (answered with a cookie, refused or
+dropped by its limits) leaves no entry either, so a SYN flood costs the table nothing
+beyond the per-source quotas.
 """
 
 from __future__ import annotations
@@ -16,20 +24,13 @@ import dataclasses
 from collections.abc import Callable
 
 from middlebox.gateway.capture import CaptureShell
-from middlebox.gateway.flowtable import Action, FlowTable
-from middlebox.tcp.constants import ACK, RST, SEQ_MASK
+from middlebox.gateway.flowtable import Action, FlowTable, State
+from middlebox.tcp.connection import SYN_RECEIVED
+from middlebox.tcp.constants import ACK, SYN
 from middlebox.tcp.endpoint import EndpointTable
 from middlebox.tcp.packet import Segment
 
 BYPASS_MSS = 1448  # bypassed GRO aggregates are cut back to segments of this payload
-
-
-def reset_for(seg: Segment) -> Segment:
-    """The RST that refuses ``seg`` (RFC 9293 3.10.7.1), from the server's address."""
-    if seg.flags & ACK:
-        return Segment(seg.dst, seg.src, seg.dport, seg.sport, seg.ack, 0, RST, 0)
-    ack = (seg.seq + seg.seg_len()) & SEQ_MASK
-    return Segment(seg.dst, seg.src, seg.dport, seg.sport, 0, ack, RST | ACK, 0)
 
 
 class Classifier:
@@ -44,15 +45,36 @@ class Classifier:
         self.denied = 0
 
     def receive_segment(self, seg: Segment, now: float) -> None:
-        action = self.flows.classify(seg.key, seg.flags, now)
-        if action is Action.PROXY:
-            self.table.receive_segment(seg, now)
+        key = seg.key
+        action = self.flows.classify(key, seg.flags, now)
+        if action is None:
+            self._untracked(seg, now)
+        elif action is Action.PROXY:
+            table = self.table
+            table.receive_segment(seg, now)
+            if seg.flags & (SYN | ACK) == SYN and key not in table.connections:
+                self.flows.remove(key)  # no state at the endpoint: none here either
         elif action is Action.BYPASS:
             self._bypass(seg)
         elif action is Action.DENY:
             self.denied += 1
-            if not seg.flags & RST and self.shell is not None:
-                self.shell.send([reset_for(seg)])
+            self.table.refuse(seg, now)
+
+    def _untracked(self, seg: Segment, now: float) -> None:
+        """A packet of no flow that is not a SYN: acted on without an entry."""
+        key = seg.key
+        action = self.flows.decide(key)
+        if action is Action.PROXY:
+            table = self.table
+            table.receive_segment(seg, now)
+            conn = table.connections.get(key)
+            if conn is not None and conn.state != SYN_RECEIVED:
+                self.flows.track(key, action, State.ESTABLISHED, now)
+        elif action is Action.BYPASS:
+            self._bypass(seg)  # e.g. a bypassed flow older than the gateway's restart
+        elif action is Action.DENY:
+            self.denied += 1
+            self.table.refuse(seg, now)
 
     def _bypass(self, seg: Segment) -> None:
         """Write the segment back out unchanged; the gateway namespace routes it."""

@@ -9,8 +9,8 @@ Assembly (each piece is its own module):
   proxied, bypassed, denied or dropped per flow.
 * :class:`~middlebox.gateway.uplink.Uplink` holds the carrier paths and the session's mux.
 * :class:`~middlebox.gateway.bridge.Bridge` joins the endpoint's connections to the mux's:
-  early accept, bytes each way with both buffers bounded, FIN each way on its own, RST
-  both ways.
+  OPEN at the client's completed handshake, bytes each way with both buffers bounded,
+  FIN each way on its own, RST both ways.
 * :class:`~middlebox.context.loop.ContextLoop` measures the carriers, reports their
   context to the node and feeds the scheduler (``[context]``).
 
@@ -53,10 +53,12 @@ class Gateway:
         self.stopping = False
         prefixes = local_prefixes()
         self.flows = FlowTable.from_config(cfg.gateway, prefixes)
-        self.table = EndpointTable(cfg.tcp.params(), buffer_room=cfg.gateway.buffer_bytes)
+        self.table = EndpointTable(
+            cfg.tcp.params(), buffer_room=cfg.gateway.buffer_bytes, auto_accept=True
+        )
         self.classifier = Classifier(self.table, self.flows)
         Uplink.check(cfg)  # configuration errors before anything is created
-        gateway_context(cfg.tls)
+        gateway_context(cfg.tls, cfg.gateway.node)
         self.context = ContextLoop(cfg, clock)  # reads context files, opens the database
         self.policy = SchedulerPolicy(
             cfg.scheduler,
@@ -136,6 +138,7 @@ class Gateway:
                     "connections": mux["connections"],
                     "counters": {**mux["counters"], **self.uplink.counters},
                     "buffered_bytes": self.bridge.buffered(),
+                    "memory": mux["memory"],
                     "context": context["carriers"],
                 }
             ],
@@ -146,6 +149,12 @@ class Gateway:
                 **{f"packets_{a.value}": n for a, n in fc.packets.items()},
                 "expired": fc.expired,
                 "overflow": fc.overflow,
+                "evicted": fc.evicted,
+                "source_full": fc.source_full,
+                "source_rate": fc.source_rate,
+                "untracked_packets": fc.untracked,
+                "sources": self.flows.sources(),
+                **self.listener.kernel_counters(),
                 "bypassed_packets": self.classifier.bypassed,
                 "denied_packets": self.classifier.denied,
             },
@@ -156,6 +165,7 @@ class Gateway:
                 "send_errors": shell.stats.send_errors if shell else 0,
             },
             "counters": dict(self.bridge.counters),
+            "limits": self.uplink.limits(),
             "scheduler": {"policy": self.policy.name, "decisions": self.policy.decisions},
         }
 

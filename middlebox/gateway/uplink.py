@@ -33,6 +33,7 @@ from middlebox.paths.conn import (
     HELLO,
     INFO_INTERVAL,
     UP,
+    OutputOverflow,
     PathConn,
     PathError,
     forget,
@@ -43,7 +44,7 @@ from middlebox.paths.conn import (
 from middlebox.paths.sockets import PathOptions, PathSetupError, ReconnectPolicy, open_path_socket
 from middlebox.paths.tls import gateway_context
 from middlebox.session import wire
-from middlebox.session.mux import Mux, Policy
+from middlebox.session.mux import Budget, Mux, Policy
 
 log = logging.getLogger("mpproxy.uplink")
 
@@ -98,7 +99,8 @@ class Uplink:
         self.node_addr = infos[0][4][:2]
         self.family = infos[0][0]
         kw = {"policy": policy} if policy is not None else {}
-        self.mux = Mux("gateway", cfg.mux_params("gateway"), **kw)
+        self.budget = Budget(cfg.gateway.memory_budget)  # the one session: the whole process
+        self.mux = Mux("gateway", cfg.mux_params("gateway"), budget=self.budget, **kw)
         self.policy = policy
         self.slots: dict[int, Slot] = {}
         for carrier in cfg.gateway.carriers:
@@ -110,7 +112,13 @@ class Uplink:
         # called with (path id, carrier name, connection, TcpInfo | None, now) after each
         # TCP_INFO reading (the gateway's context loop measures carriers with it)
         self.on_info: Callable[[int, str, object, object, float], None] | None = None
-        self.counters = {"dials": 0, "path_failures": 0, "path_ups": 0}
+        self.counters = {
+            "dials": 0,
+            "path_failures": 0,
+            "path_ups": 0,
+            "paths_silent": 0,  # nothing received for paths.user_timeout
+            "paths_unread": 0,  # the node did not read (paths.max_output)
+        }
 
     @staticmethod
     def check(cfg: Config) -> None:
@@ -149,6 +157,7 @@ class Uplink:
                 if now >= s.deadline:
                     self._fail(s, PathError("no HELLO_ACK in time"), now)
             elif now - pc.last_rx > silence:
+                self.counters["paths_silent"] += 1
                 self._fail(s, PathError(f"nothing received for {silence:g} s"), now)
             elif now >= s.next_probe:
                 s.probe_id = (s.probe_id + 1) & 0xFFFFFFFF
@@ -196,6 +205,7 @@ class Uplink:
             server_hostname=self.host,
             connecting=True,
             label=s.name,
+            max_output=self.cfg.paths.max_output,
         )
         s.pc.since = now
         s.deadline = now + self.cfg.paths.connect_timeout
@@ -292,6 +302,8 @@ class Uplink:
         if pc is None:
             return
         up = pc.state == UP
+        if isinstance(e, OutputOverflow):
+            self.counters["paths_unread"] += 1
         forget(self.sel, pc.fd)
         pc.close(e.close, e.reason)
         s.pc = None
@@ -349,6 +361,15 @@ class Uplink:
                 }
             )
         return out
+
+    def limits(self) -> dict[str, int | float]:
+        """The gateway's limits on the session toward the node (for ``mpproxy status``)."""
+        return {
+            "memory_budget": self.budget.limit,
+            "max_output": self.cfg.paths.max_output,
+            "silent_timeout": self.cfg.paths.user_timeout,
+            "reorder_overhead": self.cfg.wire.reorder_overhead,
+        }
 
     def close(self, now: float) -> None:
         """Reset every connection toward the node (RST on every path), close the paths."""

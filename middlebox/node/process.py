@@ -25,6 +25,7 @@ from middlebox.config import Config
 from middlebox.context.loop import open_context_db
 from middlebox.control import ControlServer
 from middlebox.logs import kv
+from middlebox.node.admission import Admission
 from middlebox.node.destpolicy import DestinationPolicy
 from middlebox.node.relay import Relay
 from middlebox.node.sessions import Gateways, Session
@@ -47,7 +48,8 @@ class Node:
         self.clock = clock
         self.started = clock()
         self.policy = DestinationPolicy.from_config(cfg.node)
-        ctx = node_context(cfg.tls)
+        self.admission = Admission.from_config(cfg.node, self.started)
+        ctx = node_context(cfg.tls, cfg.node.listen)
         self.sel = selectors.DefaultSelector()
         # contextdb's predictions for the downlink scheduler (read-only: gateways learn)
         self.context_db = (
@@ -56,6 +58,7 @@ class Node:
         # the relays' counters, kept across sessions
         self.open_counters = {"open_denied": 0, "open_failed": 0, "opened": 0}
         self.gateways = Gateways(cfg, self.sel, ctx, self._new_relay, self.context_db)
+        self.gateways.admit = self.admission.refusal
         self.control: ControlServer | None = None
         if control:
             self.control = ControlServer(cfg.node.control_socket, self.status)
@@ -86,6 +89,7 @@ class Node:
             key.data(mask, self.clock())
         now = self.clock()
         self.gateways.poll(now)
+        self.admission.enforce(now, self.gateways)
         sessions = list(self.gateways.sessions.values())
         for sess in sessions:
             sess.relay.expire(now)
@@ -124,6 +128,7 @@ class Node:
                     "connections": st["connections"],
                     "counters": st["counters"],
                     "buffered_bytes": sess.relay.buffered(),
+                    "memory": st["memory"],
                     "relays": len(sess.relay.conns),
                     "context": self.gateways.context_status(sess, now),
                 }
@@ -136,6 +141,10 @@ class Node:
             "sessions": sessions,
             "counters": self.counters,
             "handshaking": len(self.gateways.handshaking),
+            "admission": self.admission.status(),
+            "destinations": self.policy.status(),
+            "limits": self.gateways.limits(),
+            "memory": self.gateways.budget.status(),
         }
 
     def close(self) -> None:
@@ -144,6 +153,7 @@ class Node:
     def shutdown(self) -> None:
         """Reset every connection (RST to servers, RST messages to gateways), close all."""
         self.gateways.close(self.clock())
+        self.policy.close()
         if self.control is not None:
             self.control.close()
         if self.context_db is not None:

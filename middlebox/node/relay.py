@@ -13,6 +13,12 @@ the mux (which is what opens the connection-level window toward the gateway) onl
 the server's socket accepts them, :data:`RELAY_SLICE` at a time. Each direction ends on
 its own (half-close); a server's RST becomes an RST message, an RST message an RST to
 the server (SO_LINGER 0).
+
+A server socket carries SO_LINGER 0 from the moment it is made: if the node dies
+(SIGKILL, the OOM killer) the kernel resets it, so the server never mistakes a truncated
+upload for a complete one. Only when the gateway's direction has ended cleanly, every
+byte is written and the FIN is next, is the linger cleared (:func:`clean_end`), so that a
+FIN from the node still means "complete".
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ from middlebox.session.mux import (
 log = logging.getLogger("mpproxy.node")
 
 RELAY_SLICE = 256 << 10  # bytes taken from the mux for a server at a time
-_LINGER_RST = struct.pack("ii", 1, 0)
+_LINGER_RST = struct.pack("ii", 1, 0)  # close() resets: l_onoff 1, l_linger 0
+_LINGER_OFF = struct.pack("ii", 0, 0)  # close() ends cleanly (the kernel's default)
 
 CONNECT_ERRORS = {
     errno.ECONNREFUSED: wire.OpenFailReason.REFUSED,
@@ -71,6 +78,16 @@ def hard_close(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
+
+
+def clean_end(sock: socket.socket) -> None:
+    """Every byte for the server is written: clear SO_LINGER 0 and send FIN, which now
+    means the stream is complete (even if the node dies before the server reads it)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_OFF)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
 
 
 class ServerConn:
@@ -191,6 +208,8 @@ class Relay:
             return
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # a node that dies resets its servers (see the module text)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
         dest = (str(dst), o.dst_port)
         r = ServerConn(e.conn_id, sock, dest, now + self.connect_timeout)
         self.conns[e.conn_id] = r
@@ -294,10 +313,7 @@ class Relay:
         drained = not r.pending and not mux.unread(r.cid)
         if r.peer_fin and drained and not r.shut_wr:
             r.shut_wr = True
-            try:
-                r.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
+            clean_end(r.sock)
         if r.mux_done and drained:
             self._finish(r)
             return

@@ -15,10 +15,30 @@ On an up path the node answers PROBEs, keeps each carrier's latest CONTEXT repor
 :class:`~middlebox.node.context.SessionContext`), and hands every connection-level
 message to the session's mux. Every path's TCP_INFO is read every :data:`INFO_INTERVAL`
 and fed to the mux (srtt, rttvar), the scheduler's estimators and the session context.
+
+The node faces the whole Internet, so everything before HELLO is cheap and bounded:
+
+* at most ``node.max_handshakes`` paths may be pending (accepted, TLS and HELLO not
+  done), at most ``node.max_handshakes_per_source`` from one address, each for
+  ``paths.connect_timeout``. A connection beyond a cap is closed at once with RST, before
+  any TLS work; when the global cap is full a newcomer from a lighter address takes the
+  place of the oldest pending handshake of the heaviest one, so one flooding address (or
+  a few) cannot keep a gateway out;
+* ``accept()`` is called at most :data:`ACCEPT_BATCH` times per readiness; after a batch
+  that hit a cap the listener rests :data:`FLOOD_PAUSE` (a flood is taken in batches,
+  not one loop turn per connection), and when accept() fails for want of descriptors or
+  memory it rests ``node.accept_backoff`` seconds (the queued connection would make the
+  loop spin);
+* refusals and accept failures are counted and logged at most once a minute per kind.
+
+An up path from which nothing arrived for ``paths.user_timeout`` is closed (the gateway
+probes every ``paths.probe_interval``, so a live one never is), and one whose peer lets
+more than ``paths.max_output`` of answers pile up is closed too (``paths_unread``).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import selectors
 import socket
@@ -29,11 +49,12 @@ from middlebox.config import Config
 from middlebox.errors import UserError
 from middlebox.logs import kv
 from middlebox.node.context import SessionContext
-from middlebox.node.relay import Relay
+from middlebox.node.relay import Relay, hard_close
 from middlebox.paths.conn import (
     HELLO,
     INFO_INTERVAL,
     UP,
+    OutputOverflow,
     PathConn,
     PathError,
     forget,
@@ -44,12 +65,39 @@ from middlebox.paths.conn import (
 from middlebox.paths.sockets import PathOptions, configure
 from middlebox.paths.tls import PeerAuthError, check_gateway_id
 from middlebox.session import wire
-from middlebox.session.mux import Mux
+from middlebox.session.mux import Budget, Mux
 from middlebox.session.policy import SchedulerPolicy
 
 log = logging.getLogger("mpproxy.node")
 
 MAX_CONTEXT_CARRIERS = 32  # carriers whose CONTEXT a gateway may report (bounds memory)
+ACCEPT_BATCH = 64  # accept() calls per readiness of the listener (the loop serves the rest)
+FLOOD_PAUSE = 0.02  # seconds the listener rests after a batch that hit a handshake cap
+LISTEN_BACKLOG = 1024  # the kernel's queue of connections accept() has not taken yet
+LOG_EVERY = 60.0  # seconds between two warnings of one kind under a flood
+RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class Throttle:
+    """Warnings of one kind at most once per :data:`LOG_EVERY`, saying how many were
+    left out: a flood must not become a flood of log lines (nor of formatting them)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def due(self, kind: str, now: float) -> bool:
+        """Whether a warning of ``kind`` may be logged now (then call :meth:`warn`)."""
+        last = self._last.get(kind)
+        if last is not None and now - last < LOG_EVERY:
+            self._held[kind] = self._held.get(kind, 0) + 1
+            return False
+        self._last[kind] = now
+        return True
+
+    def warn(self, kind: str, msg: str, *args: object) -> None:
+        held = self._held.pop(kind, 0)
+        log.warning(msg + (f" ({held} more like it not logged)" if held else ""), *args)
 
 
 class Session:
@@ -125,12 +173,32 @@ class Gateways:
         self.new_relay = new_relay
         self.context_db = context_db
         self.ctx = ctx  # None with tls.plaintext
+        self.admit: Callable[[str], str | None] = lambda gateway_id: None  # node/admission.py
         self.path_opts = PathOptions.for_node(cfg.paths)
         self.sessions: dict[str, Session] = {}  # by gateway id
-        self.handshaking: dict[PathConn, float] = {}  # path -> deadline for HELLO
+        # what the connections of all sessions may hold, and each session's share
+        self.budget = Budget(cfg.node.memory_budget)
+        self.handshaking: dict[PathConn, float] = {}  # path -> deadline for HELLO, oldest first
+        self._owners: dict[PathConn, tuple[Session, int]] = {}  # up path -> session, path id
+        self._source: dict[PathConn, str] = {}  # pending path -> its peer address
+        self._per_source: dict[str, int] = {}  # peer address -> its pending paths
+        self._accept_paused: float | None = None  # listener left alone until then
+        self._option_failed: set[str] = set()  # socket options already reported
+        self.throttle = Throttle()
         # latest CONTEXT report per gateway id and carrier (kept across sessions)
         self.contexts: dict[str, dict[str, dict]] = {}
-        self.counters = {"paths_accepted": 0, "paths_refused": 0, "sessions_replaced": 0}
+        self.counters = {
+            "paths_accepted": 0,
+            "paths_refused": 0,
+            "sessions_replaced": 0,
+            "handshakes_started": 0,  # connections accepted for TLS and HELLO
+            "handshakes_rejected": 0,  # closed at accept: a handshake cap was reached
+            "handshakes_evicted": 0,  # pending, closed for a newcomer (global cap full)
+            "accept_errors": 0,  # accept() failed (EMFILE...): the listener paused
+            "paths_silent": 0,  # up, nothing received for paths.user_timeout
+            "paths_unread": 0,  # up, the gateway did not read (paths.max_output)
+            "socket_option_failures": 0,
+        }
         host, _, port = cfg.node.listen.rpartition(":")
         host = host.strip("[]")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -141,7 +209,7 @@ class Gateways:
         except OSError as e:
             self.listener.close()
             raise UserError(f"node.listen {cfg.node.listen}: cannot bind ({e.strerror})") from None
-        self.listener.listen(128)
+        self.listener.listen(LISTEN_BACKLOG)
         self.listener.setblocking(False)
         self.address = self.listener.getsockname()
         self.sel.register(self.listener, selectors.EVENT_READ, self._accept)
@@ -150,22 +218,34 @@ class Gateways:
     # -- timers and polling ---------------------------------------------------------------
 
     def next_timer(self) -> float | None:
-        """HELLO deadlines, the sessions' mux timers and the next TCP_INFO reading."""
-        times = list(self.handshaking.values())
+        """HELLO deadlines, the sessions' mux timers, the next TCP_INFO reading (which
+        also looks for silent paths) and the end of an accept pause."""
+        times = []
+        if self.handshaking:
+            times.append(next(iter(self.handshaking.values())))  # deadlines in order
         for sess in self.sessions.values():
             t = sess.mux.next_timer()
             if t is not None:
                 times.append(t)
         if self.sessions:
             times.append(self._last_info + INFO_INTERVAL)
+        if self._accept_paused is not None:
+            times.append(self._accept_paused)
         return min(times) if times else None
 
     def poll(self, now: float) -> None:
-        """Refuse paths without HELLO in time; read TCP_INFO when due."""
-        for pc, deadline in list(self.handshaking.items()):
-            if now >= deadline:
-                self._refuse_path(pc, "no HELLO in time", wire.CloseReason.IDLE_TIMEOUT)
+        """Refuse paths without HELLO in time, close silent ones, accept again after a
+        pause; read TCP_INFO when due."""
+        while self.handshaking:
+            pc, deadline = next(iter(self.handshaking.items()))  # the oldest first
+            if now < deadline:
+                break
+            self._refuse_path(pc, "no HELLO in time", wire.CloseReason.IDLE_TIMEOUT, now)
+        if self._accept_paused is not None and now >= self._accept_paused:
+            self._accept_paused = None
+            self.sel.register(self.listener, selectors.EVENT_READ, self._accept)
         if now - self._last_info >= INFO_INTERVAL:
+            self._close_silent(now)
             self._last_info = now
             for sess in self.sessions.values():
                 for pid, pc in sess.paths.items():
@@ -176,11 +256,25 @@ class Gateways:
                 if sess.context is not None:
                     sess.context.tick(now)
 
+    def _close_silent(self, now: float) -> None:
+        silence = self.cfg.paths.user_timeout
+        for sess in list(self.sessions.values()):
+            for pid, pc in list(sess.paths.items()):
+                if now - pc.last_rx > silence:
+                    self.counters["paths_silent"] += 1
+                    log.info("path down %s", kv(path=pc.label, reason=f"silent {silence:g} s"))
+                    self._drop_path(sess, pid, pc, now, wire.CloseReason.IDLE_TIMEOUT)
+
     def pump(self, sess: Session, now: float) -> None:
         """Write the session's messages on its paths; a path that fails is dropped."""
         for pid, e in pump_mux(sess.mux, sess.paths, now):
+            self._count_failure(e)
             log.info("path down %s", kv(path=sess.paths[pid].label, reason=e.reason))
             self._drop_path(sess, pid, sess.paths[pid], now)
+
+    def _count_failure(self, e: PathError) -> None:
+        if isinstance(e, OutputOverflow):
+            self.counters["paths_unread"] += 1
 
     def settle(self, sess: Session) -> None:
         """Wait for the paths' next readiness; forget the session once it is done."""
@@ -193,18 +287,23 @@ class Gateways:
     # -- paths ----------------------------------------------------------------------------
 
     def _accept(self, mask: int, now: float) -> None:
-        while True:
+        flooded = False
+        for _ in range(ACCEPT_BATCH):
             try:
                 sock, peer = self.listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as e:
-                log.warning("accept failed: %s", e)
+                self._accept_failed(e, now)
                 return
-            try:
-                configure(sock, self.path_opts)
-            except Exception as e:  # congestion control missing etc.: keep the defaults
-                log.warning("path socket options: %s", e)
+            if not self._admit(peer[0], now):
+                flooded = True
+                self.counters["handshakes_rejected"] += 1
+                if self.throttle.due("rejected", now):
+                    self.throttle.warn("rejected", "path rejected %s (handshake cap)", peer[0])
+                hard_close(sock)  # RST: no TLS work, no TIME-WAIT
+                continue
+            self._configure(sock, now)
             pc = PathConn(
                 sock,
                 max_payload=self.cfg.wire.max_payload,
@@ -213,10 +312,71 @@ class Gateways:
                 ctx=self.ctx,
                 server_side=True,
                 label=f"{peer[0]}:{peer[1]}",
+                max_output=self.cfg.paths.max_output,
             )
             pc.since = now
+            self.counters["handshakes_started"] += 1
             self.handshaking[pc] = now + self.cfg.paths.connect_timeout
+            self._source[pc] = peer[0]
+            self._per_source[peer[0]] = self._per_source.get(peer[0], 0) + 1
             self._watch(pc)
+        if flooded:
+            # a flood: take the next batch a little later rather than wake the loop for
+            # every connection it makes (a gateway's waits FLOOD_PAUSE in the backlog)
+            self._pause_accepting(now + FLOOD_PAUSE)
+
+    def _pause_accepting(self, until: float) -> None:
+        self._accept_paused = until
+        forget(self.sel, self.listener)
+
+    def _accept_failed(self, e: OSError, now: float) -> None:
+        """accept() failed. Out of descriptors or memory, the connection stays queued and
+        the listener readable: leave it alone for ``node.accept_backoff``."""
+        self.counters["accept_errors"] += 1
+        if e.errno in RESOURCE_ERRORS:
+            pause = self.cfg.node.accept_backoff
+            self._pause_accepting(now + pause)
+            if self.throttle.due("accept", now):
+                self.throttle.warn("accept", "accept failed, pausing %.2f s: %s", pause, e)
+        elif self.throttle.due("accept", now):
+            self.throttle.warn("accept", "accept failed: %s", e)
+
+    def _admit(self, source: str, now: float) -> bool:
+        """Whether a new connection from ``source`` may start its handshake (see the
+        module text); may close another pending handshake to make room."""
+        node = self.cfg.node
+        mine = self._per_source.get(source, 0)
+        if mine >= node.max_handshakes_per_source:
+            return False
+        if len(self.handshaking) < node.max_handshakes:
+            return True
+        heavy, most = max(self._per_source.items(), key=lambda kv: kv[1])
+        if most <= mine + 1:
+            return False  # nobody holds more than the newcomer would: first come, first served
+        victim = next(pc for pc, src in self._source.items() if src == heavy)  # its oldest
+        self.counters["handshakes_evicted"] += 1
+        self._refuse_path(victim, "evicted: too many pending handshakes", None, now)
+        return True
+
+    def _configure(self, sock: socket.socket, now: float) -> None:
+        """The path's socket options, each on its own; a failure is reported once per
+        option (congestion control missing on this kernel, say) and the rest still hold."""
+        for name, why in configure(sock, self.path_opts):
+            self.counters["socket_option_failures"] += 1
+            if name not in self._option_failed:
+                self._option_failed.add(name)
+                log.warning("path socket option %s failed (%s); the others are set", name, why)
+
+    def _unpend(self, pc: PathConn) -> None:
+        """Forget a pending handshake (it failed, or its HELLO made it a path)."""
+        self.handshaking.pop(pc, None)
+        src = self._source.pop(pc, None)
+        if src is not None:
+            left = self._per_source[src] - 1
+            if left:
+                self._per_source[src] = left
+            else:
+                del self._per_source[src]
 
     def _watch(self, pc: PathConn) -> None:
         set_interest(self.sel, pc.fd, pc.interest(), lambda m, t, pc=pc: self._path_ready(pc, m, t))
@@ -247,7 +407,7 @@ class Gateways:
     def _hello(self, pc: PathConn, msg: wire.Message, now: float) -> None:
         if type(msg) is not wire.Hello:
             self._refuse_path(
-                pc, f"{type(msg).__name__} before HELLO", wire.CloseReason.PROTOCOL_ERROR
+                pc, f"{type(msg).__name__} before HELLO", wire.CloseReason.PROTOCOL_ERROR, now
             )
             return
         if not msg.min_version <= wire.VERSION <= msg.max_version:
@@ -255,14 +415,18 @@ class Gateways:
                 pc,
                 f"gateway speaks versions {msg.min_version}..{msg.max_version}",
                 wire.CloseReason.VERSION_MISMATCH,
+                now,
             )
             return
         if self.ctx is not None:
             try:
                 check_gateway_id(pc.sock, msg.gateway_id)  # type: ignore[arg-type]
             except (PeerAuthError, ValueError) as e:  # ValueError: no finished handshake
-                self._refuse_path(pc, str(e), wire.CloseReason.AUTH_FAILED)
+                self._refuse_path(pc, str(e), wire.CloseReason.AUTH_FAILED, now)
                 return
+        if (why := self.admit(msg.gateway_id)) is not None:
+            self._refuse_path(pc, why, wire.CloseReason.AUTH_FAILED, now)
+            return
         sess = self.sessions.get(msg.gateway_id)
         if sess is not None and sess.session != msg.session:
             log.info(
@@ -277,12 +441,13 @@ class Gateways:
             self.sessions[msg.gateway_id] = sess
         pid = sess.next_path_id
         sess.next_path_id += 1
-        del self.handshaking[pc]
+        self._unpend(pc)
         pc.state = UP
         pc.peer_max_payload = msg.max_payload
         pc.label = f"{msg.carrier}/{msg.path_index}"
         pc.last_rx = now
         sess.paths[pid] = pc
+        self._owners[pc] = (sess, pid)
         sess.names[pid] = pc.label
         sess.carriers[pid] = msg.carrier
         pc.write(wire.HelloAck(self.cfg.node.id, pid, max_payload=self.cfg.wire.max_payload))
@@ -303,7 +468,7 @@ class Gateways:
             longterm=sctx.longterm if sctx is not None else None,
             carriers=sctx.tracker if sctx is not None else None,
         )
-        mux = Mux("node", params, policy)
+        mux = Mux("node", params, policy, Budget(self.cfg.node.session_memory, self.budget))
         return Session(msg.gateway_id, msg.session, mux, policy, self.new_relay(mux), sctx, now)
 
     def _path_message(self, pc: PathConn, msg: wire.Message, now: float) -> None:
@@ -348,16 +513,13 @@ class Gateways:
             )
 
     def _owner(self, pc: PathConn) -> tuple[Session | None, int]:
-        for sess in self.sessions.values():
-            for pid, p in sess.paths.items():
-                if p is pc:
-                    return sess, pid
-        return None, 0
+        return self._owners.get(pc, (None, 0))
 
     def _path_failed(self, pc: PathConn, e: PathError, now: float) -> None:
         if pc in self.handshaking:
-            self._refuse_path(pc, e.reason, e.close)
+            self._refuse_path(pc, e.reason, e.close, now)
             return
+        self._count_failure(e)
         sess, pid = self._owner(pc)
         log.info("path down %s", kv(path=pc.label, reason=e.reason))
         if sess is not None:
@@ -366,10 +528,13 @@ class Gateways:
             forget(self.sel, pc.fd)
             pc.close()
 
-    def _refuse_path(self, pc: PathConn, why: str, reason: wire.CloseReason | None) -> None:
+    def _refuse_path(
+        self, pc: PathConn, why: str, reason: wire.CloseReason | None, now: float
+    ) -> None:
         self.counters["paths_refused"] += 1
-        log.warning("path refused %s", kv(peer=pc.label, why=repr(why)))
-        self.handshaking.pop(pc, None)
+        if self.throttle.due("refused", now):
+            self.throttle.warn("refused", "path refused %s", kv(peer=pc.label, why=repr(why)))
+        self._unpend(pc)
         forget(self.sel, pc.fd)
         pc.close(reason, why)
 
@@ -384,10 +549,27 @@ class Gateways:
         forget(self.sel, pc.fd)
         pc.close(reason)
         sess.paths.pop(pid, None)
+        self._owners.pop(pc, None)
         sess.mux.remove_path(pid, now)
         sess.policy.path_down(pid, now)
 
     # -- status and shutdown --------------------------------------------------------------
+
+    def limits(self) -> dict[str, int | float]:
+        """The node's limits against floods and exhaustion (for ``mpproxy status``)."""
+        node, paths = self.cfg.node, self.cfg.paths
+        return {
+            "max_handshakes": node.max_handshakes,
+            "max_handshakes_per_source": node.max_handshakes_per_source,
+            "handshake_timeout": paths.connect_timeout,
+            "accept_backoff": node.accept_backoff,
+            "silent_timeout": paths.user_timeout,
+            "max_output": paths.max_output,
+            "session_connections": node.session_connections,
+            "session_memory": node.session_memory,
+            "memory_budget": node.memory_budget,
+            "reorder_overhead": self.cfg.wire.reorder_overhead,
+        }
 
     def context_status(self, sess: Session, now: float) -> dict:
         """The gateway's carriers as its last reports (and the session context) show them."""
@@ -409,6 +591,7 @@ class Gateways:
             pump_mux(sess.mux, {pid: pc}, now)  # the RSTs, best effort
             forget(self.sel, pc.fd)
             pc.close(wire.CloseReason.SHUTDOWN)
+            self._owners.pop(pc, None)
         sess.paths.clear()
         if self.sessions.get(sess.gateway_id) is sess:
             del self.sessions[sess.gateway_id]
@@ -420,6 +603,6 @@ class Gateways:
         for pc in list(self.handshaking):
             forget(self.sel, pc.fd)
             pc.close()
-        self.handshaking.clear()
+            self._unpend(pc)
         forget(self.sel, self.listener)
         self.listener.close()

@@ -21,6 +21,14 @@ carrier while the fast ones sat idle with their window full.
 TLS over a non-blocking socket: OpenSSL must be given the same bytes again after a
 ``want write``, so a TLS write takes a fixed slice of the buffer and retries exactly
 that slice until it goes through.
+
+A peer that sends but does not read makes the answers it asks for (PROBE_ACK, DATA_ACK,
+RST) pile up in the write buffer, which DATA alone never fills beyond the room. Beyond
+``notsent_lowat + max_output`` bytes the path is broken or hostile: :meth:`PathConn.flush`
+raises :class:`OutputOverflow` and the owner closes the path. A read takes at most
+:data:`READ_BUDGET` bytes per call, so one fast peer cannot hold the loop (and the
+messages it decodes) for as long as it keeps sending; the socket stays readable and the
+rest comes on the next turn.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ _INT = struct.Struct("i")
 TLS_WRITE_SLICE = 64 << 10
 READ_SIZE = 256 << 10
 MIN_ROOM = 16 << 10  # the least a path may hold unsent: one message of the default size
+READ_BUDGET = 1 << 20  # bytes read per handle() call at most (see the module text)
+MAX_OUTPUT = 4 << 20  # default of paths.max_output
 
 CONNECTING, TLS, HELLO, UP, CLOSED = "connecting", "tls", "hello", "up", "closed"
 INFO_INTERVAL = 0.2  # seconds between two TCP_INFO readings of a path (gateway and node)
@@ -73,6 +83,10 @@ class PathError(Exception):
         self.close = close  # a CLOSE worth telling the peer, if the path can still carry it
 
 
+class OutputOverflow(PathError):
+    """The peer lets more than the path's output bound pile up: it does not read."""
+
+
 def monotonic_ns() -> int:
     return time.monotonic_ns()
 
@@ -92,6 +106,7 @@ class PathConn:
         server_hostname: str | None = None,
         connecting: bool = False,
         label: str = "",
+        max_output: int = MAX_OUTPUT,
     ) -> None:
         sock.setblocking(False)
         self.raw = sock  # the TCP socket (the TLS socket takes its descriptor over)
@@ -102,6 +117,7 @@ class PathConn:
         self.server_hostname = server_hostname
         self.label = label
         self.lowat = lowat  # the most it may hold unsent
+        self.max_output = max_output  # write buffer bound beyond lowat (see module text)
         self.room_time = room_time  # seconds of its rate it may hold (0: always lowat)
         self.allowance = lowat  # what it may hold now (until the first rate is known)
         self.decoder = wire.Decoder(max_payload)
@@ -189,6 +205,7 @@ class PathConn:
 
     def _read(self, msgs: list[wire.Message], now: float) -> None:
         sock, dec = self.sock, self.decoder
+        budget = READ_BUDGET
         while True:
             try:
                 chunk = sock.recv(READ_SIZE)
@@ -218,6 +235,11 @@ class PathConn:
                 ) from None
             self._collect(msgs)
             if len(chunk) < READ_SIZE and self.ctx is None:
+                break
+            budget -= len(chunk)
+            # enough for one turn; the socket stays readable for the rest (TLS: unless
+            # OpenSSL holds decrypted bytes, which no readiness would announce)
+            if budget <= 0 and (self.ctx is None or not sock.pending()):  # type: ignore[attr-defined]
                 break
 
     def _collect(self, msgs: list[wire.Message]) -> None:
@@ -250,11 +272,13 @@ class PathConn:
                 self.bytes_out += n
                 self._slice = None if n >= len(self._slice) else self._slice[n:]
         except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-            return
+            pass
         except ssl.SSLError as e:
             raise PathError(f"TLS error: {e.reason or e}") from None
         except OSError as e:
             raise PathError(f"write failed: {e.strerror or e}") from None
+        if self.buffered > self.lowat + self.max_output:
+            raise OutputOverflow(f"peer does not read: {self.buffered} bytes wait for it")
 
     @property
     def has_output(self) -> bool:

@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from middlebox.config import _check_name
 from middlebox.errors import UserError
+from middlebox.session.wire import name_error
 
 GATEWAY_URI_PREFIX = "urn:mpproxy:gateway:"
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
@@ -99,8 +99,11 @@ def create_node(
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(h)))
         except ValueError:
-            if not h or any(c.isspace() for c in h):
-                raise PKIError(f"--host: not a host name or address: {h!r}") from None
+            if not _dns_name(h):
+                raise PKIError(
+                    f"--host: not a host name or address: {h!r} (a name is ASCII letters, "
+                    "digits, '-' and '.'; write an internationalised name in its xn-- form)"
+                ) from None
             names.append(x509.DNSName(h))
     out = _targets(directory, NODE_CERT, NODE_KEY, force)
     return _issue(
@@ -111,8 +114,9 @@ def create_node(
 def create_gateway(
     directory: str | Path, gateway_id: str, days: int = 825, force: bool = False
 ) -> Issued:
-    """A gateway's client certificate carrying its id (subject CN and URI SAN)."""
-    if err := _check_name(gateway_id):
+    """A gateway's client certificate carrying its id (subject CN and URI SAN); the id
+    must be one HELLO accepts (:func:`middlebox.session.wire.name_error`)."""
+    if err := name_error(gateway_id):
         raise PKIError(f"--id: {err}")
     out = _targets(directory, *gateway_files(gateway_id), force)
     names = [x509.UniformResourceIdentifier(gateway_uri(gateway_id))]
@@ -140,12 +144,27 @@ def describe(path: str | Path) -> dict[str, str]:
 # -- internals ---------------------------------------------------------------------------
 
 
+def _dns_name(h: str) -> bool:
+    """A host name as a certificate carries it: ASCII labels of letters, digits and '-'
+    (a leading '*.' for a wildcard), at most 253 characters."""
+    labels = h.removeprefix("*.").split(".")
+    return (
+        h.isascii()
+        and 0 < len(h) <= 253
+        and all(0 < len(x) <= 63 and x.replace("-", "").isalnum() for x in labels)
+    )
+
+
 def _builder(
     subject: x509.Name, issuer: x509.Name, public_key, days: int
 ) -> x509.CertificateBuilder:
     if days < 1:
         raise PKIError(f"--days: must be at least 1 (got {days})")
     now = datetime.datetime.now(datetime.UTC)
+    try:
+        not_after = now + datetime.timedelta(days=days)
+    except OverflowError:  # past the year 9999: no certificate can say it
+        raise PKIError(f"--days: too large (got {days})") from None
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -153,7 +172,7 @@ def _builder(
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=days))
+        .not_valid_after(not_after)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
 

@@ -80,22 +80,46 @@ def _socket_fields(paths: PathConfig) -> dict:
     }
 
 
-def configure(sock: socket.socket, opts: PathOptions) -> None:
-    """Apply congestion control, NODELAY, NOTSENT_LOWAT, keepalive and user timeout."""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, TCP_CONGESTION, opts.congestion_control.encode())
-    except OSError as e:
-        raise PathSetupError(
+def configure(sock: socket.socket, opts: PathOptions) -> list[tuple[str, str]]:
+    """Apply congestion control, NODELAY, NOTSENT_LOWAT, keepalive and user timeout.
+
+    Each option is set on its own: one the kernel refuses (a congestion control module
+    that is not loaded, say) must not leave the path without the others, above all the
+    keepalive and user timeout that make a dead carrier's path fail in seconds. Returns
+    the options that failed, as (name, reason); the caller decides whether that is fatal
+    (the gateway: a configured congestion control that is missing is) and logs it.
+    """
+    failed = []
+    for name, level, option, value in _options(opts):
+        try:
+            sock.setsockopt(level, option, value)
+        except OSError as e:
+            failed.append((name, e.strerror or str(e)))
+    return failed
+
+
+def _options(opts: PathOptions) -> list[tuple[str, int, int, int | bytes]]:
+    tcp = socket.IPPROTO_TCP
+    return [
+        ("congestion_control", tcp, TCP_CONGESTION, opts.congestion_control.encode()),
+        ("nodelay", tcp, socket.TCP_NODELAY, 1),
+        ("notsent_lowat", tcp, TCP_NOTSENT_LOWAT, opts.notsent_lowat),
+        ("keepalive", socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        ("keepalive_idle", tcp, socket.TCP_KEEPIDLE, opts.keepalive_idle),
+        ("keepalive_interval", tcp, socket.TCP_KEEPINTVL, opts.keepalive_interval),
+        ("keepalive_count", tcp, socket.TCP_KEEPCNT, opts.keepalive_count),
+        ("user_timeout", tcp, TCP_USER_TIMEOUT, int(opts.user_timeout * 1000)),
+    ]
+
+
+def _setup_error(opts: PathOptions, failed: list[tuple[str, str]]) -> PathSetupError:
+    name, why = failed[0]
+    if name == "congestion_control":
+        return PathSetupError(
             f"congestion control {opts.congestion_control!r} is not available "
-            f"({e.strerror}; see /proc/sys/net/ipv4/tcp_available_congestion_control)"
-        ) from None
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, opts.notsent_lowat)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, opts.keepalive_idle)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, opts.keepalive_interval)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, opts.keepalive_count)
-    sock.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, int(opts.user_timeout * 1000))
+            f"({why}; see /proc/sys/net/ipv4/tcp_available_congestion_control)"
+        )
+    return PathSetupError(f"socket option {name}: {why}")
 
 
 def open_path_socket(opts: PathOptions, family: int | None = None) -> socket.socket:
@@ -128,7 +152,9 @@ def open_path_socket(opts: PathOptions, family: int | None = None) -> socket.soc
                 raise PathSetupError(
                     f"source address {opts.source}: cannot bind ({e.strerror})"
                 ) from None
-        configure(sock, opts)
+        failed = configure(sock, opts)
+        if failed:  # a carrier path the configuration cannot have is not dialled
+            raise _setup_error(opts, failed)
     except BaseException:
         sock.close()
         raise

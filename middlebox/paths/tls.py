@@ -7,7 +7,9 @@ the one the gateway sends in HELLO (:func:`check_gateway_id`): a gateway may onl
 for itself. Certificates come from ``mpproxy pki`` (:mod:`middlebox.paths.pki`).
 
 ``tls.plaintext = true`` turns all of this off for benchmarks on a closed testbed; the
-context functions then return None and log a loud warning every time they are asked.
+context functions then return None and log a loud warning every time they are asked,
+and refuse an address (the node's listen address, the gateway's node address) that is
+neither loopback nor the testbed's (:func:`middlebox.config.plaintext_error`).
 The contexts work with blocking sockets, non-blocking sockets and ``ssl.MemoryBIO``
 alike; the shells choose.
 """
@@ -18,7 +20,7 @@ import logging
 import ssl
 from pathlib import Path
 
-from middlebox.config import TLSConfig
+from middlebox.config import TLSConfig, plaintext_error
 from middlebox.errors import UserError
 from middlebox.paths.pki import GATEWAY_URI_PREFIX
 
@@ -39,21 +41,23 @@ class PeerAuthError(Exception):
     """An authenticated peer is not who it claims to be (or carries no gateway id)."""
 
 
-def gateway_context(cfg: TLSConfig) -> ssl.SSLContext | None:
-    """The gateway's client context; None when plaintext is configured (logged loudly).
+def gateway_context(cfg: TLSConfig, node: str | None = None) -> ssl.SSLContext | None:
+    """The gateway's client context; None when plaintext is configured (logged loudly;
+    ``node``, the ``gateway.node`` address, must then be loopback or the testbed's).
 
     Connect with ``wrap_socket(sock, server_hostname=<node host>)``: the node's certificate
     must name that host (``mpproxy pki node --host``)."""
-    if _plaintext(cfg):
+    if _plaintext(cfg, "gateway.node", node):
         return None
     ctx = _base(ssl.PROTOCOL_TLS_CLIENT, cfg)
     ctx.check_hostname = True
     return ctx
 
 
-def node_context(cfg: TLSConfig) -> ssl.SSLContext | None:
-    """The node's server context; requires a client certificate from the CA."""
-    if _plaintext(cfg):
+def node_context(cfg: TLSConfig, listen: str | None = None) -> ssl.SSLContext | None:
+    """The node's server context; requires a client certificate from the CA. With
+    plaintext: None, and ``listen`` (``node.listen``) must be loopback or the testbed's."""
+    if _plaintext(cfg, "node.listen", listen):
         return None
     return _base(ssl.PROTOCOL_TLS_SERVER, cfg)
 
@@ -84,8 +88,10 @@ def check_gateway_id(conn: ssl.SSLSocket | ssl.SSLObject, claimed: str) -> str:
     return actual
 
 
-def _plaintext(cfg: TLSConfig) -> bool:
+def _plaintext(cfg: TLSConfig, key: str, address: str | None) -> bool:
     if cfg.plaintext:
+        if address is not None and (err := plaintext_error(key, address)) is not None:
+            raise err
         log.warning(PLAINTEXT_WARNING)
         return True
     return False

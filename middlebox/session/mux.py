@@ -27,22 +27,39 @@ Per connection and direction (docs/PROTOCOL.md has the messages):
   whatever order the DATA_ACKs arrive in. The window starts at ``buffer_bytes`` and
   doubles, up to ``buffer_max``, whenever more than half of it is held behind a hole
   (bytes that arrived on fast paths while the byte the reader needs next is still on a
-  slow one): the connection then waits on its slowest path, and a larger window lets the
-  others keep sending meanwhile. A reader that is merely slow never makes it grow (its
-  bytes are in order). The sender never sends beyond the highest edge it has seen
-  (before the first DATA_ACK: :data:`INITIAL_WINDOW`), and its buffer bound follows the
-  window the peer advertises. Bytes leave the receive buffer only when the shell takes
-  them with :meth:`Mux.read`, so a slow reader closes the window all the way back to the
-  client's TCP window.
+  slow one) while the reader keeps up (at most a quarter of the window waits unread):
+  the connection then waits on its slowest path, and a larger window lets the others
+  keep sending meanwhile. A reader that is merely slow never makes it grow, and when the
+  reader falls behind a grown window falls back to ``buffer_bytes`` (its edge stops
+  advancing until then). The sender never sends beyond the highest edge it has seen
+  (before the first DATA_ACK: :data:`INITIAL_WINDOW`); it holds ``buffer_bytes``, or
+  while a hole holds the front twice what the peer has acknowledged beyond it. Bytes
+  leave the receive buffer only when the shell takes them with :meth:`Mux.read`, so a
+  slow reader closes the window all the way back to the client's TCP window.
 * **FIN, RST, half-close.** Each direction ends on its own with FIN (stream length,
   retransmitted until acknowledged as one extra sequence number); RST aborts both
   directions and goes out on every path. A connection ends when both FINs are
   acknowledged and everything received has been read; it then lingers as a tombstone
   that answers late duplicates instead of resetting them.
+* **Holes and memory.** Data above the next byte needed waits in the connection's
+  :class:`~middlebox.session.reorder.Reorder` store: O(log n) per message whatever the
+  hole pattern, and its memory counted as bytes plus a cost per piece and per run. The
+  bytes are bounded by the window; the bookkeeping beyond them by ``reorder_overhead``:
+  a peer that cuts more holes than that (a legitimate sender's holes are one per message
+  in flight on a slower path) is reset and counted (``reorder_overflow``). Resetting is
+  the choice because dropping the pieces would not do: a sender resends only when a
+  path goes silent, so a dropped piece on a delivering path would never come again.
+* **Budget.** The bytes a connection holds (send buffer, received and out-of-order
+  data) are charged to a :class:`Budget` (at the node one per session inside one per
+  process, at the gateway one per process). As it fills, new connections get smaller
+  windows (down to :data:`INITIAL_WINDOW`) and windows stop growing, and the send side
+  takes no more than the budget has free beyond :data:`INITIAL_WINDOW` per connection:
+  the limit is applied by what is advertised and accepted, never by dropping data.
 * **OPEN.** The gateway's OPEN and any data sent before OPEN_OK go on one path (pinned)
   so the node never sees data of a connection it does not know yet; if that path dies,
   OPEN and the data are sent again on another. The node reports OPEN as an event and
-  answers with :meth:`Mux.accept` (OPEN_OK) or :meth:`Mux.refuse` (OPEN_FAIL).
+  answers with :meth:`Mux.accept` (OPEN_OK) or :meth:`Mux.refuse` (OPEN_FAIL). Beyond
+  ``max_connections`` the node's mux answers OPEN_FAIL (no resources) itself.
 
 Path choice goes through a policy ``decide(info, paths, now) -> tuple of path ids`` (the
 interface the scheduler package fills; several ids send copies). ``info`` is the
@@ -62,6 +79,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
+from middlebox.session.reorder import Reorder
 from middlebox.session.wire import (
     DATA_FIXED,
     MAX_SACK_RANGES,
@@ -83,6 +101,7 @@ INITIAL_WINDOW = 64 << 10  # bytes a sender may send before the first DATA_ACK (
 # smallest buffer_bytes a peer may configure, so it never overflows a conforming receiver)
 SWS_MIN = 1024  # do not cut a message smaller than this while more is queued (silly window)
 MESSAGE_OVERHEAD = 8 + DATA_FIXED  # header and DATA fields, counted against a path's room
+BUDGET_SLACK = 4  # a budget with less free than this many windows shrinks new ones
 # Upper bounds of the buckets of a path's send-to-DATA_ACK histograms (the last bucket
 # takes the rest): seconds, and multiples of the stall deadline the message had.
 ACK_DELAY_BOUNDS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -102,6 +121,42 @@ class MuxParams:
     stall_rtt_factor: float = 3.0  # ... or this many (srtt + 4 rttvar) of its path if longer
     paths_lost_timeout: float = 30.0  # no path up this long: reset every connection
     linger: float = 10.0  # seconds a finished connection answers late duplicates
+    reorder_overhead: int = 512 << 10  # bookkeeping bytes of held out-of-order pieces, per conn
+    max_connections: int = 1 << 22  # node: OPENs beyond it are refused (no resources)
+
+
+class Budget:
+    """Bytes the connections' buffers may hold; ``parent`` (the process's, for a node's
+    session) is charged too, and the tighter of the two says what is free.
+
+    The muxes charge what their connections hold (:meth:`add`); they read :meth:`free`
+    to choose windows and send room. ``held`` may exceed ``limit`` by the windows already
+    advertised: a window is never taken back, so the bound is approached, not enforced
+    by dropping."""
+
+    __slots__ = ("limit", "held", "parent", "peak")
+
+    def __init__(self, limit: int, parent: Budget | None = None) -> None:
+        self.limit = limit
+        self.held = 0
+        self.parent = parent
+        self.peak = 0
+
+    def add(self, n: int) -> None:
+        self.held += n
+        if self.held > self.peak:
+            self.peak = self.held
+        if self.parent is not None:
+            self.parent.add(n)
+
+    def free(self) -> int:
+        free = self.limit - self.held
+        if self.parent is not None:
+            free = min(free, self.parent.free())
+        return free
+
+    def status(self) -> dict[str, int]:
+        return {"held": self.held, "limit": self.limit, "peak": self.peak, "free": self.free()}
 
 
 @dataclass
@@ -275,6 +330,7 @@ class Conn:
         self.sbase = 0  # lowest unacknowledged offset
         self.snd_nxt = 0  # next offset to cut into a new message
         self.peer_edge = INITIAL_WINDOW  # highest ack + window seen
+        self.sack_top = 0  # highest byte the peer acknowledged selectively
         self.inflight: dict[int, _Inflight] = {}
         self.rtx: deque[_Inflight] = deque()
         self.fin_wanted = False
@@ -283,12 +339,12 @@ class Conn:
         self.target = params.message_size
         self.blocked = False
         self.window = params.buffer_bytes  # what we let the peer send beyond what was read
+        self.charged = 0  # bytes held, as last charged to the budget
         # receive side
         self.rcv_nxt = 0
         self.rbuf = bytearray()
         self.consumed = 0
-        self.ooo: dict[int, bytes] = {}  # out-of-order pieces by offset
-        self.sacks: list[list[int]] = []  # merged [start, end) above rcv_nxt
+        self.store = Reorder()  # what arrived above rcv_nxt
         self.peer_fin: int | None = None
         self.eof = False  # peer's FIN reached: every byte below it has arrived
         self.ack_due = False
@@ -306,9 +362,15 @@ class Conn:
         return len(self.sbuf)
 
     def send_limit(self, params: MuxParams) -> int:
-        """Bytes the send side may hold: ``buffer_bytes``, or the window the peer
-        advertised if that is larger (its window grew), at most ``buffer_max``."""
-        return min(params.buffer_max, max(params.buffer_bytes, self.peer_edge - self.sbase))
+        """Bytes the send side may hold: ``buffer_bytes``, or while a hole holds the front
+        (the peer acknowledged bytes beyond it selectively) twice the span from the hole
+        to the highest byte acknowledged, at most ``buffer_max``: the sender's side of
+        the window growth (the peer grows its window under the same condition)."""
+        return min(params.buffer_max, max(params.buffer_bytes, 2 * (self.sack_top - self.sbase)))
+
+    def held(self) -> int:
+        """Bytes this connection holds: send buffer, received and out-of-order data."""
+        return len(self.sbuf) + len(self.rbuf) + self.store.memory
 
     @property
     def unsent(self) -> int:
@@ -343,13 +405,19 @@ class Mux:
     """Connections of one session over its paths; ``side`` is "gateway" or "node"."""
 
     def __init__(
-        self, side: str, params: MuxParams | None = None, policy: Policy = lowest_rtt_policy
+        self,
+        side: str,
+        params: MuxParams | None = None,
+        policy: Policy = lowest_rtt_policy,
+        budget: Budget | None = None,
     ) -> None:
         if side not in ("gateway", "node"):
             raise ValueError("side must be 'gateway' or 'node'")
         self.side = side
         self.params = params or MuxParams()
         self.policy = policy
+        self.budget = budget  # None: no bound but the per-connection windows
+        self.held = 0  # bytes the connections hold (what is charged to the budget)
         self.paths: dict[int, PathState] = {}
         self.conns: dict[int, Conn] = {}
         self._tombs: dict[int, _Tombstone] = {}
@@ -369,6 +437,10 @@ class Mux:
             "resets_sent": 0,
             "unknown_connection": 0,
             "window_grown": 0,
+            "reorder_overflow": 0,  # connections reset: their holes cost beyond reorder_overhead
+            "open_over_limit": 0,  # OPENs refused: max_connections reached
+            "windows_shrunk": 0,  # connections started with less than buffer_bytes (budget)
+            "growth_held": 0,  # window growths the budget did not allow
         }
 
     # -- paths -------------------------------------------------------------------------
@@ -460,12 +532,48 @@ class Mux:
             raise ValueError(f"connection {conn_id} exists")
         self._tombs.pop(conn_id, None)
         msg = Open(conn_id, src_addr, src_port, dst_addr, dst_port, **tcp_options)  # type: ignore[arg-type]
-        conn = Conn(conn_id, ConnState.OPENING, self.params)
-        conn.open_msg = msg
-        conn.adv_edge = conn.window
-        self.conns[conn_id] = conn
+        self._new_conn(conn_id, msg)
         self._control.append((conn_id, msg, False))
         return conn_id
+
+    def _new_conn(self, conn_id: int, msg: Open) -> Conn:
+        conn = Conn(conn_id, ConnState.OPENING, self.params)
+        conn.open_msg = msg
+        conn.window = self._start_window()
+        conn.adv_edge = conn.window
+        self.conns[conn_id] = conn
+        return conn
+
+    def _start_window(self) -> int:
+        """A new connection's window: ``buffer_bytes`` while the budget has room for
+        :data:`BUDGET_SLACK` of them, less as it fills, never below INITIAL_WINDOW."""
+        full = self.params.buffer_bytes
+        if self.budget is None:
+            return full
+        free = self.budget.free()
+        if free >= BUDGET_SLACK * full:
+            return full
+        self.counters["windows_shrunk"] += 1
+        return max(INITIAL_WINDOW, min(full, free // BUDGET_SLACK))
+
+    def _account(self, conn: Conn) -> None:
+        """Charge the budget with what ``conn`` holds now (after its buffers changed)."""
+        delta = conn.held() - conn.charged
+        if delta:
+            conn.charged += delta
+            self.held += delta
+            if self.budget is not None:
+                self.budget.add(delta)
+
+    def _drop(self, conn_id: int) -> Conn | None:
+        """Take a connection out of the table and its bytes off the budget."""
+        conn = self.conns.pop(conn_id, None)
+        if conn is not None and conn.charged:
+            self.held -= conn.charged
+            if self.budget is not None:
+                self.budget.add(-conn.charged)
+            conn.charged = 0
+        return conn
 
     def accept(self, conn_id: int) -> None:
         """Node: the destination accepted; data may flow both ways."""
@@ -475,7 +583,7 @@ class Mux:
 
     def refuse(self, conn_id: int, reason: OpenFailReason, now: float) -> None:
         """Node: the destination cannot be reached (or is not allowed)."""
-        self.conns.pop(conn_id, None)
+        self._drop(conn_id)
         answer = OpenFail(conn_id, reason)
         self._control.append((conn_id, answer, False))
         self._bury(conn_id, now + self.params.linger, None, answer)
@@ -486,17 +594,25 @@ class Mux:
         conn = self.conns[conn_id]
         if conn.fin_wanted:
             raise RuntimeError(f"connection {conn_id}: send after shutdown")
-        room = conn.send_limit(self.params) - len(conn.sbuf)
-        n = min(room, len(data))
+        n = min(self._send_room(conn), len(data))
         if n > 0:
             conn.sbuf += data[:n]
+            self._account(conn)
         if n < len(data):
             conn.blocked = True
-        return n
+        return max(n, 0)
 
     def send_room(self, conn_id: int) -> int:
-        conn = self.conns[conn_id]
-        return conn.send_limit(self.params) - len(conn.sbuf)
+        return self._send_room(self.conns[conn_id])
+
+    def _send_room(self, conn: Conn) -> int:
+        """What the send side takes now: up to its limit, and no more than the budget
+        has free (but every connection may hold INITIAL_WINDOW, so none is starved)."""
+        held = len(conn.sbuf)
+        room = conn.send_limit(self.params) - held
+        if self.budget is not None:
+            room = min(room, max(self.budget.free(), INITIAL_WINDOW - held))
+        return max(room, 0)
 
     def shutdown(self, conn_id: int) -> None:
         """This side's direction ends after the bytes already queued (FIN)."""
@@ -515,6 +631,12 @@ class Mux:
             out = conn.rbuf[:n]
             del conn.rbuf[:n]
         conn.consumed += n
+        if n:
+            self._account(conn)
+        if conn.window > self.params.buffer_bytes and len(conn.rbuf) > conn.window // 4:
+            # the reader, not a hole, holds the connection now: the window falls back
+            # (the advertised edge never moves back, it stops advancing meanwhile)
+            conn.window = max(self.params.buffer_bytes, conn.adv_edge - conn.consumed)
         edge = conn.consumed + conn.window
         opened = edge - conn.adv_edge
         if opened >= conn.window // 4 or (opened > 0 and conn.adv_edge - conn.rcv_nxt < SWS_MIN):
@@ -525,7 +647,7 @@ class Mux:
 
     def abort(self, conn_id: int, reason: RstReason, now: float) -> None:
         """Reset the connection both ways; RST goes out on every path that is up."""
-        if self.conns.pop(conn_id, None) is None:
+        if self._drop(conn_id) is None:
             return
         self._send_rst(conn_id, reason)
         self._bury(conn_id, now + self.params.linger, None, None, Rst(conn_id, reason))
@@ -586,10 +708,8 @@ class Mux:
                 }
                 for c in self.conns.values()
             },
-            "buffered_bytes": sum(
-                len(c.sbuf) + len(c.rbuf) + sum(map(len, c.ooo.values()))
-                for c in self.conns.values()
-            ),
+            "buffered_bytes": self.held,
+            "memory": self.budget.status() if self.budget is not None else {"held": self.held},
         }
 
     # -- events and timers -------------------------------------------------------------
@@ -671,7 +791,7 @@ class Mux:
             conn.rx_path = path_id
             self._on_fin(conn, msg, now)  # type: ignore[arg-type]
         elif t is Rst:
-            del self.conns[cid]
+            self._drop(cid)
             self._events.append(Reset(cid, msg.reason, by_peer=True))  # type: ignore[attr-defined]
         elif t is OpenOk and self.side == "gateway":
             if conn.state is ConnState.OPENING:
@@ -679,7 +799,7 @@ class Mux:
                 conn.pinned = None
                 self._events.append(Opened(cid))
         elif t is OpenFail and self.side == "gateway":
-            del self.conns[cid]
+            self._drop(cid)
             self._bury(cid, now + self.params.linger, None, None)
             self._events.append(OpenFailed(cid, msg.reason))  # type: ignore[attr-defined]
         else:
@@ -700,10 +820,14 @@ class Mux:
             if tomb.answer is not None:
                 self._control.append((cid, tomb.answer, False))
             return
-        conn = Conn(cid, ConnState.OPENING, self.params)
-        conn.open_msg = msg
-        conn.adv_edge = conn.window
-        self.conns[cid] = conn
+        if len(self.conns) >= self.params.max_connections:
+            # the session's share of the node: the gateway resets its client
+            self.counters["open_over_limit"] += 1
+            answer = OpenFail(cid, OpenFailReason.NO_RESOURCES)
+            self._control.append((cid, answer, False))
+            self._bury(cid, self._now + self.params.linger, None, answer)
+            return
+        self._new_conn(cid, msg)
         self._events.append(OpenRequested(cid, msg))
 
     def _on_unknown(self, cid: int, msg: Message, now: float) -> None:
@@ -747,49 +871,42 @@ class Mux:
             payload = payload[rcv_nxt - seq :]
             seq = rcv_nxt
         was_empty = not conn.rbuf
-        if seq == rcv_nxt and not conn.sacks:
+        store = conn.store
+        if seq == rcv_nxt and not store:
             conn.rbuf += payload  # in order, nothing waiting: the common case
             conn.rcv_nxt = end
+            self._account(conn)
         else:
-            self._insert(conn, seq, end, payload)
+            if not store.insert(seq, end, payload):  # keeps the first copy of each byte
+                self._duplicate(conn, end - seq)
+            if store.overhead > self.params.reorder_overhead:
+                self.counters["reorder_overflow"] += 1
+                return self._reset(conn, RstReason.BUFFER_OVERFLOW, now)
             self._deliver(conn)
+            self._account(conn)
             if (
                 conn.max_seen - conn.rcv_nxt > conn.window // 2
+                and len(conn.rbuf) <= conn.window // 4
                 and conn.window < self.params.buffer_max
             ):
                 # half the window waits behind a hole: the connection is held by its
                 # slowest path; let the other paths go on (see the module text)
-                conn.window = min(self.params.buffer_max, conn.window * 2)
-                conn.ack_due = True
-                self.counters["window_grown"] += 1
+                grown = min(self.params.buffer_max, conn.window * 2)
+                if self._may_grow(grown - conn.window):
+                    conn.window = grown
+                    conn.ack_due = True
+                    self.counters["window_grown"] += 1
         if was_empty and conn.rbuf:
             self._events.append(Readable(conn.id))
         self._check_eof(conn)
 
-    def _insert(self, conn: Conn, seq: int, end: int, payload: bytes | memoryview) -> None:
-        """Store the parts of [seq, end) not held yet (the first copy of a byte wins)."""
-        pos = seq
-        stored = False
-        merged: list[list[int]] = []
-        new_lo, new_hi = seq, end
-        for rng in conn.sacks:
-            s, e = rng
-            if e < seq or s > end:  # apart (touching ranges merge: SACK ranges must not touch)
-                merged.append(rng)
-                continue
-            if pos < s:  # a gap before this held range
-                conn.ooo[pos] = bytes(payload[pos - seq : s - seq])
-                stored = True
-            pos = max(pos, e)
-            new_lo, new_hi = min(new_lo, s), max(new_hi, e)
-        if pos < end:
-            conn.ooo[pos] = bytes(payload[pos - seq :])
-            stored = True
-        merged.append([new_lo, new_hi])
-        merged.sort()
-        conn.sacks = merged
-        if not stored:
-            self._duplicate(conn, end - seq)
+    def _may_grow(self, more: int) -> bool:
+        """Whether the budget allows a window ``more`` bytes larger (with the slack new
+        windows get: growth stops before new connections are squeezed)."""
+        if self.budget is None or self.budget.free() >= BUDGET_SLACK * more:
+            return True
+        self.counters["growth_held"] += 1
+        return False
 
     def _duplicate(self, conn: Conn, size: int) -> None:
         """A message that brought nothing new: a needless copy (counted per path too)."""
@@ -801,12 +918,12 @@ class Mux:
             p.duplicate_bytes += size
 
     def _deliver(self, conn: Conn) -> None:
-        while conn.sacks and conn.sacks[0][0] == conn.rcv_nxt:
-            _, e = conn.sacks.pop(0)
-            while conn.rcv_nxt < e:
-                piece = conn.ooo.pop(conn.rcv_nxt)
+        store = conn.store
+        if store.first() == conn.rcv_nxt:
+            end, pieces = store.pop_first()  # runs never touch: one is all there is
+            for piece in pieces:
                 conn.rbuf += piece
-                conn.rcv_nxt += len(piece)
+            conn.rcv_nxt = end
 
     def _on_fin(self, conn: Conn, msg: Fin, now: float) -> None:
         if conn.peer_fin is not None and conn.peer_fin != msg.final_seq:
@@ -833,6 +950,7 @@ class Mux:
         if data_ack > conn.sbase:
             del conn.sbuf[: data_ack - conn.sbase]
             conn.sbase = data_ack
+            self._account(conn)
             done = []
             for seq, inf in conn.inflight.items():  # insertion order is sequence order
                 if inf.end > ack:
@@ -858,6 +976,7 @@ class Mux:
                     covered.append(q)
             for seq in covered:
                 self._acked(conn.inflight.pop(seq), now)
+            conn.sack_top = max(conn.sack_top, max(e for _, e in ranges))
         if conn.rtx:
             conn.rtx = deque(i for i in conn.rtx if i.seq in conn.inflight)
         edge = ack + msg.window
@@ -866,7 +985,7 @@ class Mux:
         if conn.fin_seq is not None and ack > conn.fin_seq and not conn.fin_acked:
             conn.fin_acked = True
             self._check_closed(conn)
-        if conn.blocked and len(conn.sbuf) < conn.send_limit(self.params):
+        if conn.blocked and self._send_room(conn) > 0:
             conn.blocked = False
             self._events.append(Writable(conn.id))
 
@@ -890,7 +1009,7 @@ class Mux:
 
     def _check_closed(self, conn: Conn) -> None:
         if conn.fin_acked and conn.eof and not conn.rbuf and self.conns.get(conn.id) is conn:
-            del self.conns[conn.id]
+            self._drop(conn.id)
             final = DataAck(conn.id, conn.ack_value(), 0)
             # the peer may not have our final ACK yet; answer its repeats for a while
             self._bury(conn.id, self._now + self.params.linger, final, None)
@@ -963,7 +1082,7 @@ class Mux:
                 continue
             ack = conn.ack_value()
             edge = conn.consumed + conn.window
-            ranges = tuple((s, e) for s, e in conn.sacks[:MAX_SACK_RANGES])
+            ranges = tuple(conn.store.ranges(MAX_SACK_RANGES))
             msg = DataAck(conn.id, ack, min(max(edge - ack, 0), U32), ranges)
             info = MessageInfo(conn.id, 32 + 16 * len(ranges), ACK, prefer=conn.rx_path)
             ids = self.policy(info, paths, now)

@@ -160,13 +160,24 @@ def _check_int(what: str, value: object, lo: int, hi: int) -> None:
         _fail(f"{what}: must be an integer in {lo}..{hi} (got {value!r})")
 
 
-def _check_name(what: str, value: object) -> None:
+def name_error(value: object) -> str | None:
+    """Why ``value`` is not a valid name (gateway id, node id, carrier name), or None.
+
+    The one rule for names: HELLO and HELLO_ACK refuse what it refuses, and the
+    configuration and ``mpproxy pki`` use it too, so nothing is accepted at start that
+    the peer would refuse on every dial."""
     if (
         not isinstance(value, str)
         or not 1 <= len(value) <= MAX_NAME
         or not _NAME_CHARS.issuperset(value)
     ):
-        _fail(f"{what}: must be 1..{MAX_NAME} characters of [A-Za-z0-9._-] (got {value!r})")
+        return f"must be 1..{MAX_NAME} characters of [A-Za-z0-9._-] (got {value!r:.80})"
+    return None
+
+
+def _check_name(what: str, value: object) -> None:
+    if (err := name_error(value)) is not None:
+        _fail(f"{what}: {err}")
 
 
 def _to_address(what: str, value: object) -> Address:

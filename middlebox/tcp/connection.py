@@ -19,7 +19,6 @@ its window). RST and SYN in a synchronized state are checked as RFC 5961 asks.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass
 
@@ -42,6 +41,7 @@ from middlebox.tcp.constants import (
     SYN,
     TIMESTAMP_OPTION_LEN,
 )
+from middlebox.tcp.ofo import OutOfOrder
 from middlebox.tcp.packet import Segment
 from middlebox.tcp.params import TcpParams
 from middlebox.tcp.rto import RtoEstimator
@@ -85,6 +85,7 @@ class Connection:
         "out",
         "client_options",
         "accepted",
+        "announced",
         # timestamps (RFC 7323)
         "ts_ok",
         "ts_recent",
@@ -94,9 +95,7 @@ class Connection:
         "irs",
         "rcv_nxt",
         "rcv_fin",
-        "ooo_starts",
-        "ooo_data",
-        "sack_last",
+        "ofo",
         "rcv_wscale",
         "rcv_right",
         "room",
@@ -144,6 +143,8 @@ class Connection:
         "close_deadline",
         "stats_retransmits",
         "stats_timeouts",
+        "stats_ofo_dropped",
+        "stats_after_fin",
         "rtx_round",
         "tlp_armed",
         "tlp_sent",
@@ -174,6 +175,7 @@ class Connection:
         o = syn.opts
         self.client_options = o
         self.accepted = False
+        self.announced = False  # the proxy has heard of it (Requested or Established)
         self.ts_ok = params.timestamps and o.tsval is not None
         self.ts_recent = o.tsval or 0
         self.ts_offset = ts_offset
@@ -194,9 +196,7 @@ class Connection:
         self.irs = syn.seq
         self.rcv_nxt = 0
         self.rcv_fin = -1
-        self.ooo_starts: list[int] = []
-        self.ooo_data: list[bytearray] = []
-        self.sack_last = -1
+        self.ofo: OutOfOrder | None = None  # made at the first out-of-order segment
         self.room = buffer_room
         self.rcv_buf = buffer_room
         self.rcv_right = 0
@@ -239,6 +239,8 @@ class Connection:
         self.close_deadline: float | None = None
         self.stats_retransmits = 0
         self.stats_timeouts = 0
+        self.stats_ofo_dropped = 0
+        self.stats_after_fin = 0
         self.rtx_round = 0.0
         self.tlp_armed = False
         self.tlp_sent = False
@@ -261,7 +263,7 @@ class Connection:
     def _emit(self, now: float, off: int, flags: int, payload: bytes = b"", gso: int = 0) -> None:
         """Queue one segment starting at send offset ``off`` carrying the current ACK."""
         ts = (self._tsval(now), self.ts_recent) if self.ts_ok else None
-        sack = self._sack_blocks() if self.sack_ok and self.ooo_starts else ()
+        sack = self._sack_blocks() if self.sack_ok and self.ofo else ()
         k = self.key
         wnd = self._update_window()
         self.out.append(
@@ -308,18 +310,8 @@ class Connection:
     def _sack_blocks(self) -> list[tuple[int, int]]:
         """Up to four SACK blocks, the most recently changed first (RFC 2018 4)."""
         base = self.irs + 1
-        blocks = []
-        first = None
-        for s, d in zip(self.ooo_starts, self.ooo_data, strict=True):
-            b = ((base + s) & SEQ_MASK, (base + s + len(d)) & SEQ_MASK)
-            if s <= self.sack_last < s + len(d):
-                first = b
-            else:
-                blocks.append(b)
-        blocks.reverse()
-        if first is not None:
-            blocks.insert(0, first)
-        return blocks[:4]
+        assert self.ofo is not None
+        return [((base + s) & SEQ_MASK, (base + e) & SEQ_MASK) for s, e in self.ofo.sack_blocks()]
 
     # -- the proxy's side ---------------------------------------------------------------
 
@@ -376,17 +368,19 @@ class Connection:
                 self._touch()
 
     def _reset(self, reason: str) -> None:
-        self.events.append(ev.Reset(self, reason))
+        if self.announced:
+            self.events.append(ev.Reset(self, reason))
         self._gone()
 
     def _gone(self) -> None:
         self.state = CLOSED
         self.sndbuf = bytearray()
-        self.ooo_starts, self.ooo_data = [], []
+        self.ofo = None
         self.rtx_deadline = self.persist_deadline = self.ack_deadline = None
         self.rack_deadline = None
         self.close_deadline = None
-        self.events.append(ev.ConnectionGone(self))
+        if self.announced:
+            self.events.append(ev.ConnectionGone(self))
         self._touch()
 
     def next_event(self) -> object | None:
@@ -451,6 +445,8 @@ class Connection:
                 self.out.append(Segment(k[2], k[0], k[3], k[1], seg.ack, 0, RST, 0))
                 return
             self.state = ESTABLISHED if not self.fin_queued else FIN_WAIT_1
+            self.announced = True
+            self.events.append(ev.ConnectionEstablished(self, self.key, self.client_options))
             self.snd_una = 0
             self.rtx_deadline = None
             if self.retries == 0 and self.rtt_time:
@@ -468,6 +464,11 @@ class Connection:
         self.idle_deadline = now + self.params.idle_timeout
         if (plen or flags & FIN) and self.state in _CAN_RECEIVE:
             self._receive_data(seg, seq_off, now)
+        elif plen and self.peer_closed:
+            # new bytes after the client's FIN: ignored (RFC 9293 3.10.7.4, seventh), and
+            # the ACK names where the stream ended
+            self.stats_after_fin += 1
+            self.ack_now = True
 
     def _process_ack(self, seg: Segment, now: float, seq_off: int) -> bool:
         """ACK field processing; False when the segment must be dropped."""
@@ -644,9 +645,17 @@ class Connection:
         payload = seg.payload
         plen = len(payload)
         if seg.flags & FIN:
+            # The FIN's sequence number ends the stream (RFC 9293 3.10.7.4); of FINs at
+            # different places the first in sequence wins, as in-order processing has it.
             fin_off = seq_off + plen
-            if self.rcv_fin < 0:
+            if fin_off >= self.rcv_nxt and (self.rcv_fin < 0 or fin_off < self.rcv_fin):
                 self.rcv_fin = fin_off
+        if self.rcv_fin >= 0 and seq_off + plen > self.rcv_fin:
+            # bytes beyond the FIN are no part of the stream: not delivered, answered
+            # with an ACK that names the stream's end
+            payload = payload[: max(self.rcv_fin - seq_off, 0)]
+            self.stats_after_fin += 1
+            self.ack_now = True
         # trim to the window: old bytes in front, bytes beyond the right edge behind
         if seq_off < self.rcv_nxt:
             cut = self.rcv_nxt - seq_off
@@ -660,7 +669,7 @@ class Connection:
         if payload:
             if seq_off == self.rcv_nxt:
                 self._deliver(payload)
-                if self.ooo_starts:
+                if self.ofo:
                     self._pull_ooo()
                     self.ack_now = True  # a hole was filled (RFC 5681 4.2)
                 else:
@@ -684,38 +693,26 @@ class Connection:
             self.events.append(_DataMarker(self))
 
     def _store_ooo(self, start: int, data: bytes | memoryview) -> None:
-        """Keep an out-of-order run, merged with its neighbours (no overlaps kept)."""
-        end = start + len(data)
-        starts, datas = self.ooo_starts, self.ooo_data
-        i = bisect_left(starts, start)
-        if i > 0 and starts[i - 1] + len(datas[i - 1]) >= start:
-            i -= 1
-            s = starts[i]
-            prev = datas[i]
-            if s + len(prev) < end:
-                prev += data[s + len(prev) - start :]
-        else:
-            starts.insert(i, start)
-            datas.insert(i, bytearray(data))
-        # absorb following runs that now touch or overlap
-        s = starts[i]
-        cur = datas[i]
-        while i + 1 < len(starts) and starts[i + 1] <= s + len(cur):
-            ns, nd = starts[i + 1], datas[i + 1]
-            if ns + len(nd) > s + len(cur):
-                cur += nd[s + len(cur) - ns :]
-            del starts[i + 1], datas[i + 1]
-        self.sack_last = start
+        """Keep out-of-order bytes within the queue's memory bound (else drop, counted)."""
+        if self.ofo is None:
+            self.ofo = OutOfOrder(self.params.ofo_memory)
+        if not self.ofo.add(start, data):
+            self.stats_ofo_dropped += 1
 
     def _pull_ooo(self) -> None:
-        starts, datas = self.ooo_starts, self.ooo_data
-        while starts and starts[0] <= self.rcv_nxt:
-            s, d = starts.pop(0), datas.pop(0)
-            if s + len(d) > self.rcv_nxt:
-                self._deliver(memoryview(d)[self.rcv_nxt - s :])
+        assert self.ofo is not None
+        fin = self.rcv_fin
+        for mv in self.ofo.pull(self.rcv_nxt):
+            if fin >= 0 and self.rcv_nxt + len(mv) > fin:
+                mv = mv[: max(fin - self.rcv_nxt, 0)]  # a FIN that came later ends it sooner
+            if mv:
+                self._deliver(mv)
+        if not self.ofo:
+            self.ofo = None  # an idle connection keeps no queue
 
     def _peer_fin(self, now: float) -> None:
         self.peer_closed = True
+        self.ofo = None  # whatever lay beyond the FIN is no part of the stream
         self.ack_now = True
         self.events.append(ev.PeerClosed(self))
         if self.state in (ESTABLISHED, SYN_RECEIVED):
@@ -757,22 +754,7 @@ class Connection:
         ts = (self._tsval(now), self.ts_recent) if self.ts_ok else None
         ws = self.rcv_wscale if self.client_options.wscale is not None else None
         opts = tcpopt.build_syn_ack(self.rcv_mss, ws, self.sack_ok, ts)
-        self.out.append(
-            Segment(
-                k[2],
-                k[0],
-                k[3],
-                k[1],
-                self.iss,
-                (self.irs + 1) & SEQ_MASK,
-                SYN | ACK,
-                min(self.room, MAX_WINDOW_FIELD),
-                b"",
-                tcpopt.EMPTY,
-                0,
-                opts,
-            )
-        )
+        self.out.append(syn_ack(k, self.iss, self.irs, self.room, opts))
         self.rtx_deadline = now + self.rtt.rto
         if self.retries == 0:
             self.rtt_time = now
@@ -961,6 +943,13 @@ class Connection:
         self._enter_recovery("rto", now)
         self.sacked, self.sacked_bytes = [], 0  # RFC 2018: the receiver may renege
         self.rtx_deadline = now + self.rtt.rto
+
+
+def syn_ack(key: tuple, iss: int, irs: int, room: int, options: bytes) -> Segment:
+    """The SYN-ACK answering the SYN with sequence ``irs`` of ``key`` (the client's view)."""
+    window = min(room, MAX_WINDOW_FIELD)  # never scaled on a SYN
+    return Segment(key[2], key[0], key[3], key[1], iss, (irs + 1) & SEQ_MASK, SYN | ACK,
+                   window, b"", tcpopt.EMPTY, 0, options)  # fmt: skip
 
 
 @dataclass(slots=True)

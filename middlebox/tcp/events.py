@@ -33,10 +33,26 @@ class Connection(Protocol):
 
 @dataclass(slots=True)
 class ConnectionRequested:
-    """A client sent a SYN. ``key`` is (client addr, client port, server addr, server port).
+    """A client sent a SYN, to a table built with ``auto_accept=False`` (the proxy decides
+    before the handshake). ``key`` is (client addr, client port, server addr, server port).
 
-    The proxy calls ``conn.accept()`` (or the table accepts by itself when built with
-    ``auto_accept=True``) or ``conn.abort()`` to refuse with RST.
+    The proxy calls ``conn.accept()`` (SYN-ACK) or ``conn.abort()`` (RST). Such a table
+    cannot answer with SYN cookies: beyond its half-open limits it drops SYNs.
+    """
+
+    conn: Connection
+    key: Key
+    options: Options
+
+
+@dataclass(slots=True)
+class ConnectionEstablished:
+    """The client's handshake completed (its ACK of our SYN-ACK, or of a SYN cookie).
+
+    A table built with ``auto_accept=True`` answers SYNs itself and tells the proxy of a
+    connection only now, so a SYN that is never completed costs the proxy nothing.
+    ``options`` are the client's as the endpoint uses them (after a cookie: what
+    survived it, see :mod:`middlebox.tcp.cookies`).
     """
 
     conn: Connection

@@ -26,4 +26,10 @@ class TcpParams:
     idle_timeout: float = 7440.0  # seconds without a segment from the client: reset
     time_wait: float = 10.0  # seconds a connection closed first by the endpoint waits
     max_connections: int = 65536  # at once; SYNs beyond it are refused with RST
+    max_connections_per_source: int = 2048  # of one client address; beyond: RST
+    max_half_open: int = 1024  # connections in SYN-RECEIVED at once; beyond: SYN cookies
+    max_half_open_per_source: int = 64  # of one client address; beyond: SYN cookies
+    syn_cookies: bool = True  # beyond the half-open limits: cookies (True) or drop SYNs
+    rst_rate: int = 1000  # RSTs per second to segments of no connection; beyond: dropped
+    ofo_memory: int = 5 << 20  # out-of-order bytes one connection may hold, with overhead
     gso: bool = True  # hand segments of up to 64 KiB to the kernel to cut

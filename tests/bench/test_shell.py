@@ -19,7 +19,7 @@ from bench.sim.links import Carrier, Link, SteppedTrace
 from bench.sim.runner import Scenario, run, setup
 from bench.sim.tcp import Socket
 from bench.sim.transport import TransportParams
-from middlebox.session.mux import Mux
+from middlebox.session.mux import Budget, Mux
 from middlebox.session.policy import SchedulerPolicy
 
 QUERIES = ("next_event", "next_timer", "pending", "unread", "send_room", "send", "open", "read")
@@ -89,10 +89,14 @@ def test_simulator_runs_the_products_mux_and_adapter():
     # the same inputs, to fresh muxes and adapters, in a small loop
     cfg = scn.params.config
     muxes, adapters, fresh = {}, {}, {}
+    budgets = {  # as the processes make them (the gateway's: the whole process's)
+        "gateway": Budget(cfg.gateway.memory_budget),
+        "node": Budget(cfg.node.session_memory, Budget(cfg.node.memory_budget)),
+    }
     for side, mp in (("gateway", cfg.mux_params("gateway")), ("node", cfg.mux_params("node"))):
         adapters[side] = SchedulerPolicy(cfg.scheduler, name="context")
         fresh[side] = adapters[side].policy = Asked(adapters[side].policy)
-        muxes[side] = Mux(side, mp, adapters[side])
+        muxes[side] = Mux(side, mp, adapters[side], budgets[side])
     origin: dict[int, tuple[str, int]] = {}  # a message the simulator passed -> who made it
     recorded_out: dict[str, list] = {"gateway": [], "node": []}
     replayed_out: dict[str, list] = {"gateway": [], "node": []}

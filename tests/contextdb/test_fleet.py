@@ -8,10 +8,11 @@ import time
 
 import pytest
 
+from contextdb import fleet as fleet_module
 from contextdb.config import ContextDBConfig
 from contextdb.db import ContextDB
 from contextdb.errors import ContextDBError
-from contextdb.fleet import RedisStore, open_store, parse_url
+from contextdb.fleet import BackgroundStore, RedisStore, open_store, parse_url
 from contextdb.resp import RespClient
 
 from .helpers import T0, series
@@ -24,12 +25,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_redis(tmp_path, *extra: str):
-    """A redis-server on a free loopback port, data in tmp_path; stopped in any case."""
+def running_redis(tmp_path, *extra: str, port: int | None = None):
+    """A redis-server on a loopback port (a free one by default), data in tmp_path;
+    stopped in any case."""
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.skip("redis-server not installed (apt-get install redis-server)")
-    port = _free_port()
+    port = port or _free_port()
     args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
     args += ["--save", "", "--appendonly", "no", *extra]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -208,3 +210,69 @@ def test_sync_cli_and_unreachable_fleet(redis_url, tmp_path, capsys):
     assert "cannot connect" in err and "Traceback" not in err
     assert main(["contextdb", "sync", "--db", db]) == 2
     assert "no fleet store" in capsys.readouterr().err
+
+
+# -- the background store of a running gateway or node -------------------------------------
+
+LIVE = ContextDBConfig(k=8, fleet_timeout=1.0, fleet_retry_max=1.0, fleet_refresh=1.0)
+
+
+def _wait(cond, timeout=10.0):
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
+
+
+def test_background_stores_share_a_line(redis_url):
+    a = ContextDB(open_store("", redis_url, "L1", live=LIVE), LIVE, origin="a")
+    b = ContextDB(open_store("", redis_url, "L1", live=LIVE), LIVE, origin="b")
+    assert isinstance(a.store, BackgroundStore)
+    a.ingest(series([-80.0] * 40, [30e6] * 40, carrier="X"))
+    assert a.predict("X", "c1", [-80.0] * 5) is not None  # at once, from memory
+    _wait(lambda: b.store.status()["pulled_chunks"] == 1)
+    assert b.store.take_news() and b.refresh() == 1
+    p = b.predict("X", "c1", [-80.0] * 5)
+    assert p is not None and p.throughput_mean == pytest.approx(30e6)
+    assert not b.store.take_news()
+    # a does not pull its own chunk back (it would count twice)
+    _wait(lambda: a.store.status()["pulls"] >= 3)
+    assert a.store.status()["pulled_chunks"] == 0 and a.stats() == b.stats()
+    # a gateway opened later loads everything at start, as a RedisStore does
+    c = ContextDB(open_store("", redis_url, "L1", live=LIVE), LIVE)
+    assert c.predict("X", "c1", [-80.0] * 5) == p
+    st = a.store.status()
+    assert (st["state"], st["pushed_chunks"], st["errors"]) == ("up", 1, 0)
+    for db in (a, b, c):
+        db.store.close()
+    other = open_store("", redis_url, "L1", live=LIVE)
+    with pytest.raises(ContextDBError, match="other parameters"):
+        ContextDB(other, ContextDBConfig(lookahead_s=3))
+    other.close()
+
+
+def test_background_store_starts_without_its_server_and_catches_up(tmp_path, monkeypatch):
+    """A gateway that boots in a tunnel: it learns into memory, and what it learnt reaches
+    the server once the server is there, and again after the server restarts."""
+    monkeypatch.setattr(fleet_module, "RETRY_INITIAL", 0.1)
+    port = _free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    db = ContextDB(open_store("", url, "L1", live=LIVE), LIVE, origin="a")
+    assert db.store.status()["state"] == "down"
+    db.ingest(series([-80.0] * 40, [30e6] * 40, carrier="X"))
+    with running_redis(tmp_path, port=port):
+        _wait(lambda: db.store.status()["pushed_chunks"] == 1)
+        check = RedisStore(url, "L1")
+        assert check.chunk_count("X", "c1") == 1 and check.get_meta() is not None
+        check.close()
+    # the server is gone again: the next commit waits in the queue
+    db.ingest(series([-100.0] * 40, [2e6] * 40, carrier="X", t0=T0 + 5000))
+    _wait(lambda: db.store.status()["state"] == "down")
+    with running_redis(tmp_path, port=port):  # no persistence: an empty server
+        _wait(lambda: db.store.status()["pushed_chunks"] == 2)
+        st = db.store.status()
+        assert st["connects"] >= 2 and st["errors"] >= 2 and st["queued_chunks"] == 0
+        check = RedisStore(url, "L1")
+        assert check.chunk_count("X", "c1") == 1
+        check.close()
+        db.store.close()

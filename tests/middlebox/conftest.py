@@ -7,6 +7,7 @@ mux directly and checks what a local TCP server receives and sends back. Test mo
 reach the classes and helpers through the ``loopback`` fixture.
 """
 
+import dataclasses
 import socket
 import threading
 import time
@@ -83,6 +84,19 @@ def configs(certs, tmp_path, gw_id="train-1", cert_dir=None, carriers=2, **node_
         paths=paths,
     )
     return node, gw
+
+
+def other_gateway(gw_cfg, gw_id="train-2"):
+    """The configuration of another gateway of the same node (its own certificate)."""
+    return dataclasses.replace(
+        gw_cfg,
+        gateway=dataclasses.replace(gw_cfg.gateway, id=gw_id),
+        tls=dataclasses.replace(
+            gw_cfg.tls,
+            cert=gw_cfg.tls.cert.replace("train-1", gw_id),
+            key=gw_cfg.tls.key.replace("train-1", gw_id),
+        ),
+    )
 
 
 class NodeThread:
@@ -222,7 +236,12 @@ def pair(certs, tmp_path):
 
 @pytest.fixture
 def loopback():
-    """The harness's helpers: ``configs``, ``free_port``, ``NodeThread``, ``Gateway``."""
+    """The harness's helpers: ``configs``, ``other_gateway``, ``free_port``, ``NodeThread``,
+    ``Gateway``."""
     return types.SimpleNamespace(
-        configs=configs, free_port=free_port, NodeThread=NodeThread, Gateway=Gateway
+        configs=configs,
+        other_gateway=other_gateway,
+        free_port=free_port,
+        NodeThread=NodeThread,
+        Gateway=Gateway,
     )

@@ -75,13 +75,16 @@ def test_teardown_on_sigterm_and_parallel_testbeds(state_dir, tmp_path):
     """A testbed process stopped by SIGTERM or Ctrl-C still removes everything it made."""
     script = tmp_path / "tb.py"
     script.write_text(
-        "import sys, time\n"
+        "import signal, sys, time\n"
+        # a job started in the background of a shell inherits SIGINT ignored, and Python
+        # then installs no KeyboardInterrupt: give the child the Ctrl-C a terminal gives
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from pathlib import Path\n"
         "from netns.topology import Testbed, TestbedSpec, CarrierSpec\n"
         f"spec = TestbedSpec(carriers=(CarrierSpec('10mbit'),))\n"
         f"with Testbed(spec, tid=sys.argv[1], state_dir=Path({str(state_dir)!r})) as tb:\n"
         "    print('up', flush=True)\n"
-        "    time.sleep(60)\n"
+        "    time.sleep(600)\n"  # until signalled (the other testbed may take a minute to come up)
     )
     ids = [tid(), tid()]
     procs = [
@@ -96,7 +99,7 @@ def test_teardown_on_sigterm_and_parallel_testbeds(state_dir, tmp_path):
         procs[0].send_signal(signal.SIGTERM)
         procs[1].send_signal(signal.SIGINT)  # Ctrl-C
         for p in procs:
-            assert p.wait(20) != 0
+            assert p.wait(60) != 0  # teardown of a testbed takes seconds on a loaded machine
         for i in ids:
             assert not any(plumbing.exists(f"mpp{i}-{s}") for s in ("cl", "gw", "em", "nd", "sv"))
             assert not (state_dir / f"testbed-{i}.json").exists()

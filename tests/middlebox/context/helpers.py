@@ -42,6 +42,31 @@ class StubDB:
         return self.preds.get(carrier)
 
 
+def run_command(cfg: Config, readings: int, timeout: float = 10.0):
+    """A context loop whose source is ``cfg``'s helper program, run on the real clock
+    until it has taken ``readings`` readings (or ``timeout``); returns the closed loop
+    and its status at the end."""
+    import selectors
+    import time
+
+    from middlebox.context.loop import ContextLoop
+
+    loop = ContextLoop(cfg, clock=time.monotonic)
+    sel = selectors.DefaultSelector()
+    loop.attach(SimpleNamespace(on_info=None, paths={}), sel)
+    try:
+        end = time.monotonic() + timeout
+        while loop.counters["readings"] < readings and time.monotonic() < end:
+            for key, mask in sel.select(0.1):
+                key.data(mask, time.monotonic())
+            loop.tick(time.monotonic())
+        status = loop.status(time.monotonic())
+    finally:
+        loop.close()
+        sel.close()
+    return loop, status
+
+
 def drive(loop, seconds, start=100.0, rx_per_s=1_000_000):
     """Tick the loop for ``seconds`` s with both carriers receiving ``rx_per_s``."""
     keys = {c: object() for c in CARRIERS}

@@ -10,7 +10,6 @@ import math
 import os
 import sys
 import time
-from types import SimpleNamespace
 
 import pytest
 
@@ -25,7 +24,7 @@ from middlebox.session.policy import SchedulerPolicy
 from scheduler.context import DATA, MessageInfo
 from scheduler.longterm import LongTermPrediction
 
-from .helpers import CARRIERS, StubDB, drive, gw_config, info
+from .helpers import CARRIERS, StubDB, drive, gw_config, info, run_command
 
 
 def test_context_reports_reach_the_node_and_its_status(pair, echo, tmp_path):
@@ -143,24 +142,29 @@ def test_command_source_reads_json_lines(tmp_path):
         " flush=True)\n"
         "time.sleep(5)\n"
     )
-    import selectors
-    import time
-
-    cfg = gw_config(source="command", command=[sys.executable, "-c", prog])
-    loop = ContextLoop(cfg, clock=time.monotonic)
-    sel = selectors.DefaultSelector()
-    loop.attach(SimpleNamespace(on_info=None, paths={}), sel)
-    try:
-        end = time.monotonic() + 10
-        while loop.counters["readings"] < 3 and time.monotonic() < end:
-            for key, mask in sel.select(0.1):
-                key.data(mask, time.monotonic())
-            loop.tick(time.monotonic())
-        assert loop.tracker.contexts["rail1"].cell_id == "502"
-    finally:
-        loop.close()
-        sel.close()
+    loop, _ = run_command(gw_config(source="command", command=[sys.executable, "-c", prog]), 3)
+    assert loop.tracker.contexts["rail1"].cell_id == "502"
     assert loop.source.proc.poll() is not None  # the helper is stopped at close
+
+
+def test_a_hostile_helper_is_counted_and_the_loop_goes_on():
+    """Lines that ended the gateway before (nesting a thousand deep: RecursionError; an
+    RSRP of 400 digits: OverflowError), NaN, an endless line, then good lines."""
+    prog = (
+        "import sys, time\n"
+        "out = sys.stdout.buffer\n"
+        "out.write(b'{\"carrier\": \"rail1\", \"rsrp\": ' + b'[' * 1000 + b']' * 1000 + b'}\\n')\n"
+        "out.write(b'{\"carrier\": \"rail1\", \"rsrp\": -' + b'9' * 400 + b'}\\n')\n"
+        'out.write(b\'{"carrier": "rail1", "rsrp": NaN}\\n\')\n'
+        "out.write(b'x' * 70000 + b'\\n')\n"
+        "for k in range(3):\n"
+        '    out.write(b\'{"carrier": "rail1", "cell_id": "%d"}\\n\' % (500 + k))\n'
+        "out.flush()\n"
+        "time.sleep(5)\n"
+    )
+    loop, st = run_command(gw_config(source="command", command=[sys.executable, "-c", prog]), 3)
+    assert loop.tracker.contexts["rail1"].cell_id == "502" and st["readings"] == 3
+    assert st["command_errors"] >= 4 and st["command_last_error"]
 
 
 # -- live ingest ----------------------------------------------------------------------------

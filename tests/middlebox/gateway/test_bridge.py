@@ -1,6 +1,7 @@
 """The bridge without namespaces, driven with a fake endpoint connection and a real mux:
-early accept, the client's window from the mux's room, OPEN_FAIL -> client RST, the
-downlink bounded by the client's queue, FIN after the last byte."""
+OPEN at the client's completed handshake, the client's window from the mux's room,
+OPEN_FAIL -> client RST, the downlink bounded by the client's queue, FIN after the last
+byte."""
 
 import ipaddress
 
@@ -53,12 +54,11 @@ def bridge(buffer=64 << 10):
     return Bridge(up, flows, buffer // 2), up.mux
 
 
-def test_bridge_early_accept_window_follows_mux_room_and_open_fail_resets():
+def test_bridge_opens_at_the_handshake_window_follows_mux_room_and_open_fail_resets():
     b, mux = bridge()
     conn = FakeConn()
     key = (CLIENT, 40000, SERVER, 80)
-    b.on_event(ev.ConnectionRequested(conn, key, Options(mss=1460)), 0.0)
-    assert conn.accepted  # the client's handshake completes before the node answers
+    b.on_event(ev.ConnectionEstablished(conn, key, Options(mss=1460)), 0.0)
     (link,) = b.links.values()
     b.on_event(ev.DataReceived(conn, b"x" * (100 << 10)), 0.0)  # more than fits
     assert len(link.pending) == (100 << 10) - (64 << 10) and conn.room == 0
@@ -73,7 +73,7 @@ def test_bridge_early_accept_window_follows_mux_room_and_open_fail_resets():
 def test_bridge_downlink_bounded_by_the_client_queue_and_fin_after_the_last_byte():
     b, mux = bridge()
     conn = FakeConn()
-    b.on_event(ev.ConnectionRequested(conn, (CLIENT, 40001, SERVER, 80), Options()), 0.0)
+    b.on_event(ev.ConnectionEstablished(conn, (CLIENT, 40001, SERVER, 80), Options()), 0.0)
     (link,) = b.links.values()
     cid = link.cid
     mux.messages_to_send(0.0)

@@ -37,6 +37,7 @@ def test_default_rules_proxy_deny_bypass():
     c = t.counters()
     assert c.flows[Action.PROXY] == c.flows[Action.DENY] == c.flows[Action.BYPASS] == 1
     assert c.flows[Action.DROP] == 0
+    assert len(t) == 2  # the denied flow is answered and kept nowhere
 
 
 def test_packed_address_keys_work_like_text():
@@ -133,16 +134,48 @@ def test_rst_closes_and_new_syn_reclassifies():
     assert t.get(k).state is State.CLOSED
     t.rules = Rules.make(deny=[SERVER + "/32"])  # rules changed meanwhile
     assert t.classify(k, SYN, 2) is Action.DENY
-    assert t.get(k).state is State.SYN_SEEN
+    assert t.get(k) is None  # a refused flow keeps no entry: its answer needs none
     assert t.counters().flows[Action.PROXY] == 1 and t.counters().flows[Action.DENY] == 1
+    t.rules = Rules.make()
+    assert t.classify(k, SYN, 3) is Action.PROXY and t.get(k).state is State.SYN_SEEN
 
 
-def test_midstream_first_packet_is_marked():
+def test_packets_of_no_flow_that_are_not_a_syn_make_no_entry():
     t = table()
-    t.classify(key(), ACK, 0)
-    assert t.get(key()).state is State.MIDSTREAM
-    t.classify(key(dport=1), RST, 0)
-    assert t.get(key(dport=1)).state is State.CLOSED
+    for flags in (ACK, RST, FIN | ACK, RST | ACK, SYN | ACK):
+        assert t.classify(key(), flags, 0) is None
+    assert len(t) == 0 and t.counters().untracked == 5 and t.next_timer() is None
+    assert t.decide(key()) is Action.PROXY and t.decide(key(dst="10.1.1.1")) is Action.BYPASS
+    assert len(t) == 0
+    # the caller records a flow it learns exists (a SYN-cookie handshake)
+    assert t.track(key(), Action.PROXY, State.ESTABLISHED, 1.0)
+    assert t.classify(key(), ACK, 2.0) is Action.PROXY and t.get(key()).packets == 1
+    assert t.counters().flows[Action.PROXY] == 0  # no SYN was classified
+
+
+def test_a_flood_of_bare_acks_from_one_source_leaves_room_for_others():
+    t = table(max_flows=1024)
+    for i in range(65_536):
+        assert t.classify(key(sport=i % 60000, dport=1 + i // 60000), ACK, i / 2200) is None
+    assert len(t) == 0 and t.counters().untracked == 65_536
+    assert t.classify(key(src="10.1.0.6"), SYN, 30.0) is Action.PROXY
+
+
+def test_per_source_quota_of_entries_and_of_new_entries_per_second():
+    t = table(max_flows=1000, max_per_source=100, new_per_source=40)
+    now = 0.0
+    made = 0
+    for i in range(400):  # 400 SYNs from one source over 4 s
+        now = i / 100
+        made += t.classify(key(sport=i), SYN, now) is Action.PROXY
+    c = t.counters()
+    assert made == 100 == len(t) and c.source_rate > 0 and c.source_full > 0
+    assert c.source_rate + c.source_full == 300
+    assert t.classify(key(src="10.1.0.9"), SYN, now) is Action.PROXY  # another passenger
+    t2 = table(new_per_source=40)
+    ok = [t2.classify(key(sport=i), SYN, 0.5) is Action.PROXY for i in range(50)]
+    assert ok == [True] * 40 + [False] * 10
+    assert t2.classify(key(sport=99), SYN, 1.0) is Action.PROXY  # the next second
 
 
 def test_per_state_timeouts():
@@ -189,22 +222,38 @@ def test_closing_shortens_pending_timer():
     assert len(t.expire(110)) == 1
 
 
-def test_full_table_drops_new_flows_and_counts_them():
+def test_full_table_drops_the_oldest_half_open_flow_first():
+    t = table(max_flows=64)
+    for i in range(64):
+        t.classify(key(sport=i), SYN, i / 100)
+    assert t.classify(key(sport=999), SYN, 1) is Action.PROXY
+    assert t.get(key(sport=0)) is None and len(t) == 64  # the oldest half-open one went
+    assert t.counters().evicted == 1 and t.counters().overflow == 0
+    t.classify(key(sport=1), ACK, 1.0)  # established: not dropped for a newcomer
+    t.classify(key(sport=5), RST, 1.0)  # closed: dropped before the older half-open ones
+    t.classify(key(sport=1000), SYN, 1.1)
+    assert t.get(key(sport=5)) is None and t.get(key(sport=2)) is not None
+    t.classify(key(sport=1001), SYN, 1.2)
+    assert t.get(key(sport=1)) is not None and t.get(key(sport=2)) is None
+
+
+def test_full_table_of_established_flows_drops_new_flows_and_counts_them():
     t = table(max_flows=64)
     for i in range(64):
         t.classify(key(sport=i), SYN, 0)
+        t.classify(key(sport=i), ACK, 0)
     assert t.classify(key(sport=999), SYN, 1) is Action.DROP
     assert t.get(key(sport=999)) is None
     assert t.counters().overflow == 1
-    # once the half-open flows time out, room is made on the slow path itself
-    assert t.classify(key(sport=999), SYN, 31) is Action.PROXY
-    assert len(t) == 1
+    # once flows time out, room is made on the slow path itself
+    assert t.classify(key(sport=999), SYN, 7441) is Action.PROXY
+    assert len(t) == 1 and t.sources() == 1
 
 
 def test_remove_keeps_packet_counters():
     t = table()
     for i in range(3):
-        t.classify(key(), ACK, i)
+        t.classify(key(), ACK if i else SYN, i)
     t.remove(key())
     assert t.counters().packets[Action.PROXY] == 3
     assert len(t) == 0

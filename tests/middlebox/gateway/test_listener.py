@@ -83,6 +83,9 @@ def test_setup_makes_the_documented_plumbing_and_teardown_removes_it(gwns):
             nft = plumbing.run(None, ["nft", "list", "table", "inet", "mpproxy_gateway"])
             assert 'iifname "lan0" meta l4proto tcp ip daddr != 192.168.0.0/16 notrack' in nft
             assert 'iifname "mpl-out" ip daddr 100.64.0.0/24 notrack' in nft
+            # each passenger's SYNs held to gateway.flow_new_per_source in the kernel
+            assert "add @syn_rate { ip saddr limit rate over 500/second burst 500 packets }" in nft
+            assert lst.kernel_counters() == {"syn_rate_dropped": 0}
         finally:
             lst.teardown()
         lst.teardown()  # twice: nothing left to do, no error

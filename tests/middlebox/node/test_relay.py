@@ -72,3 +72,38 @@ def test_download_larger_than_the_buffers_keeps_flowing(pair):
         assert bytes(gw.conns[cid]["got"]) == data
     finally:
         srv.close()
+
+
+def test_server_sockets_reset_unless_the_upload_ended_cleanly(pair):
+    """SO_LINGER 0 from the start (a node that dies resets its servers: a truncated upload
+    is never seen as complete); cleared when the gateway's FIN is passed on."""
+    import struct
+    import time
+
+    node, gw, _ = pair()
+    gw.run_until(lambda: gw.paths_up() == 2)
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(5)
+    try:
+        cid = gw.open(srv.getsockname()[1], b"part", shutdown=False)
+        gw.run_until(lambda: any(isinstance(e, m.Opened) for e in gw.conns[cid]["events"]))
+        c, _ = srv.accept()
+        relay = node.node.gateways.sessions["train-1"].relay
+        sock = relay.conns[cid].sock
+
+        def linger():
+            return struct.unpack("ii", sock.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8))
+
+        assert linger() == (1, 0)
+        c.settimeout(5)
+        assert c.recv(10) == b"part"
+        gw.mux.shutdown(cid)
+        gw.conns[cid]["shut"] = True
+        end = time.monotonic() + 5
+        while linger() != (0, 0):
+            assert time.monotonic() < end
+            gw.step()
+        assert c.recv(10) == b""  # FIN: the upload is complete
+        c.close()
+    finally:
+        srv.close()

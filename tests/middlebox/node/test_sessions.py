@@ -104,15 +104,7 @@ def test_peers_without_a_certificate_or_without_tls_are_refused(certs, tmp_path,
 
 def test_one_node_serves_several_gateways(certs, tmp_path, echo, loopback):
     node_cfg, gw1_cfg = loopback.configs(certs, tmp_path)
-    gw2_cfg = dataclasses.replace(
-        gw1_cfg,
-        gateway=dataclasses.replace(gw1_cfg.gateway, id="train-2"),
-        tls=dataclasses.replace(
-            gw1_cfg.tls,
-            cert=gw1_cfg.tls.cert.replace("train-1", "train-2"),
-            key=gw1_cfg.tls.key.replace("train-1", "train-2"),
-        ),
-    )
+    gw2_cfg = loopback.other_gateway(gw1_cfg)
     n = loopback.NodeThread(node_cfg)
     gws = [loopback.Gateway(gw1_cfg), loopback.Gateway(gw2_cfg)]
     try:
@@ -133,5 +125,71 @@ def test_one_node_serves_several_gateways(certs, tmp_path, echo, loopback):
         assert sorted(s["gateway"] for s in sessions) == ["train-1", "train-2"]
     finally:
         for g in gws:
+            g.close()
+        n.close()
+
+
+def wait_for(cond, timeout, what="condition"):
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_silent_path_is_closed_after_the_user_timeout(certs, tmp_path, loopback):
+    """The gateway probes every paths.probe_interval; a path from which nothing arrives
+    for paths.user_timeout is closed by the node (counted as paths_silent)."""
+    node_cfg, gw_cfg = loopback.configs(certs, tmp_path)
+    node_cfg = dataclasses.replace(
+        node_cfg, paths=dataclasses.replace(node_cfg.paths, user_timeout=2.0)
+    )
+    gw_cfg = dataclasses.replace(
+        gw_cfg, paths=dataclasses.replace(gw_cfg.paths, probe_interval=0.1)
+    )
+    n = loopback.NodeThread(node_cfg)
+    g = loopback.Gateway(gw_cfg)
+    try:
+        g.run_until(lambda: g.paths_up() == 2)
+        end = time.monotonic() + 3.0  # alive while the gateway runs (it probes)
+        while time.monotonic() < end:
+            g.step()
+        assert n.node.counters["paths_silent"] == 0
+        t = time.monotonic()  # the gateway falls silent (its loop stops)
+        wait_for(lambda: n.node.counters["paths_silent"] == 2, 8, "silent paths closed")
+        assert 1.6 < time.monotonic() - t < 5.0
+        # the node's thread counts a path before it leaves its session: wait, not read
+        wait_for(
+            lambda: all(not s["paths"] for s in n.node.status()["sessions"]),
+            2,
+            "silent paths gone from the status",
+        )
+    finally:
+        g.close()
+        n.close()
+
+
+def test_a_failing_socket_option_leaves_the_others_and_is_logged_once(
+    certs, tmp_path, loopback, caplog
+):
+    from middlebox.paths.sockets import TCP_USER_TIMEOUT
+
+    node_cfg, gw_cfg = loopback.configs(certs, tmp_path)
+    n = loopback.NodeThread(node_cfg)
+    g = None
+    try:
+        gws = n.node.gateways
+        gws.path_opts = dataclasses.replace(gws.path_opts, congestion_control="nosuchcc")
+        with caplog.at_level("WARNING", logger="mpproxy.node"):
+            g = loopback.Gateway(gw_cfg)
+            g.run_until(lambda: g.paths_up() == 2)
+        assert gws.counters["socket_option_failures"] == 2
+        assert sum("congestion_control failed" in r.getMessage() for r in caplog.records) == 1
+        for sess in gws.sessions.values():
+            for pc in sess.paths.values():
+                assert pc.raw.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                want = int(node_cfg.paths.user_timeout * 1000)
+                assert pc.raw.getsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT) == want
+    finally:
+        if g is not None:
             g.close()
         n.close()

@@ -3,6 +3,8 @@
 import selectors
 import socket
 
+import pytest
+
 from middlebox.paths.conn import HELLO, PathConn
 from middlebox.session import wire
 
@@ -64,3 +66,63 @@ def test_room_follows_the_paths_rate_and_the_kernel_is_told():
     finally:
         for s in (a, b, srv):
             s.close()
+
+
+def test_a_peer_that_does_not_read_is_dropped_before_the_bound():
+    """Answers (here PROBE_ACKs) pile up for a peer that never reads: once the write
+    buffer holds more than lowat + max_output, flush() raises OutputOverflow."""
+    from middlebox.paths.conn import OutputOverflow, PathError
+
+    a, b = socket.socketpair()
+    try:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        pc = PathConn(a, max_payload=1 << 20, lowat=16 << 10, max_output=64 << 10)
+        limit = (16 << 10) + (64 << 10)
+        answer = wire.ProbeAck(1, 2, 3, 4)
+        size = len(wire.encode(answer))
+        written = 0
+        with pytest.raises(OutputOverflow, match="does not read") as e:
+            for _ in range(100_000):
+                for _ in range(10):
+                    pc.write(answer)
+                    written += size
+                pc.flush()
+        assert isinstance(e.value, PathError)
+        assert limit < pc.buffered <= limit + 10 * size  # dropped at the first flush past it
+        assert written < limit + (1 << 20)  # the kernel took a little, nothing more
+    finally:
+        a.close()
+        b.close()
+
+
+def test_one_read_takes_at_most_the_read_budget():
+    """A peer that keeps the socket full gets READ_BUDGET per turn; the rest is read on
+    the next readiness (the loop serves other paths meanwhile)."""
+    from middlebox.paths.conn import READ_BUDGET, READ_SIZE
+
+    a, b = socket.socketpair()
+    try:
+        for s in (a, b):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+        pc = PathConn(a, max_payload=1 << 20, lowat=1 << 16)
+        probe = wire.encode(wire.Probe(1, 0))
+        blob = probe * ((3 * READ_BUDGET) // len(probe))
+        b.setblocking(False)
+        sent = 0
+        while sent < len(blob):
+            try:
+                sent += b.send(blob[sent:])
+            except BlockingIOError:
+                break
+        assert sent > 2 * READ_BUDGET
+        msgs = pc.handle(selectors.EVENT_READ, 1.0)
+        assert READ_BUDGET <= pc.bytes_in < READ_BUDGET + READ_SIZE
+        assert len(msgs) == pc.bytes_in // len(probe)
+        total = len(msgs)
+        while len(msgs := pc.handle(selectors.EVENT_READ, 1.0)):
+            total += len(msgs)
+        assert total == sent // len(probe)
+    finally:
+        a.close()
+        b.close()

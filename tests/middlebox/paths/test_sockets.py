@@ -175,3 +175,19 @@ def test_zero_jitter_and_full_jitter_ranges():
 def test_policy_from_config():
     p = ReconnectPolicy.from_config(PathConfig(reconnect_initial=0.3, reconnect_max=0.1))
     assert p.initial == 0.3 and p.maximum == 0.3  # a cap below the first delay is raised
+
+
+def test_each_option_is_applied_on_its_own():
+    """A congestion control the kernel lacks fails alone: keepalive, user timeout,
+    NODELAY and NOTSENT_LOWAT are still set, and the failure is reported by name."""
+    from middlebox.paths.sockets import configure
+
+    opts = PathOptions(congestion_control="nosuchcc", notsent_lowat=20000, user_timeout=3.0)
+    with socket.socket() as s:
+        failed = configure(s, opts)
+        assert [name for name, _ in failed] == ["congestion_control"]
+        assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert s.getsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT) == 20000
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == opts.keepalive_idle
+        assert s.getsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT) == 3000

@@ -13,7 +13,13 @@ import pytest
 from middlebox.tcp import connection as C
 from middlebox.tcp.constants import ACK, FIN, PSH, RST, SEQ_MASK, SYN
 from middlebox.tcp.endpoint import EndpointTable
-from middlebox.tcp.events import ConnectionGone, ConnectionRequested, PeerClosed, Reset
+from middlebox.tcp.events import (
+    ConnectionEstablished,
+    ConnectionGone,
+    ConnectionRequested,
+    PeerClosed,
+    Reset,
+)
 from middlebox.tcp.options import Options
 from middlebox.tcp.packet import Segment
 
@@ -78,11 +84,12 @@ def test_handshake_every_option_combination(sim, make_net, mss, wscale, sack, ts
     assert max(sizes) <= expected_mss
 
 
-def test_connection_requested_carries_tuple_and_options(sim, make_net) -> None:
+def test_connection_established_carries_tuple_and_options(sim, make_net) -> None:
     net = make_net()
     net.add(sim.SimClient(mss=1400, wscale=3))
     net.run(0.1)
-    req = next(e for e in net.events if isinstance(e, ConnectionRequested))
+    (req,) = net.events  # the proxy hears of the connection once its handshake is complete
+    assert isinstance(req, ConnectionEstablished)
     assert req.key == (sim.CLIENT, KEY_PORT, sim.SERVER, 80)
     assert req.options.mss == 1400 and req.options.wscale == 3 and req.options.sack_permitted
 
@@ -103,6 +110,7 @@ def test_manual_accept_and_refuse(sim, cfg) -> None:
     net.run(0.2)
     assert c1.established and c2.got_rst
     assert list(table.connections) == [(sim.CLIENT, 1001, sim.SERVER, 80)]
+    assert net.kinds(1001)[-1] == "ConnectionEstablished"
 
 
 def test_lost_synack_is_retransmitted_with_backoff(sim, make_net) -> None:
@@ -118,7 +126,18 @@ def test_synack_never_answered_gives_up(sim, make_net) -> None:
     net = make_net(drop_down=lambda s, r: True)
     net.add(sim.SimClient())
     net.run(200.0)
-    assert not net.table.connections
+    assert not net.table.connections and net.table.totals()["half_open"] == 0
+    assert net.kinds() == []  # never established: the proxy never heard of it
+    assert len([s for s in net.to_client if s.flags & SYN]) == 6  # SYN-ACK and 5 retries
+
+
+def test_unaccepted_synack_never_answered_is_reported_gone(sim, cfg) -> None:
+    net = sim.Net(EndpointTable(cfg, auto_accept=False, secret=b"u" * 16))
+    net.drop_down = lambda s, r: True
+    net.add(sim.SimClient())
+    net.run(0.1)
+    net.events[0].conn.accept()
+    net.run(200.0)
     assert net.kinds() == ["ConnectionRequested", "Reset", "ConnectionGone"]
     assert net.events[1].reason == "timeout"
 
@@ -188,7 +207,7 @@ def test_reordered_duplicated_and_overlapping_segments(sim, make_net) -> None:
     net.run(net.now + 1)
     assert bytes(net.data[KEY_PORT]) == data
     assert sacks, "out-of-order arrivals must be SACKed"
-    assert not conn.ooo_starts and conn.rcv_nxt == len(data)
+    assert not conn.ofo and conn.rcv_nxt == len(data)
 
 
 def test_sack_blocks_report_the_latest_block_first(sim, make_net) -> None:
@@ -486,6 +505,9 @@ def test_valid_rst_in_every_state(sim, make_net, state) -> None:
         rst = c._seg(net.now, RST | ACK, c.snd_nxt + c.fin_sent)
     net.inject(rst)
     assert conn.state == C.CLOSED and not net.table.connections
+    if state == "SYN-RECEIVED":
+        assert net.kinds() == [] and net.table.totals()["half_open"] == 0  # never announced
+        return
     assert net.kinds()[-2:] == ["Reset", "ConnectionGone"] and net.events[-2].reason == "peer"
 
 
@@ -581,8 +603,9 @@ def test_replies_to_another_tuple_on_the_clients_port_leave_the_flow_alone(sim, 
     # client): no connection has that tuple, so it is reset as a stranger's (RFC 9293
     # 3.10.7.1), towards the client's port but from port 136. SYNs to port 63, and from
     # another address with the client's port, open connections of their own, which
-    # answer, retry and give up with a RST. None of it belongs to the flow to port 80;
-    # a host files each reply under its own tuple.
+    # answer, retry and give up with a RST (never established, so the proxy never hears
+    # of them). None of it belongs to the flow to port 80; a host files each reply under
+    # its own tuple.
     net, c, conn = established(sim, make_net)
     synack = c._seg(net.now, SYN | ACK, 1278259442, b"x" * 100, ack=2380287610)
     synack.dport = 136
@@ -604,7 +627,8 @@ def test_replies_to_another_tuple_on_the_clients_port_leave_the_flow_alone(sim, 
         (sim.CLIENT, 63),
         (neighbour, 80),
     }
-    assert [e.reason for e in net.events if isinstance(e, Reset)] == ["timeout", "timeout"]
+    assert not [e for e in net.events if isinstance(e, Reset)]
+    assert sum(s.flags & RST != 0 for s in c.foreign) == 3  # the stranger's and 2 timeouts
     transfer(net, c, conn, 50_000, 50_000)
 
 
@@ -640,6 +664,7 @@ def test_state_is_freed_after_many_connections(sim, make_net) -> None:
 
 
 def test_thousands_of_connections_fit_in_memory(sim, cfg) -> None:
+    cfg = dataclasses.replace(cfg, max_half_open=4000, max_half_open_per_source=4000)
     t = EndpointTable(cfg, auto_accept=True, secret=b"k" * 16)
     syns = []
     for i in range(2000):
@@ -670,7 +695,7 @@ def test_time_wait_reused_by_new_syn(sim, make_net, cfg) -> None:
     net.inject(c2.syn(net.now))
     new = net.table.connections[(sim.CLIENT, KEY_PORT, sim.SERVER, 80)]
     assert new is not conn and new.state == C.SYN_RECEIVED
-    assert isinstance(net.events[-1], ConnectionRequested)
+    assert isinstance(net.events[-1], ConnectionGone) and net.events[-1].conn is conn
     assert any(isinstance(e, PeerClosed) for e in net.events)
 
 
