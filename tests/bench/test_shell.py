@@ -283,3 +283,25 @@ def test_an_upload_goes_through_the_gateways_mux_to_the_node():
     # 2 MB over a 5 Mbit/s uplink: at least 3.2 s, and the uplink is what limits it
     assert 3.2 < done[0] < 6.0
     assert s.rec.wire_sent > 2_000_000  # the gateway's bytes count once a client uploads
+
+
+def test_the_node_closes_a_path_that_stayed_silent():
+    """As the node's poll does: a path that brought nothing for ``paths.user_timeout`` is
+    removed from the node's mux at its TCP_INFO cadence, not only when the gateway's FIN
+    gets through. Here the download is over before carrier ``b`` goes out at 3 s, so the
+    node has nothing unacknowledged there (its socket's user timeout cannot fire) and
+    the gateway's FIN waits in the outage until 9 s."""
+    carriers = [fixed("a", 10.0), fixed("b", 5.0, outages=((3.0, 9.0),))]
+    params = TransportParams().with_paths(user_timeout=4.0)
+    scn = Scenario(carriers, workload="bulk:size=1", duration=12.0, params=params)
+    tape: list = []
+
+    def wrap(side, mux, adapter):
+        return Recorded(tape, side, "mux", mux), adapter
+
+    assert run(scn, "minrtt", wrap=wrap).summary["flows_completed"] == 1
+    removed = [
+        args[1] for side, _, name, args, _, _ in tape if (side, name) == ("node", "remove_path")
+    ]
+    # the last PROBE got through by about 2.1 s: silent from 6.1 s, removed at a reading
+    assert removed and 6.0 <= removed[0] < 9.0, removed
