@@ -5,10 +5,10 @@ Each generator keeps its own state and publishes into a
 sees the events, with the same calls live and simulated:
 
 * :class:`PathContextGenerator` -- the path sockets' TCP_INFO readings and PROBE round
-  trips (the live adapter, :mod:`middlebox.session.policy`), or the simulator's model of
-  them (:mod:`bench.sim.transport`);
+  trips (the scheduler adapter, :mod:`middlebox.session.policy`, live and in the replay
+  simulator, which runs the adapter over its model of the sockets);
 * :class:`ConnectionTracker` -- connections opened and closed (the gateway's bridge) and
-  what each message says about its connection (the adapter, the simulator);
+  what each message says about its connection (the adapter);
 * :class:`CarrierTracker` -- cell and RSRP reports (the gateway's context loop, the
   node's CONTEXT messages, the simulator's rail route).
 

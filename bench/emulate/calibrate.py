@@ -47,6 +47,9 @@ METRICS: tuple[tuple[str, Callable[[dict], float | None]], ...] = (
     ("flows completed", lambda s: s["flows_completed"] or None),
     ("stall time s", lambda s: s["stall_time"] if s["streams"] else None),
     ("file done s", lambda s: max(s["files_done"]) if s["files_done"] else None),
+    # bytes the proxy's sending side wrote beyond what was delivered (both measure it
+    # the same way, docs/replay.md "Metrics"); compare by the difference, in points
+    ("redundant %", lambda s: s["redundant_fraction"] * 100 if "redundant_fraction" in s else None),
 )
 
 

@@ -204,7 +204,9 @@ def carrier_specs(
                 write_mahimahi(route.delivery(k, d), workdir / f"{c.name}.{d}")
             downs.append(str(workdir / f"{c.name}.down"))
             ups.append(str(workdir / f"{c.name}.up"))
-            carriers[k] = dataclasses.replace(carriers[k], trace=route.delivery(k, "down"))
+            carriers[k] = dataclasses.replace(
+                carriers[k], trace=route.delivery(k, "down"), up=route.delivery(k, "up")
+            )
     else:
         for spec in args.trace:
             name, eq, rest = spec.partition("=")
@@ -228,12 +230,16 @@ def carrier_specs(
 
 def shifted(carriers: Sequence[Carrier], lead: float) -> list[Carrier]:
     """The carriers as seen from ``lead`` s into their traces (time 0 = the workload's
-    start in the emulation)."""
+    start in the emulation): both directions."""
     out = []
+
+    def view(t: DeliveryTrace) -> DeliveryTrace:
+        return st.window(t, lead, len(t.counts) / 1000)
+
     for c in carriers:
-        trace = st.window(c.trace, lead, len(c.trace.counts) / 1000)
         outs = tuple((max(0.0, a), b) for a, b in c.outages if b > 0)
-        out.append(dataclasses.replace(c, trace=trace, outages=outs))
+        up = None if c.up is None else view(c.up)
+        out.append(dataclasses.replace(c, trace=view(c.trace), up=up, outages=outs))
     return out
 
 

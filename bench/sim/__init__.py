@@ -1,5 +1,5 @@
-"""Offline trace replay: a discrete-event model of the multipath transport driven by the
-real ``scheduler`` policies (docs/replay.md).
+"""Offline trace replay: the product's gateway and node (their ``Mux`` and scheduler
+adapter) over a discrete-event model of the carriers' TCP paths (docs/replay.md).
 
 ``run(scenario, policy)`` replays one policy, ``compare(scenario)`` every policy and
 every single-carrier baseline; ``report.write`` turns results into Markdown, JSON and

@@ -8,8 +8,10 @@ what decides how fast a path sends and how much it keeps in flight:
   round trip completes, does not age the estimate out). A sample is BBR's: bytes
   delivered on the path between sending a message and receiving its acknowledgement,
   over the time that took.
-  Application-limited samples (sent while the path had nothing else to send) only count
-  when they raise the estimate, as in BBR.
+  Application-limited samples (sent after the application let the socket run dry,
+  until what was in flight then is delivered: Linux's ``tcp_rate_check_app_limited``)
+  only count when they raise the estimate, as in BBR; the window moves on only with the
+  samples it takes, as Linux's ``minmax_running_max`` does.
 * **Round-trip propagation time** ``rtprop``: windowed minimum RTT over 10 s (no ProbeRTT
   phase: the 0.75 pacing phase drains the queue often enough at this granularity).
 * **Startup**: pacing and window gain 2.885 until ``btlbw`` has not grown by 25 % for
@@ -22,8 +24,11 @@ what decides how fast a path sends and how much it keeps in flight:
   (Linux's ``bbr_set_cwnd``).
 * **Loss** does not lower the model (BBRv1); the cost of a loss is the resend delay the
   link model adds. **Silence** (no acknowledgement for one RTO while data is in flight:
-  an outage) shrinks the window to 4 packets, as after a retransmission timeout; it grows
-  back by the bytes acknowledged; ``btlbw`` is kept, so pacing resumes at the old rate.
+  an outage) shrinks the window to 4 packets, as after a retransmission timeout; the
+  first acknowledgement after it restores the window from before (Linux BBR's
+  ``bbr_set_cwnd_to_recover_or_restore``: after an outage whose packets waited in the
+  queue rather than being lost, the kernel's F-RTO finds the timeout spurious and leaves
+  the loss state at once); ``btlbw`` is kept, so pacing resumes at the old rate.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ class Bbr:
         "_cycle",
         "_cycle_start",
         "silenced",
+        "prior_cwnd",
     )
 
     def __init__(self, initial_rtt: float = 0.1) -> None:
@@ -81,6 +87,7 @@ class Bbr:
         self._cycle = 0
         self._cycle_start = 0.0
         self.silenced = False
+        self.prior_cwnd = 0
 
     @property
     def pacing_rate(self) -> float:
@@ -104,7 +111,7 @@ class Bbr:
         """One acknowledged message (``acked`` bytes): its RTT (0: none, e.g. resent after
         an RTO) and delivery-rate sample; ``prior_delivered`` was the path's delivered
         count when it was sent, ``delivered`` is it now (they count round trips)."""
-        self.silenced = False
+        self.restore()
         new_round = prior_delivered >= self._next_round
         if new_round:
             self.rounds += 1
@@ -119,12 +126,14 @@ class Bbr:
             self.rtprop = rt[0][1]
         bw = self._bw
         if rate > 0.0 and not (app_limited and rate < self.btlbw):
+            # the windowed max moves on with the samples it takes (Linux's
+            # minmax_running_max): a path that only carries application-limited bits
+            # keeps its estimate instead of letting it age out round by round
             while bw and bw[-1][1] <= rate:
                 bw.pop()
             bw.append((self.rounds, rate))
-        while bw and bw[0][0] < self.rounds - BW_ROUNDS:
-            bw.popleft()
-        if bw:
+            while bw[0][0] < self.rounds - BW_ROUNDS:
+                bw.popleft()
             self.btlbw = bw[0][1]
         self._advance(now, inflight, app_limited, new_round)
         # Linux's bbr_set_cwnd: towards the target by the bytes acknowledged; in startup
@@ -155,7 +164,15 @@ class Bbr:
             self._cycle_start = now
             self.pacing_gain = PROBE_GAINS[self._cycle]
 
+    def restore(self) -> None:
+        """An acknowledgement after a timeout: the window from before it comes back."""
+        if self.silenced:
+            self.silenced = False
+            self.cwnd = max(self.cwnd, self.prior_cwnd)
+
     def on_silence(self) -> None:
         """No acknowledgement for an RTO with data in flight (outage): as after an RTO."""
+        if not self.silenced:
+            self.prior_cwnd = self.cwnd
         self.silenced = True
         self.cwnd = MIN_CWND

@@ -10,11 +10,14 @@ the cumulative deliverable bytes D(t) is piecewise linear; a message of S link b
 starts service at s leaves at D^-1(D(s) + S). That is exact for a FIFO served by the
 trace (up to the sub-millisecond spreading) and costs one binary search per message.
 
-Also modelled, per carrier: a fixed one-way propagation delay, a bounded drop-tail queue
-(bytes beyond the limit are lost and resent by the path's TCP one round trip later), a
-random per-packet loss from a seeded RNG (same treatment), and outages: explicit
-intervals with no capacity, plus every stretch of the trace without opportunities longer
-than ``outage_min`` (a tunnel in a drive log, a rail handover gap).
+Also modelled, per direction of a carrier (one :class:`Link` each, as the testbed's
+emulator has one per direction): a fixed one-way propagation delay, a bounded drop-tail
+queue counted in packets like the emulator's (``queue_bytes`` / 1500 packets; a data
+packet and a 66-byte ACK count one each), a random per-packet loss from a seeded RNG, and
+outages: explicit intervals with no capacity (both directions), plus every stretch of the
+trace without opportunities longer than ``outage_min`` (a tunnel in a drive log, a rail
+handover gap). What a lost packet costs the TCP that sent it is the socket model's
+business (:mod:`bench.sim.tcp`); the link reports how many were lost.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from __future__ import annotations
 import bisect
 import math
 import random
+from array import array
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -45,9 +50,15 @@ LINK_FACTOR = OPPORTUNITY_BYTES / MSS
 """IP bytes on the link per byte of TCP payload (the path's own headers)."""
 
 
+ACK_BYTES = 66
+"""Wire bytes of a pure TCP ACK frame (Ethernet 14 + IP 20 + TCP with timestamps 32)."""
+
+
 @dataclass(frozen=True)
 class Carrier:
-    """One carrier as the simulator sees it (data direction: node to gateway)."""
+    """One carrier as the simulator sees it: ``trace`` is its downlink (node to gateway),
+    ``up`` its uplink (None: the same trace, as for a fixed rate). Delay, queue, loss and
+    the explicit outages apply to both directions, as in the testbed."""
 
     name: str
     trace: Trace
@@ -55,6 +66,11 @@ class Carrier:
     queue_bytes: int = 384_000  # drop-tail limit of the bottleneck queue (256 packets)
     loss: float = 0.0  # random loss per packet
     outages: tuple[tuple[float, float], ...] = field(default=())  # extra (start, end) in s
+    up: Trace | None = None  # uplink trace (gateway to node)
+
+    @property
+    def up_trace(self) -> Trace:
+        return self.trace if self.up is None else self.up
 
     def __post_init__(self) -> None:
         if self.delay < 0 or self.queue_bytes < OPPORTUNITY_BYTES or not 0 <= self.loss < 1:
@@ -64,27 +80,44 @@ class Carrier:
 
 
 class Link:
-    """The bottleneck of one carrier: capacity D(t), queue, loss, outages."""
+    """One direction of a carrier's bottleneck: capacity D(t), queue, loss, outages.
+
+    ``direction`` picks the carrier's trace ("down": node to gateway, "up")."""
 
     def __init__(
-        self, carrier: Carrier, duration: float, seed: int = 0, outage_min: float = 0.5
+        self,
+        carrier: Carrier,
+        duration: float,
+        seed: int = 0,
+        outage_min: float = 0.5,
+        direction: str = "down",
     ) -> None:
         self.carrier = carrier
+        self.direction = direction
         self.delay = carrier.delay
         self.loss = carrier.loss
         self.queue_limit = carrier.queue_bytes
-        counts = np.asarray(carrier.trace.counts, dtype=np.int64)
+        self.queue_packets = max(1, carrier.queue_bytes // OPPORTUNITY_BYTES)
+        trace = carrier.trace if direction == "down" else carrier.up_trace
+        counts = np.asarray(trace.counts, dtype=np.int64)
         for a, b in carrier.outages:
             counts = _blank(counts, a, b, duration)
         self.counts = counts.astype(np.float64)
+        self._counts = _floats(self.counts)  # indexed per send: cheaper than numpy
         self.period = len(counts)
         self.cum = np.concatenate(([0.0], np.cumsum(self.counts)))
+        self._cum = _floats(self.cum)
         self.total = float(self.cum[-1])
         self.rng = random.Random(seed)
         self.free_at = 0.0  # when the FIFO has sent everything given to it so far
-        self.last_arrival = 0.0  # in-order delivery of the path's TCP (head of line)
+        self.last_base = 0.0
+        self._free_cum = 0.0  # cumulative(free_at), kept to save one evaluation per send
+        # packets in the queue: (start of service, end of service, packets), oldest first
+        self._queue: deque[tuple[float, float, int]] = deque()
+        self._queued = 0
         self.dropped_packets = 0
         self.lost_packets = 0
+        self.sent_bytes = 0.0  # link bytes offered, lost ones included
         self.outages = find_outages(counts, duration, outage_min)
         self._out_starts = [a for a, _ in self.outages]
 
@@ -95,7 +128,7 @@ class Link:
         u = t * 1000.0
         k = int(u)
         rounds, r = divmod(k, self.period)
-        return (rounds * self.total + self.cum[r] + (u - k) * self.counts[r]) * OPPORTUNITY_BYTES
+        return (rounds * self.total + self._cum[r] + (u - k) * self._counts[r]) * OPPORTUNITY_BYTES
 
     def inverse(self, x: float) -> float:
         """The earliest time by which ``x`` IP bytes can have been delivered."""
@@ -103,11 +136,12 @@ class Link:
             return math.inf
         y = x / OPPORTUNITY_BYTES
         rounds, r = divmod(y, self.total)
-        k = int(np.searchsorted(self.cum, r, side="right")) - 1
+        cum, counts = self._cum, self._counts
+        k = bisect.bisect_right(cum, r) - 1
         k = min(max(k, 0), self.period - 1)
-        while self.counts[k] <= 0.0 and k + 1 < self.period:  # float edge cases
+        while counts[k] <= 0.0 and k + 1 < self.period:  # float edge cases
             k += 1
-        frac = (r - self.cum[k]) / self.counts[k] if self.counts[k] > 0 else 0.0
+        frac = (r - cum[k]) / counts[k] if counts[k] > 0 else 0.0
         return (rounds * self.period + k + min(max(frac, 0.0), 1.0)) / 1000.0
 
     def capacity_between(self, a: float, b: float) -> float:
@@ -123,8 +157,7 @@ class Link:
         return None
 
     def after_outage(self, t: float) -> float:
-        """``t``, or the end of the outage ``t`` falls in (the reverse direction of a
-        carrier is dead too while it is out)."""
+        """``t``, or the end of the outage ``t`` falls in."""
         o = self.outage_at(t)
         return o[1] if o is not None else t
 
@@ -134,42 +167,74 @@ class Link:
         """IP bytes waiting in the bottleneck queue at ``now``."""
         if self.free_at <= now:
             return 0.0
-        return self.cumulative(self.free_at) - self.cumulative(now)
+        return self._free_cum - self.cumulative(now)
 
-    def transmit(self, now: float, payload_bytes: int, rtt: float) -> tuple[float, int, float]:
-        """Send a TCP byte run of ``payload_bytes`` at ``now``; returns (arrival time at
-        the receiver's TCP, packets lost, the run's own transmission time: what its last
-        packet waited behind its first, which per-packet RTT samples do not include).
-        A lost packet (queue overflow or random loss) is resent by the path's TCP: it
-        costs link bytes and about one ``rtt`` of delay, and holds back
-        everything behind it on this path (in-order delivery)."""
-        size = payload_bytes * LINK_FACTOR
-        packets = math.ceil(payload_bytes / MSS)
+    def packets_queued(self, now: float) -> float:
+        """Packets waiting in the bottleneck queue at ``now`` (the part of the frame in
+        service that has left is not counted)."""
+        q = self._queue
+        while q and q[0][1] <= now:
+            self._queued -= q.popleft()[2]
+        if not q:
+            return 0.0
+        start, end, n = q[0]
+        if now <= start:
+            return float(self._queued)
+        return self._queued - n * (now - start) / (end - start)
+
+    def send(self, now: float, link_bytes: float, packets: int) -> tuple[float, int]:
+        """Frames of ``link_bytes`` in ``packets`` packets offered at ``now``; returns
+        (arrival time of the last one at the far end, packets lost). Packets beyond the
+        queue's limit are dropped (drop-tail), each packet may be lost at random; lost
+        packets still count as sent through the FIFO (their retransmission crosses it
+        about as soon), so a lossy burst does not arrive early."""
         lost = 0
-        queue = self.queue_at(now)
-        if queue + size > self.queue_limit:
-            lost = min(packets, math.ceil((queue + size - self.queue_limit) / OPPORTUNITY_BYTES))
+        if self._queue:
+            over = self.packets_queued(now) + packets - self.queue_packets
+        else:
+            over = packets - self.queue_packets
+        if over > 0:
+            lost = min(packets, math.ceil(over))
             self.dropped_packets += lost
         if self.loss > 0.0:
             p_any = 1.0 - (1.0 - self.loss) ** packets
             if self.rng.random() < p_any:
                 lost += 1
                 self.lost_packets += 1
-        start = self.free_at if self.free_at > now else now
-        done = self.inverse(self.cumulative(start) + size + lost * OPPORTUNITY_BYTES)
+        if self.free_at > now:
+            start, base = self.free_at, self._free_cum
+        else:
+            start, base = now, self.cumulative(now)
+        self.last_base = base  # where in D(t) this transmission's first byte is served
+        self._free_cum = base + link_bytes
+        done = self.inverse(self._free_cum)
         self.free_at = done
-        arrival = done + self.delay
+        self._queue.append((start, done, packets))
+        self._queued += packets
+        self.sent_bytes += link_bytes
+        return done + self.delay, lost
+
+    def transmit(
+        self, now: float, payload_bytes: int, rtt: float = 0.0
+    ) -> tuple[float, int, float]:
+        """Send a TCP byte run of ``payload_bytes`` at ``now``; returns (arrival time at
+        the receiver's TCP, packets lost, the run's own transmission time: what its last
+        packet waited behind its first, which per-packet RTT samples do not include).
+        A lost packet is resent by the sender's TCP about one ``rtt`` later (fast
+        retransmit): the run arrives that much later."""
+        packets = -(-payload_bytes // MSS)
+        start = self.free_at if self.free_at > now else now
+        arrival, lost = self.send(now, payload_bytes * LINK_FACTOR, packets)
+        done = arrival - self.delay
         if lost:
             arrival += rtt
-        if arrival < self.last_arrival:
-            arrival = self.last_arrival
-        self.last_arrival = arrival
-        return arrival, lost, (done - start) * (1.0 - 1.0 / (packets + lost))
+        return arrival, lost, (done - start) * (1.0 - 1.0 / packets)
 
-    def reset(self, now: float) -> None:
-        """The path's TCP connection died: what it had queued is gone with it."""
-        self.free_at = now
-        self.last_arrival = now
+
+def _floats(a: np.ndarray) -> array:
+    out = array("d")
+    out.frombytes(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+    return out
 
 
 def _blank(counts: np.ndarray, a: float, b: float, duration: float) -> np.ndarray:
@@ -193,11 +258,12 @@ def find_outages(counts: np.ndarray, duration: float, min_len: float) -> list[tu
     c = np.tile(counts, reps)[:n] if reps > 1 else counts[:n]
     zero = np.concatenate(([False], c == 0, [False]))
     edges = np.flatnonzero(np.diff(zero.astype(np.int8)))
-    out = []
-    for a, b in zip(edges[::2], edges[1::2], strict=True):
-        if (b - a) / 1000.0 >= min_len:
-            out.append((float(a) / 1000.0, float(b) / 1000.0))
-    return out
+    starts, ends = edges[::2], edges[1::2]
+    long = (ends - starts) / 1000.0 >= min_len
+    return [
+        (float(a) / 1000.0, float(b) / 1000.0)
+        for a, b in zip(starts[long], ends[long], strict=True)
+    ]
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,10 @@ summary functions turn it into numbers a person compares across policies:
 * **page load time** (web), **stalls** (count and time, constant-bitrate streams);
 * **out-of-order delay**: how long a message that arrived waited in the receive buffer
   for the bytes before it;
-* **overhead**: redundant payload (copies beyond the first that reached the receiver,
-  or were sent at all) and the wire headers of every message.
+* **overhead**: redundant payload (DATA payload the sending side's mux put on its paths
+  beyond the first copy of each byte, over the payload it put there: copies and resends;
+  the emulation's measure, ``bench.emulate.directions``) and the share of what it wrote
+  that is not DATA payload.
 """
 
 from __future__ import annotations
@@ -64,9 +66,10 @@ class Recorder:
     startup_delays: list[float] = field(default_factory=list)
     ooo_delays: array = field(default_factory=lambda: array("d"))
     messages_received: int = 0  # first copies
-    payload_sent: int = 0  # every copy
-    wire_sent: int = 0  # every copy, with message headers
-    useful_bytes: int = 0
+    payload_sent: int = 0  # DATA payload the sending side wrote on its paths, every copy
+    first_sent: int = 0  # ... of it, the first copy of each byte
+    wire_sent: int = 0  # every byte it wrote on them (all messages, framing, TLS)
+    useful_bytes: int = 0  # bytes delivered to the receiving applications
     duplicate_bytes: int = 0  # copies that reached the receiver after the first
     reinjections: int = 0
     stall_reinjections: int = 0
@@ -161,7 +164,8 @@ def summarize(rec: Recorder, oracle_bytes: float, measure_from: float = 0.0) -> 
         "wire_sent": rec.wire_sent,
         "useful_bytes": rec.useful_bytes,
         "duplicate_bytes": rec.duplicate_bytes,
-        "redundant_fraction": (rec.payload_sent - rec.useful_bytes) / rec.payload_sent
+        "redundant_fraction": max(0, rec.payload_sent - max(rec.useful_bytes, rec.first_sent))
+        / rec.payload_sent
         if rec.payload_sent
         else 0.0,
         "header_fraction": (rec.wire_sent - rec.payload_sent) / rec.wire_sent

@@ -55,6 +55,15 @@ def load_trace(spec: str, direction: str = "down"):
         raise ScenarioError(f"{spec}: {e}") from None
 
 
+def uplink_trace(spec: str):
+    """The uplink the testbed plays for the downlink ``spec``
+    (``netns.topology.up_counterpart``: a Mahimahi ``X.down``'s ``X.up`` when it exists;
+    the UL direction of a 5G log, a rail carrier or a fixed rate)."""
+    from netns.topology import up_counterpart
+
+    return load_trace(up_counterpart(spec), "up")
+
+
 def carrier_from_spec(spec: str, index: int, **kw: float) -> Carrier:
     """``[name=]trace-spec``; the name defaults to the file's stem (or ``c<index>``)."""
     name, eq, rest = spec.partition("=")
@@ -66,11 +75,12 @@ def carrier_from_spec(spec: str, index: int, **kw: float) -> Carrier:
         name = (
             stem if stem and ":" not in rest and not rest.lower().endswith("mbit") else f"c{index}"
         )
-    return Carrier(name, trace, **kw)  # type: ignore[arg-type]
+    return Carrier(name, trace, up=uplink_trace(rest), **kw)  # type: ignore[arg-type]
 
 
 def lte(directory: Path | None = None, **kw: float) -> list[Carrier]:
-    """The three bundled LTE downlink traces (AT&T, T-Mobile, Verizon), one per carrier."""
+    """The three bundled LTE traces (AT&T, T-Mobile, Verizon), one carrier each: the
+    downlink traces and their uplinks."""
     base = (directory or traces_dir()) / "mahimahi"
     missing = [f for _, f in LTE_TRACES if not (base / f).is_file()]
     if missing:
@@ -78,7 +88,10 @@ def lte(directory: Path | None = None, **kw: float) -> list[Carrier]:
             f"bundled LTE traces not found in {base} (missing {', '.join(missing)}); "
             "set MPPROXY_TRACES to the traces folder"
         )
-    return [Carrier(n, load_trace(str(base / f)), **kw) for n, f in LTE_TRACES]  # type: ignore[arg-type]
+    return [
+        Carrier(n, load_trace(str(base / f)), up=uplink_trace(str(base / f)), **kw)  # type: ignore[arg-type]
+        for n, f in LTE_TRACES
+    ]
 
 
 def rail(spec: int | str, duration: float, carriers: int = 3, **kw: float):
@@ -92,7 +105,7 @@ def rail(spec: int | str, duration: float, carriers: int = 3, **kw: float):
     except ValueError as e:
         raise ScenarioError(str(e) if "rail route" in str(e) else f"rail route: {e}") from None
     out = [
-        Carrier(c.name, route.delivery(k, "down"), **kw)  # type: ignore[arg-type]
+        Carrier(c.name, route.delivery(k, "down"), up=route.delivery(k, "up"), **kw)  # type: ignore[arg-type]
         for k, c in enumerate(route.carriers)
     ]
     return out, route

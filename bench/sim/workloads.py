@@ -20,7 +20,6 @@ from dataclasses import dataclass, fields
 from bench.sim.engine import Engine
 from bench.sim.metrics import Recorder, Stall, stream_stalls
 from bench.sim.transport import App, Conn, Transport
-from middlebox.errors import UserError
 
 
 class WorkloadError(ValueError):
@@ -77,18 +76,11 @@ class Bulk(App):
 @dataclass
 class Upload(Bulk):
     """``clients`` uploads of ``size`` MB each (0: endless) from the client to the server
-    (port 5002); goodput is what the server's application received. Runs where the
-    transport carries client-to-server payload (``transport.uploads``: the emulation's
-    sockets); the replay's model carries the downlink only and refuses it."""
+    (port 5002); goodput is what the server's application received."""
 
     name = "upload"
 
     def begin(self, rt: Runtime, index: int) -> None:
-        if not getattr(rt.transport, "uploads", False):
-            raise UserError(
-                "workload upload: the replay's transport model carries the downlink only; "
-                "run uploads with 'mpproxy bench emulate'"
-            )
         self.rt = rt
         total = self.size * 1e6 if self.size > 0 else math.inf
         for i in range(self.clients):

@@ -31,12 +31,14 @@ from middlebox.errors import UserError
 from middlebox.logs import kv
 from middlebox.paths.conn import (
     HELLO,
+    INFO_INTERVAL,
     UP,
     OutputOverflow,
     PathConn,
     PathError,
     forget,
     pump_mux,
+    report_tcp_info,
     set_interest,
 )
 from middlebox.paths.sockets import PathOptions, PathSetupError, ReconnectPolicy, open_path_socket
@@ -45,8 +47,6 @@ from middlebox.session import wire
 from middlebox.session.mux import Budget, Mux, Policy
 
 log = logging.getLogger("mpproxy.uplink")
-
-INFO_INTERVAL = 0.2  # seconds between TCP_INFO readings of each path
 
 
 class Slot:
@@ -171,18 +171,10 @@ class Uplink:
         if now - self._last_info >= INFO_INTERVAL:
             self._last_info = now
             for pid, pc in self.paths.items():
-                info = pc.tcp_info()
-                if info is not None and info.srtt_us:
-                    self.mux.update_path(
-                        pid,
-                        srtt=info.srtt,
-                        rttvar=info.rttvar,
-                        progress=now if pc.delivering else None,
-                    )
-                sample = getattr(self.policy, "sample", None)
                 s = self.slots[pid]
-                if sample is not None:
-                    sample(pid, s.carrier.name, info, now, s.probe_rtt)
+                info = report_tcp_info(
+                    self.mux, self.policy, pid, s.carrier.name, pc, now, s.probe_rtt
+                )
                 if self.on_info is not None:
                     self.on_info(pid, s.carrier.name, pc, info, now)
 

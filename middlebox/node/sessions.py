@@ -53,12 +53,14 @@ from middlebox.node.relay import Relay, hard_close
 from middlebox.node.udp import UdpRelay
 from middlebox.paths.conn import (
     HELLO,
+    INFO_INTERVAL,
     UP,
     OutputOverflow,
     PathConn,
     PathError,
     forget,
     pump_mux,
+    report_tcp_info,
     set_interest,
 )
 from middlebox.paths.sockets import PathOptions, configure
@@ -69,7 +71,6 @@ from middlebox.session.policy import SchedulerPolicy
 
 log = logging.getLogger("mpproxy.node")
 
-INFO_INTERVAL = 0.2  # seconds between TCP_INFO readings of a path
 MAX_CONTEXT_CARRIERS = 32  # carriers whose CONTEXT a gateway may report (bounds memory)
 ACCEPT_BATCH = 64  # accept() calls per readiness of the listener (the loop serves the rest)
 FLOOD_PAUSE = 0.02  # seconds the listener rests after a batch that hit a handshake cap
@@ -255,16 +256,8 @@ class Gateways:
             self._last_info = now
             for sess in self.sessions.values():
                 for pid, pc in sess.paths.items():
-                    info = pc.tcp_info()
-                    if info is not None and info.srtt_us:
-                        sess.mux.update_path(
-                            pid,
-                            srtt=info.srtt,
-                            rttvar=info.rttvar,
-                            progress=now if pc.delivering else None,
-                        )
                     carrier = sess.carriers.get(pid, "")
-                    sess.policy.sample(pid, carrier, info, now)
+                    info = report_tcp_info(sess.mux, sess.policy, pid, carrier, pc, now)
                     if sess.context is not None:
                         sess.context.on_info(pid, carrier, pc, info, now)
                 if sess.context is not None:

@@ -42,7 +42,7 @@ import ssl
 import struct
 import time
 
-from middlebox.paths.sockets import TCP_NOTSENT_LOWAT, TcpInfo, tcp_info
+from middlebox.paths.sockets import TCP_NOTSENT_LOWAT, TcpInfo, delivering, tcp_info
 from middlebox.session import wire
 
 log = logging.getLogger("mpproxy.path")
@@ -56,6 +56,22 @@ READ_BUDGET = 1 << 20  # bytes read per handle() call at most (see the module te
 MAX_OUTPUT = 4 << 20  # default of paths.max_output
 
 CONNECTING, TLS, HELLO, UP, CLOSED = "connecting", "tls", "hello", "up", "closed"
+INFO_INTERVAL = 0.2  # seconds between two TCP_INFO readings of a path (gateway and node)
+
+
+def allowance_for(info: TcpInfo, lowat: int, room_time: float, current: int) -> int | None:
+    """The unsent allowance a path should have after reading ``info``: ``room_time``
+    seconds of its pacing rate (or delivery rate), at least :data:`MIN_ROOM`, at most
+    ``lowat``; None to keep ``current`` (no rate yet, ``room_time`` 0, or within a
+    quarter of it: not worth a system call). The replay simulator's path model sizes
+    its room with the same rule."""
+    rate = info.pacing_rate or info.delivery_rate
+    if not rate or not room_time:
+        return None
+    target = min(lowat, max(MIN_ROOM, int(rate * room_time)))
+    if abs(target - current) * 4 < current:
+        return None
+    return target
 
 
 class PathError(Exception):
@@ -292,12 +308,9 @@ class PathConn:
 
     def follow_rate(self, info: TcpInfo) -> None:
         """Size the unsent allowance to ``room_time`` of the rate ``info`` reports."""
-        rate = info.pacing_rate or info.delivery_rate
-        if not rate or not self.room_time:
+        target = allowance_for(info, self.lowat, self.room_time, self.allowance)
+        if target is None:
             return
-        target = min(self.lowat, max(MIN_ROOM, int(rate * self.room_time)))
-        if abs(target - self.allowance) * 4 < self.allowance:
-            return  # within a quarter: not worth a system call
         try:
             self.raw.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, target)
         except OSError:
@@ -305,13 +318,13 @@ class PathConn:
         self.allowance = target
 
     def tcp_info(self) -> TcpInfo | None:
-        before = self.info.bytes_acked if self.info is not None else 0
+        before = self.info
         try:
             self.info = tcp_info(self.raw)
         except OSError:
             self.delivering = False
             return None
-        self.delivering = self.info.bytes_acked > before or self.info.unacked == 0
+        self.delivering = delivering(before, self.info)
         self.follow_rate(self.info)
         return self.info
 
@@ -380,7 +393,9 @@ def forget(sel: selectors.BaseSelector, fileobj: object) -> None:
 def pump_mux(mux: object, paths: dict[int, PathConn], now: float) -> list[tuple[int, PathError]]:
     """Offer each up path's room to the mux, write what it hands out, flush every path.
 
-    Returns the paths that failed while writing (the caller takes them down)."""
+    Returns the paths that failed while writing (the caller takes them down). A path is
+    anything with ``state``, ``room()``, ``write(msg)``, ``has_output`` and ``flush()``
+    (the replay simulator passes its model of a path socket)."""
     for pid, pc in paths.items():
         if pc.state == UP:
             mux.update_path(pid, room=pc.room(), queued=pc.queued())  # type: ignore[attr-defined]
@@ -396,3 +411,32 @@ def pump_mux(mux: object, paths: dict[int, PathConn], now: float) -> list[tuple[
             except PathError as e:
                 failed.append((pid, e))
     return failed
+
+
+def report_tcp_info(
+    mux: object,
+    policy: object,
+    path_id: int,
+    carrier: str,
+    pc: PathConn,
+    now: float,
+    probe_rtt: float | None = None,
+) -> TcpInfo | None:
+    """Read one path's TCP_INFO and hand it on, as gateway and node do every
+    :data:`INFO_INTERVAL`: the mux gets srtt, rttvar and, when the reading shows the path
+    delivering, ``progress`` (its stall rule waits for a silent path); the scheduler
+    adapter (``policy.sample``, if it has one) gets the reading and ``probe_rtt``, the
+    path's latest PROBE round trip. ``pc`` is anything with ``tcp_info()`` and
+    ``delivering`` (the replay simulator passes its socket model). Returns the reading."""
+    info = pc.tcp_info()
+    if info is not None and info.srtt_us:
+        mux.update_path(  # type: ignore[attr-defined]
+            path_id,
+            srtt=info.srtt,
+            rttvar=info.rttvar,
+            progress=now if pc.delivering else None,
+        )
+    sample = getattr(policy, "sample", None)
+    if sample is not None:
+        sample(path_id, carrier, info, now, probe_rtt)
+    return info

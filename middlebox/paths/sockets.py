@@ -356,6 +356,14 @@ class TcpInfo:
 assert [f.name for f in dataclasses.fields(TcpInfo)][1:] == [n for n, _ in _TCP_INFO_FIELDS]
 
 
+def delivering(before: TcpInfo | None, info: TcpInfo) -> bool:
+    """Whether a path showed between two readings that it delivers: its acknowledged
+    bytes advanced since ``before`` (the previous reading, None: none), or nothing was in
+    flight. The mux's stall rule reads this as the path's progress."""
+    acked = before.bytes_acked if before is not None else 0
+    return info.bytes_acked > acked or info.unacked == 0
+
+
 def tcp_info(sock: socket.socket) -> TcpInfo:
     """Read TCP_INFO of a connected TCP socket (one system call)."""
     return TcpInfo.parse(sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 512))

@@ -33,7 +33,6 @@ from bench.sim.metrics import Recorder, Stall, summarize
 from bench.sim.runner import RunResult, Scenario, run
 from bench.sim.workloads import parse
 from middlebox import cli
-from middlebox.errors import UserError
 from netns.topology import CarrierSpec
 from netns.traces import DeliveryTrace, fixed_rate, from_rates, read_mahimahi
 
@@ -367,12 +366,18 @@ def test_calibration_pairs_each_stretch_and_simulates_the_stretch_seconds():
 # -- uploads ------------------------------------------------------------------------------------
 
 
-def test_upload_is_a_workload_the_simulator_refuses_until_it_models_the_uplink():
+def test_upload_is_a_workload_the_simulator_runs_over_the_uplink():
     (w,) = parse("upload:size=0,clients=2")
     assert w.name == "upload" and w.clients == 2
-    scn = Scenario([Carrier("a", fixed_rate(10e6))], "upload", 2.0)
-    with pytest.raises(UserError, match="downlink only"):
-        run(scn, "minrtt")
+    # a 10 Mbit/s downlink whose uplink carries 4 Mbit/s: the uplink limits the upload,
+    # and the oracle is the uplink's capacity
+    up = fixed_rate(4e6)
+    scn = Scenario([Carrier("a", fixed_rate(10e6), up=up)], "upload", 10.0, warmup=2.0)
+    for row in ("minrtt", "single:a"):
+        s = run(scn, row).summary
+        assert s["download_mbps"] == 0 and s["upload_mbps"] == s["goodput_mbps"]
+        assert 3.0 < s["upload_mbps"] < 4.0
+        assert s["oracle_mbps"] == pytest.approx(4.0, rel=0.01)
 
 
 def test_upload_goodput_comes_from_the_servers_reports_at_the_servers_times():

@@ -146,7 +146,9 @@ def test_web_page_of_small_objects_takes_two_round_trips():
     spec = (
         "web:clients=1,think=1e9,stagger=0,objects=6,objects_sigma=0,sigma=0,object_kb=2,main_kb=2"
     )
-    scn = Scenario([fixed("a", 100.0, 0.025)], workload=spec, duration=20.0)
+    # the transport's own arithmetic: no processing latency in gateway, node or server
+    params = TransportParams(loop_delay=0.0, server_delay=0.0)
+    scn = Scenario([fixed("a", 100.0, 0.025)], workload=spec, duration=20.0, params=params)
     r = run(scn, "minrtt")
     assert len(r.rec.flows) == 7
     main, *objects = r.rec.flows
@@ -178,7 +180,7 @@ def test_cbr_stall_matches_the_buffer_arithmetic():
 
 def test_file_resumes_after_every_path_was_lost():
     carrier = fixed("a", 10.0, 0.02, outages=((5.0, 30.0),))
-    params = TransportParams(user_timeout=2.0, lost_timeout=5.0)
+    params = TransportParams().with_paths(user_timeout=2.0, lost_timeout=5.0)
     scn = Scenario([carrier], workload="file:size=10", duration=60.0, params=params)
     r = run(scn, "minrtt")
     s = r.summary
@@ -280,7 +282,12 @@ def test_future_context_moves_traffic_off_a_carrier_before_its_outage():
     plain = run(scn, "context")
     ahead = run(dataclasses.replace(scn, longterm=scenarios.future_feed(carriers, 40.0)), "context")
     assert sum(plain.rec.path_useful[1][10:20]) > 0.9 * 3e6 / 8 * 10  # b is the better path
-    assert sum(ahead.rec.path_useful[1][18:30]) == 0  # avoided from 3 s before the outage
+    # avoided from 3 s before the outage: a takes over, and what a's room cannot take yet
+    # spills onto b (a idle until then: its room is paths.notsent_time of its startup
+    # pacing rate, about 20 KB, until its congestion control has learnt the rate), but
+    # nothing is left on b when its outage begins
+    assert sum(ahead.rec.path_useful[0][17:20]) > 0.4 * 3e6 / 8 * 3
+    assert sum(ahead.rec.path_useful[1][20:30]) < 0.05 * 3e6 / 8 * 2
     assert sum(ahead.rec.path_useful[1][10:16]) > 0  # and used before that
     assert ahead.summary["stalls"] == 0
     assert ahead.summary["reinjections"] <= plain.summary["reinjections"]
@@ -312,10 +319,13 @@ def test_requests_are_control_decisions_and_reinjections_name_the_paths_used(mon
 
     monkeypatch.setattr("bench.sim.runner.policies.get", recording_get)
     carriers = [fixed("a", 10.0, 0.02), fixed("b", 10.0, 0.03, outages=((5.0, 9.0),))]
-    run(Scenario(carriers, workload="cbr:rate=3+web:clients=2", duration=15.0), "roundrobin")
-    asked = made[0].asked
-    controls = [m for m in asked if m.kind == CONTROL]
-    assert controls and all(m.size == 64 for m in controls)  # one per request (OPEN)
+    r = run(Scenario(carriers, workload="cbr:rate=3+web:clients=2", duration=15.0), "roundrobin")
+    gateway, node = made  # the gateway's adapter is built first
+    controls = [m for m in gateway.asked if m.kind == CONTROL]
+    opens = [m for m in controls if m.size == 32]  # the mux asks 32 bytes for an OPEN
+    assert len(opens) >= len(r.rec.flows) + 1  # one per request (the stream's included)
+    assert all(m.size in (32, 20) for m in controls)  # OPEN, or FIN (20)
+    asked = gateway.asked + node.asked
     reinj = [m for m in asked if m.kind == REINJECTION]
     assert reinj and all(m.avoid for m in reinj)
     assert all(m.avoid == () for m in asked if m.kind != REINJECTION)
@@ -325,21 +335,23 @@ def test_a_live_stream_becomes_a_stream_a_download_does_not(monkeypatch):
     from scheduler import policies
     from scheduler.context import DATA
 
-    seen = []  # (time, port, class) at each data decision (the context is mutated)
+    seen = []  # (time, connection, class) at each data decision (the context is mutated)
 
     class Snoop(Recording):
         def decide(self, message, paths, now):
             if message.kind == DATA and message.conn is not None:
                 cls = self.inner.classify(message, now)[0]
-                seen.append((now, message.conn.dst_port, cls))
+                seen.append((now, message.conn_id, cls))
             return self.inner.decide(message, paths, now)
 
     real_get = policies.get
     monkeypatch.setattr("bench.sim.runner.policies.get", lambda *a, **kw: Snoop(real_get(*a, **kw)))
     carriers = [fixed("a", 20.0, 0.02), fixed("b", 20.0, 0.03)]
     run(Scenario(carriers, workload="cbr:rate=2+bulk", duration=20.0), "context")
-    cbr = [(t, c) for t, port, c in seen if port == 1935]
-    bulk = [c for _, port, c in seen if port == 5001]
+    # the node's adapter decides the downloads' data and knows no ports (the node announces
+    # no connection): the stream is the first connection opened, the download the second
+    cbr = [(t, c) for t, cid, c in seen if cid == 1]
+    bulk = [c for _, cid, c in seen if cid == 2]
     assert bulk and "stream" not in bulk  # a download never runs dry
     assert cbr and all(c != "stream" for t, c in cbr if t < 10.0)  # stream_age 10 s
     assert all(c == "stream" for t, c in cbr if t >= 10.5)
