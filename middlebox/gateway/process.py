@@ -14,7 +14,9 @@ Assembly (each piece is its own module):
 * :class:`~middlebox.context.loop.ContextLoop` measures the carriers, reports their
   context to the node and feeds the scheduler (``[context]``).
 
-Everything runs in the capture shell's selector loop; no threads.
+Everything runs in the capture shell's selector loop; the only other thread is the fleet
+store's (``contextdb.fleet_url``), which does that store's network I/O and never touches
+the loop's state.
 """
 
 from __future__ import annotations
