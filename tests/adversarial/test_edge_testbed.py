@@ -90,6 +90,7 @@ def test_full_rate_stray_ack_flood_is_dropped_in_the_kernel(bed, quiet):
     gw = unharmed(r, quiet, 5000, share=0.8)
     sent = r["flood"]["sent"]
     # beyond gateway.stray_per_source the kernel drops the flood: the capture reads
-    # about the rate (plus its burst), not the flood
+    # about the rate (plus its burst), not the flood. Not all that was sent arrives (a
+    # veth drops what its ring cannot take at full rate: 5 % seen), so 90 % of it
     most = STRAY * (r["flood"]["seconds"] + 2)
-    assert gw["stray_dropped"] >= sent - most and gw.get("untracked_packets", 0) <= most, r
+    assert gw["stray_dropped"] >= 0.9 * sent and gw.get("untracked_packets", 0) <= most, r
