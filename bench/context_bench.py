@@ -6,8 +6,9 @@ five TCP_INFO readings per path and second, every second saturated) against a fr
 SQLite context database, and prints per-call times of the once-a-second work
 (``tick`` closing a second: meter, tracker, ingest feed) and of the database write
 (``flush``, every ``--flush-interval`` seconds), beside a baseline loop without database
-in the same run. Everything runs in the gateway's single thread, so the maximum is what
-a packet may wait. The machine has 2 shared cores: figures are noisy.
+in the same run. All of it runs in the gateway's event loop (the fleet store's thread only
+moves chunks to and from the server), so the maximum is what a packet may wait. The machine has
+2 shared cores: figures are noisy.
 """
 
 from __future__ import annotations

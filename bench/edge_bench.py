@@ -160,8 +160,8 @@ def connects(bind: str, server: str, port: int, count: int, interval: float) -> 
 VICTIM, ATTACKER, THIRD = 0, 1, 2  # client address indices
 ENDPOINT_KEYS = ("syn_cookies_sent", "syn_cookies_ok", "syn_dropped", "rst_sent",
                  "rst_suppressed", "refused_source", "refused_full")  # fmt: skip
-FLOW_KEYS = ("syn_rate_dropped", "source_rate", "source_full", "evicted", "overflow",
-             "untracked_packets")  # fmt: skip
+FLOW_KEYS = ("syn_rate_dropped", "stray_dropped", "source_rate", "source_full", "evicted",
+             "overflow", "untracked_packets")  # fmt: skip
 
 
 def drop_replies_to_attacker(bed) -> None:  # noqa: ANN001 (a bench.proxy_bench.ProxyBed)
@@ -248,19 +248,30 @@ def synflood_main(args: argparse.Namespace) -> int:
     print(f"# {args.seconds:g} s download (client 0) beside a flood from client 1, {args.probes} "
           "new connections from client 2 during it; 2 carriers of "
           f"{args.carrier_rate:g} Mbit/s; 2 shared cores: noisy", flush=True)  # fmt: skip
-    with ProxyBed(spec, Path(args.workdir)) as bed:
-        srv = baselines.start_server(bed.tb)
-        try:
-            drop_replies_to_attacker(bed)
-            attacked_download(bed, None, 0, 2.0, 1)  # warm the paths up
-            runs = [(None, 0.0)] + [(k, r) for k in args.kinds.split(",") for r in args.rates]
-            for kind, rate in runs:
-                r = attacked_download(bed, kind, rate, args.seconds, args.probes)
-                r["flood_rate_asked"] = rate if kind else None
-                print(json.dumps(r), flush=True)
-        finally:
-            srv.terminate()
+    for stray in args.stray_per_source:
+        gateway = {} if stray is None else {"stray_per_source": stray}
+        print(f"# gateway.stray_per_source = {'default' if stray is None else stray}", flush=True)
+        with ProxyBed(spec, Path(args.workdir), gateway=gateway) as bed:
+            srv = baselines.start_server(bed.tb)
+            try:
+                drop_replies_to_attacker(bed)
+                attacked_download(bed, None, 0, 2.0, 1)  # warm the paths up
+                runs = [(None, 0.0)] + [(k, r) for k in args.kinds.split(",") for r in args.rates]
+                quiet = None
+                for kind, rate in runs:
+                    r = attacked_download(bed, kind, rate, args.seconds, args.probes)
+                    r["flood_rate_asked"] = rate if kind else None
+                    r["stray_per_source"] = stray
+                    quiet = quiet or r["goodput_mbit"]
+                    r["share_of_quiet"] = round(r["goodput_mbit"] / quiet, 3) if quiet else None
+                    print(json.dumps(r), flush=True)
+            finally:
+                srv.terminate()
     return 0
+
+
+def _stray(v: str) -> int | None:
+    return None if v == "default" else int(v)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,6 +302,14 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         default=[2000.0, 0.0],
         help="packets per second of each flood; 0: as fast as the sender can",
+    )
+    sf.add_argument(
+        "--stray-per-source",
+        type=_stray,
+        nargs="+",
+        default=[None],
+        help="gateway.stray_per_source of each run (a new testbed each); 0: no kernel limit "
+        "on stray packets (the state before it), 'default': the configuration's default",
     )
     sf.add_argument("--carrier-rate", type=float, default=10.0, help="Mbit/s per carrier")
     sf.add_argument("--workdir", default="/tmp/mpproxy-edge-bench")

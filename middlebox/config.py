@@ -308,6 +308,15 @@ class GatewayConfig:
         min=1,
         max=1 << 20,
     )
+    stray_per_source: int = opt(
+        1000,
+        "Most TCP packets a second one passenger may send outside every flow the gateway "
+        "has answered (bare ACKs, data or FINs of no connection); beyond it the kernel drops "
+        "them before the capture reads them. Packets of answered flows are never limited. "
+        "0: no limit.",
+        min=0,
+        max=1 << 24,
+    )
     flow_timeout_half_open: float = opt(
         30.0, "Seconds a flow may stay idle before its handshake completes.", min=1.0, max=3600.0
     )

@@ -163,6 +163,26 @@ def open_context_db(cfg: Config, origin: str, readonly: bool):
         raise UserError(f"contextdb: {e}") from None
 
 
+def refresh_db(db, counters: dict) -> bool:
+    """Load into ``db`` what its fleet store's thread fetched from other writers, when it
+    fetched anything (``take_news``); the fetch ran in that thread, this reads memory.
+    Counts ``refreshes``, ``refresh_errors`` and ``refresh_ms_max`` in ``counters``; a
+    failure (a corrupt chunk from the fleet) is counted and logged, never raised."""
+    take = getattr(getattr(db, "store", None), "take_news", None)
+    if take is None or not take():
+        return False
+    t0 = time.perf_counter()
+    try:
+        db.refresh()
+        counters["refreshes"] = counters.get("refreshes", 0) + 1
+    except Exception as e:  # a corrupt chunk from the fleet: skipped, counted
+        counters["refresh_errors"] = counters.get("refresh_errors", 0) + 1
+        log.warning("context database refresh failed %s", kv(why=repr(e)))
+    ms = (time.perf_counter() - t0) * 1e3
+    counters["refresh_ms_max"] = round(max(counters.get("refresh_ms_max", 0.0), ms), 2)
+    return True
+
+
 def prediction_status(p) -> dict:
     """A prediction as ``mpproxy status`` shows it."""
     return {
@@ -352,15 +372,7 @@ class ContextLoop:
 
     def refresh(self) -> None:
         """Load what the fleet store's thread fetched from other gateways (memory only)."""
-        take = getattr(getattr(self.db, "store", None), "take_news", None)
-        if take is None or not take():
-            return
-        try:
-            self.db.refresh()
-            self.counters["refreshes"] += 1
-        except Exception as e:  # a corrupt chunk from the fleet: skipped, counted
-            self.counters["refresh_errors"] += 1
-            log.warning("context database refresh failed %s", kv(why=repr(e)))
+        refresh_db(self.db, self.counters)
 
     def messages(self, now: float) -> list[wire.Context]:
         """One CONTEXT message per carrier with a context."""

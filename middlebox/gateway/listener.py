@@ -52,6 +52,7 @@ OUTER_IF = "mpl-out"
 INNER_IF = "mpl-in"
 NFT_TABLE = "mpproxy_gateway"
 SYN_COUNTER = "syn_rate_dropped"
+STRAY_COUNTER = "stray_dropped"
 
 
 class ListenerError(CaptureError):
@@ -198,13 +199,31 @@ class Listener:
         )
 
     def _untrack(self) -> None:
-        """Keep proxied traffic out of the gateway's connection tracking, and hold each
-        passenger's SYNs to ``gateway.flow_new_per_source`` per second in the kernel.
+        """Keep proxied traffic out of the gateway's connection tracking, and hold what a
+        passenger can make the capture read to rates set in the kernel.
 
-        The flow table holds new flows to that rate too, exactly, but only after the
-        capture has read and parsed each SYN in Python; the same limit here, per source
-        address in a dynamic nft set before routing, drops a flood beyond it at the cost
-        of the kernel (a few hundred nanoseconds a packet), counted in ``syn_rate_dropped``.
+        SYNs: each passenger's are held to ``gateway.flow_new_per_source`` per second. The
+        flow table holds new flows to that rate too, exactly, but only after the capture
+        has read and parsed each SYN in Python; the same limit here, per source address in
+        a dynamic nft set before routing, drops a flood beyond it at the cost of the kernel
+        (a few hundred nanoseconds a packet), counted in ``syn_rate_dropped``.
+
+        Stray packets (TCP that is no SYN and belongs to no flow the gateway answered):
+        WireGuard's lesson, cheap rejection before costly work. The kernel learns a flow
+        from what goes out to the LAN: every TCP packet the gateway (or a bypassed server)
+        sends to a passenger that is neither a SYN-ACK nor an RST puts the flow's tuple in
+        the set ``flows`` for ``gateway.flow_timeout_established`` (refreshed by each), a
+        SYN-ACK for ``gateway.flow_timeout_half_open`` (so a SYN flood's cookies expire
+        soon; the set holds four times ``gateway.flow_table_size``). A passenger's packets
+        of a known flow are never limited, whatever the rate of its transfer; the others
+        are held to ``gateway.stray_per_source`` a second per source and dropped beyond,
+        counted in ``stray_dropped``. What a legitimate passenger sends outside known flows
+        is little: the packets in flight when the gateway reset a connection (a window,
+        once), a flow idle past its timeout (one packet, then answered and known again),
+        retransmissions after a close; a flood of stray ACKs beyond the rate never
+        reaches the capture's socket, where it would crowd out other passengers' frames.
+        TCP to the gateway's own addresses (SSH to the router) and to the routing-level
+        bypass prefixes never goes to the listener and is not held.
 
         Every captured packet crosses the gateway namespace twice (LAN to listener, and
         the listener's answers back to the LAN). Tracked, each proxied connection would
@@ -214,42 +233,79 @@ class Listener:
         routing-level bypass prefixes) and the listener's answers to the LAN are not
         tracked; what the listener writes back out toward servers (bypass) is.
         """
-        lan = local_prefixes(self.gw.lan_interface)
+        gw = self.gw
+        lan = local_prefixes(gw.lan_interface)
         keep = self.bypass_rules()
         skip = f" ip daddr != {{ {', '.join(keep)} }}" if keep else ""
         answers = (
             f'    iifname "{OUTER_IF}" ip daddr {{ {", ".join(lan)} }} notrack\n' if lan else ""
         )
-        rate = self.gw.flow_new_per_source
+        rate = gw.flow_new_per_source
+        iif = f'iifname "{gw.lan_interface}"'
+        oif = f'oifname "{gw.lan_interface}"'
+        stray = ""
+        learn = ""
+        if gw.stray_per_source:
+            stray_rate = gw.stray_per_source
+            key = "ip saddr . tcp sport . ip daddr . tcp dport"
+            back = "ip daddr . tcp dport . ip saddr . tcp sport"
+            half, est = int(gw.flow_timeout_half_open), int(gw.flow_timeout_established)
+            stray = (
+                f"    {iif} tcp flags & (fin | syn | rst | ack) == syn accept\n"
+                f"    {iif} meta l4proto tcp {key} @flows accept\n"
+                f"    {iif} meta l4proto tcp fib daddr type local accept\n"
+                f"    {iif} meta l4proto tcp{skip} add @stray_rate {{ ip saddr limit rate over "
+                f"{stray_rate}/second burst {stray_rate} packets }} "
+                f'counter name "{STRAY_COUNTER}" drop\n'
+            )
+            learn = (
+                "  chain learn { type filter hook forward priority filter; policy accept;\n"
+                f"    {oif} tcp flags & (syn | rst) == 0 "
+                f"update @flows {{ {back} timeout {est}s }}\n"
+                f"    {oif} tcp flags & (syn | rst | ack) == syn | ack "
+                f"update @flows {{ {back} timeout {half}s }}\n"
+                "  }\n"
+            )
         ruleset = (
             f"table inet {NFT_TABLE} {{}}\ndelete table inet {NFT_TABLE}\n"
             f"table inet {NFT_TABLE} {{\n"
             f"  counter {SYN_COUNTER} {{ }}\n"
+            f"  counter {STRAY_COUNTER} {{ }}\n"
             "  set syn_rate { type ipv4_addr; size 65536; flags dynamic,timeout; timeout 10s; }\n"
+            "  set stray_rate { type ipv4_addr; size 65536; flags dynamic,timeout; timeout 10s; }\n"
+            "  set flows { type ipv4_addr . inet_service . ipv4_addr . inet_service; "
+            f"size {4 * gw.flow_table_size}; flags dynamic,timeout; timeout 30s; }}\n"
             f"  chain pre {{ type filter hook prerouting priority raw; policy accept;\n"
-            f'    iifname "{self.gw.lan_interface}" tcp flags & (fin | syn | rst | ack) == syn '
+            f"    {iif} tcp flags & (fin | syn | rst | ack) == syn "
             f"add @syn_rate {{ ip saddr limit rate over {rate}/second burst {rate} packets }} "
             f'counter name "{SYN_COUNTER}" drop\n'
-            f'    iifname "{self.gw.lan_interface}" meta l4proto tcp{skip} notrack\n'
-            f"{answers}  }}\n}}\n"
+            f"    {iif} meta l4proto tcp{skip} notrack\n"
+            f"{answers}"
+            f"{stray}"
+            "  }\n"
+            f"{learn}"
+            "}\n"
         )
         plumbing.nft(None, ruleset)
         self.untracked = True
 
     def kernel_counters(self, now: float | None = None) -> dict[str, int]:
-        """What the kernel dropped for the gateway (``syn_rate_dropped``), read with
-        ``nft`` at most once a second; empty when it cannot be read."""
+        """What the kernel dropped for the gateway (``syn_rate_dropped``,
+        ``stray_dropped``), read with ``nft`` at most once a second; empty when it cannot
+        be read."""
         now = time.monotonic() if now is None else now
         when, counted = self._counted
         if self.untracked and now - when >= 1.0:
             try:
-                out = plumbing.run(None, ["nft", "-j", "list", "counter", "inet", NFT_TABLE,
-                                          SYN_COUNTER])  # fmt: skip
-                items = json.loads(out)["nftables"]
+                out = plumbing.run(None, ["nft", "-j", "list", "counters", "table", "inet",
+                                          NFT_TABLE])  # fmt: skip
+                items = [i["counter"] for i in json.loads(out)["nftables"] if "counter" in i]
                 counted = {
-                    SYN_COUNTER: next(i["counter"]["packets"] for i in items if "counter" in i)
+                    i["name"]: int(i["packets"])
+                    for i in items
+                    if i.get("name") in (SYN_COUNTER, STRAY_COUNTER)
                 }
-            except (PlumbingError, ValueError, KeyError, StopIteration):
+            except (PlumbingError, ValueError, KeyError, TypeError):
                 counted = {}
             self._counted = (now, counted)
         return dict(counted)

@@ -16,9 +16,10 @@ Assembly (each piece is its own module):
 * :class:`~middlebox.context.loop.ContextLoop` measures the carriers, reports their
   context to the node and feeds the scheduler (``[context]``).
 
-Everything runs in the capture shell's selector loop; the only other thread is the
-``[metrics]`` listener's (:mod:`middlebox.observe.web`), which reads the snapshots the
-loop publishes and nothing else.
+Everything runs in the capture shell's selector loop; the other threads are the fleet
+store's (``contextdb.fleet_url``), which does that store's network I/O, and the
+``[metrics]`` listener's (:mod:`middlebox.observe.web`), which reads the snapshots the loop
+publishes; neither touches the loop's state.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The cloud node: accepts gateways' carrier paths and talks to the real servers.
 
-One process, one ``selectors`` loop, no threads but the ``[metrics]`` listener's (it
-reads only the snapshots the loop publishes). Assembly (each piece is its own
-module):
+One process, one ``selectors`` loop; the other threads are the fleet store's
+(``contextdb.fleet_url``), which does that store's network I/O, and the ``[metrics]``
+listener's (it reads only the snapshots the loop publishes); neither touches the loop's
+state. Assembly (each piece is its own module):
 
 * :class:`~middlebox.node.sessions.Gateways` listens on ``node.listen``, checks each
   path's certificate and HELLO, and groups the paths of one gateway run into a
@@ -11,7 +12,9 @@ module):
   destinations the destination policy (:mod:`middlebox.node.destpolicy`) allows and
   relays bytes, FIN and RST between them and the mux;
 * with ``[context] use_contextdb``, the read-only context database gives each session a
-  :class:`~middlebox.node.context.SessionContext`;
+  :class:`~middlebox.node.context.SessionContext`; every ``contextdb.fleet_refresh``
+  seconds the loop loads what the fleet store's thread fetched from the gateways
+  (memory only; ``context`` in status);
 * :class:`~middlebox.control.ControlServer` answers ``mpproxy status``.
 """
 
@@ -24,7 +27,7 @@ from collections.abc import Callable
 
 from middlebox import observe
 from middlebox.config import Config
-from middlebox.context.loop import open_context_db
+from middlebox.context.loop import open_context_db, refresh_db
 from middlebox.control import ControlServer
 from middlebox.logs import kv
 from middlebox.node.admission import Admission
@@ -57,6 +60,10 @@ class Node:
         self.context_db = (
             open_context_db(cfg, cfg.node.id, readonly=True) if cfg.context.use_contextdb else None
         )
+        # what the fleet store's thread fetched is loaded this often (memory only)
+        self.refresh_interval = cfg.contextdb.fleet_refresh
+        self.next_refresh = self.started + self.refresh_interval
+        self.context_counters: dict = {"refresh_checks": 0, "refreshes": 0, "refresh_errors": 0}
         # the relays' counters, kept across sessions
         self.open_counters = {"open_denied": 0, "open_failed": 0, "opened": 0}
         self.gateways = Gateways(cfg, self.sel, ctx, self._new_relay, self.context_db)
@@ -98,13 +105,25 @@ class Node:
             sess.relay.expire(now)
         for sess in sessions:
             self._pump(sess, now)
+        if now >= self.next_refresh:
+            self.refresh(now)
         if self.control is not None:
             self.control.expire(now)
         if self.observer is not None:
             self.observer.tick(now)
 
+    def refresh(self, now: float) -> None:
+        """Load what the fleet store's thread fetched since the last call (never waits
+        for the store: its I/O is that thread's); the next call one interval later."""
+        self.next_refresh = now + self.refresh_interval
+        if self.context_db is not None:
+            self.context_counters["refresh_checks"] += 1
+            refresh_db(self.context_db, self.context_counters)
+
     def _timers(self) -> list[float]:
         times = [self.gateways.next_timer()]
+        if self.context_db is not None:
+            times.append(self.next_refresh)
         times.extend(sess.relay.next_timer() for sess in self.gateways.sessions.values())
         return [t for t in times if t is not None]
 
@@ -159,7 +178,17 @@ class Node:
             "limits": self.gateways.limits(),
             "memory": self.gateways.budget.status(),
             **({"metrics": self.observer.status()} if self.observer else {}),
+            "context": self._context_status(),
         }
+
+    def _context_status(self) -> dict:
+        if self.context_db is None:
+            return {"use_contextdb": False}
+        out = {"use_contextdb": True, **self.context_counters}
+        fleet = getattr(self.context_db.store, "status", None)
+        if fleet is not None:
+            out["fleet"] = fleet()
+        return out
 
     def close(self) -> None:
         self.shutdown()

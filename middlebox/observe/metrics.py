@@ -47,7 +47,7 @@ TRACK_EVERY = 5.0  # seconds between reads of the context database's track
 LIMIT_COUNTERS = frozenset(
     {
         # gateway flow table and kernel SYN rate
-        "overflow", "evicted", "source_full", "source_rate", "syn_rate_dropped",
+        "overflow", "evicted", "source_full", "source_rate", "syn_rate_dropped", "stray_dropped",
         # user-space TCP endpoint
         "refused_full", "refused_source", "syn_dropped", "syn_cookies_sent", "ofo_dropped",
         # connections over paths

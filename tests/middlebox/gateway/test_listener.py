@@ -85,7 +85,10 @@ def test_setup_makes_the_documented_plumbing_and_teardown_removes_it(gwns):
             assert 'iifname "mpl-out" ip daddr 100.64.0.0/24 notrack' in nft
             # each passenger's SYNs held to gateway.flow_new_per_source in the kernel
             assert "add @syn_rate { ip saddr limit rate over 500/second burst 500 packets }" in nft
-            assert lst.kernel_counters() == {"syn_rate_dropped": 0}
+            stray = "add @stray_rate { ip saddr limit rate over 1000/second burst 1000 packets }"
+            assert stray in nft  # and its other packets outside known flows
+            assert "update @flows" in nft  # flows are learnt from what goes out to the LAN
+            assert lst.kernel_counters() == {"syn_rate_dropped": 0, "stray_dropped": 0}
         finally:
             lst.teardown()
         lst.teardown()  # twice: nothing left to do, no error
