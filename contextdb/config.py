@@ -123,8 +123,9 @@ class ContextDBConfig:
     )
     fleet_max_reply: int = _opt(
         16 << 20,
-        "Largest string a fleet store reply may announce, in bytes (one chunk); a larger "
-        "one is an error, not an allocation.",
+        "Largest fleet store reply, in bytes (one chunk, or a page of chunks fetched in "
+        "smaller pages when larger): the connection stops reading there, so a reply "
+        "holds at most this much memory; a larger chunk is refused (counted).",
         min=1 << 16,
         max=512 << 20,
     )

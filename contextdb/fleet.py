@@ -33,12 +33,12 @@ from urllib.parse import unquote, urlsplit
 from contextdb.codec import encode_json
 from contextdb.config import ContextDBConfig
 from contextdb.errors import ContextDBError
-from contextdb.resp import DEFAULT_LIMITS, Limits, RespClient, RespError
+from contextdb.resp import DEFAULT_MAX_REPLY, Client, ReplyTooLarge, RespError
 from contextdb.store import SEP, check_name
 
 log = logging.getLogger("mpproxy.contextdb")
 
-PAGE = 256  # chunks fetched per LRANGE: bounds one reply to PAGE x fleet_max_reply
+PAGE = 256  # chunks fetched per LRANGE at most (fewer when the reply would exceed fleet_max_reply)
 RETRY_INITIAL = 1.0  # seconds before the first reconnection; doubles up to fleet_retry_max
 
 
@@ -80,42 +80,47 @@ def _reply(value: Any, kind: type, what: str) -> Any:
 
 
 class RedisStore:
+    """The chunk lists in the Redis server itself (every call a round trip)."""
+
     def __init__(
         self,
         url: str,
         line: str = "default",
         timeout: float = 5.0,
-        limits: Limits = DEFAULT_LIMITS,
+        max_reply: int = DEFAULT_MAX_REPLY,
     ) -> None:
         check_name("line", line)
         host, port, db, user, password = parse_url(url)
-        self.client = RespClient(host, port, db, timeout, user=user, password=password,
-                                 limits=limits)  # fmt: skip
+        self.client = Client(host, port, db, timeout, user=user, password=password,
+                             max_reply=max_reply)  # fmt: skip
         self.prefix = f"mpctx:{line}:"
-        self._pending: list[tuple] = []
+        self._pending: list[Callable[[Any], Any]] = []  # queued on the next commit's MULTI
 
     def _list(self, carrier: str, cell: str) -> str:
         return f"{self.prefix}chunks:{carrier}{SEP}{cell}"
 
     def get_meta(self) -> dict | None:
-        return _json(self.client.execute("GET", self.prefix + "meta"), "meta")
+        return _json(self.client.run(lambda r: r.get(self.prefix + "meta")), "meta")
 
     def set_meta(self, meta: dict) -> None:
         # SET NX: the first gateway fixes the parameters; a later one with others fails
         # the meta comparison in ContextDB instead of overwriting them.
-        self.client.execute("SET", self.prefix + "meta", encode_json(meta), "NX")
+        self.client.run(lambda r: r.set(self.prefix + "meta", encode_json(meta), nx=True))
 
     def get_state(self, name: str) -> dict | None:
-        return _json(self.client.execute("GET", f"{self.prefix}state:{name}"), f"state {name}")
+        key = f"{self.prefix}state:{name}"
+        return _json(self.client.run(lambda r: r.get(key)), f"state {name}")
 
     def set_state(self, name: str, value: dict) -> None:
-        self._pending.append(("SET", f"{self.prefix}state:{name}", encode_json(value)))
+        key, raw = f"{self.prefix}state:{name}", encode_json(value)
+        self._pending.append(lambda p: p.set(key, raw))
 
     def append(self, carrier: str, cell: str, chunk: bytes) -> None:
         check_name("carrier", carrier)
         check_name("cell", cell)
-        self._pending.append(("RPUSH", self._list(carrier, cell), chunk))
-        self._pending.append(("SADD", self.prefix + "cells", f"{carrier}{SEP}{cell}"))
+        key, member = self._list(carrier, cell), f"{carrier}{SEP}{cell}"
+        self._pending.append(lambda p: p.rpush(key, chunk))
+        self._pending.append(lambda p: p.sadd(self.prefix + "cells", member))
 
     def commit(self) -> None:
         if self._pending:
@@ -123,7 +128,8 @@ class RedisStore:
             self.client.transaction(pending)
 
     def cells(self) -> list[tuple[str, str]]:
-        members = _reply(self.client.execute("SMEMBERS", self.prefix + "cells"), list, "cells")
+        members = _reply(self.client.run(lambda r: r.smembers(self.prefix + "cells")),
+                         set, "cells")  # fmt: skip
         out = set()
         for m in members:
             carrier, sep, cell = _reply(m, bytes, "cells").decode(errors="replace").partition(SEP)
@@ -132,16 +138,40 @@ class RedisStore:
         return sorted(out)
 
     def chunk_count(self, carrier: str, cell: str) -> int:
-        return _reply(self.client.execute("LLEN", self._list(carrier, cell)), int, "LLEN")
+        key = self._list(carrier, cell)
+        return _reply(self.client.run(lambda r: r.llen(key)), int, "LLEN")
 
     def chunks(
-        self, carrier: str, cell: str, start: int = 0, count: int | None = None
-    ) -> list[bytes]:
-        """The chunks from ``start`` on (at most ``count`` of them)."""
-        end = -1 if count is None else start + count - 1
-        got = _reply(self.client.execute("LRANGE", self._list(carrier, cell), start, end),
-                     list, "LRANGE")  # fmt: skip
-        return [_reply(c, bytes, "LRANGE") for c in got]
+        self,
+        carrier: str,
+        cell: str,
+        start: int = 0,
+        count: int | None = None,
+        skip_large: bool = False,
+    ) -> list[bytes | None]:
+        """The chunks from ``start`` on (at most ``count`` of them), fetched in pages of
+        at most :data:`PAGE`; a page whose reply would exceed ``fleet_max_reply`` is
+        fetched again in halves. A single chunk beyond that limit raises
+        :class:`ReplyTooLarge`, or with ``skip_large`` is None in the list (not fetched)."""
+        key, out, page = self._list(carrier, cell), [], PAGE
+        while count is None or len(out) < count:
+            n = page if count is None else min(page, count - len(out))
+            first = start + len(out)
+            try:
+                got = self.client.run(lambda r, a=first, b=first + n - 1: r.lrange(key, a, b))
+            except ReplyTooLarge:
+                if n > 1:
+                    page = n // 2
+                    continue
+                if not skip_large:
+                    raise
+                got = [None]
+            else:
+                got = [_reply(c, bytes, "LRANGE") for c in _reply(got, list, "LRANGE")]
+            out += got
+            if len(got) < n:
+                break
+        return out
 
     def close(self) -> None:
         self.client.close()
@@ -205,9 +235,9 @@ class BackgroundStore:
       again). While the server is unreachable at most ``fleet_max_queued`` bytes wait;
       beyond that the oldest commits are dropped and counted.
     * Every ``fleet_refresh`` seconds the thread fetches what others appended (in pages
-      of :data:`PAGE` chunks), skipping the chunks this process sent itself (known by
-      digest) and refusing any that would unpack to more than ``fleet_max_reply``
-      (counted), and adds them to memory; :meth:`take_news` tells the owner to call
+      of at most :data:`PAGE` chunks), skipping the chunks this process sent itself
+      (known by digest) and refusing any larger than ``fleet_max_reply`` or that would
+      unpack to more (counted), and adds them to memory; :meth:`take_news` tells the owner to call
       ``ContextDB.refresh()``, which then reads memory only.
     * An error or a timeout closes the connection; the next attempt follows after 1 s,
       doubling up to ``fleet_retry_max``, with jitter. Everything is counted
@@ -225,8 +255,9 @@ class BackgroundStore:
     ) -> None:
         check_name("line", line)
         parse_url(url)  # a malformed URL is an error at start
-        limits = Limits(max_bulk=cfg.fleet_max_reply)
-        self._connect = connect or (lambda: RedisStore(url, line, cfg.fleet_timeout, limits))
+        self._connect = connect or (
+            lambda: RedisStore(url, line, cfg.fleet_timeout, cfg.fleet_max_reply)
+        )
         self.cfg = cfg
         self.readonly = readonly
         self.clock = clock
@@ -444,9 +475,12 @@ class BackgroundStore:
             start = self._cursor.get(key, 0)
             foreign = []
             while True:
-                page = fleet.chunks(*key, start, PAGE)
+                page = fleet.chunks(*key, start, PAGE, skip_large=True)
                 own = self._own.get(key)
                 for raw in page:
+                    if raw is None:  # one chunk beyond fleet_max_reply: never fetched
+                        self.counters["refused_chunks"] += 1
+                        continue
                     d = _digest(raw) if own else b""
                     if own and own[d] > 0:
                         own[d] -= 1

@@ -1,117 +1,123 @@
-"""A minimal Redis client: RESP2 over a stdlib socket.
+"""The fleet store's Redis connection: redis-py, with a bound on what one reply may hold.
 
-The fleet store needs a dozen commands, one connection, pipelining and MULTI/EXEC; a
-hundred lines do that without a dependency. Requests are arrays of bulk strings;
-replies are parsed from a buffered reader so the parser is testable on bytes alone.
+redis-py does the protocol, ``AUTH``/``SELECT``, pipelines and ``MULTI``/``EXEC``. A
+reply comes from a server on the network, and measured against a hostile one (the
+adversarial tests' fake server on loopback) redis-py's parser does not allocate what a
+``$N`` announces (it keeps what arrives), but it keeps *everything* that arrives for a
+reply: ``$2^40`` followed by 256 MiB holds 258 MiB; a status line that never ends grows
+without limit at a cost quadratic in its length (16 MiB: 7-13 s of CPU); a malformed
+integer or deep nesting is a ``ValueError`` or ``RecursionError``, not a Redis error. So:
 
-A reply comes from a server on the network, so the parser trusts nothing in it: every
-malformed reply is one :class:`~contextdb.errors.ContextDBError` (never a traceback),
-a bulk string may announce at most :attr:`Limits.max_bulk` bytes (Redis allows 512 MiB,
-which a reader would allocate before the first byte arrives), arrays at most
-:attr:`Limits.max_items` elements and :attr:`Limits.max_depth` levels of nesting, and a
-status, error or integer line at most :data:`MAX_LINE` bytes.
+* the socket of every connection counts the bytes received since the last request was
+  sent; beyond ``max_reply`` (``contextdb.fleet_max_reply``) the read fails with
+  :class:`ReplyTooLarge` and redis-py closes the connection. This holds whatever parser
+  redis-py uses (its own, or hiredis where installed), and it also bounds a long line
+  (at most ``max_reply`` bytes, read in pieces of up to :data:`READ_SIZE` so the line's
+  quadratic cost stays small);
+* one round trip (request out, complete reply in) has at most ``timeout`` seconds in
+  all, not per read: a server that trickles a byte a second is a timeout, not a hang;
+* every exception from inside redis-py, whatever the reply did to it, is one
+  :class:`~contextdb.errors.ContextDBError` naming the server (:meth:`Client.run`).
+
+No retries inside redis-py: the caller decides (a tool fails with one message; the
+running gateway's :class:`contextdb.fleet.BackgroundStore` dials again with back-off).
 """
 
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
-from typing import Any, BinaryIO
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from contextdb.errors import ContextDBError
 
-MAX_LINE = 64 << 10  # a status, error or integer line; the fleet store's are short
-DEFAULT_MAX_BULK = 16 << 20  # contextdb.fleet_max_reply's default
+DEFAULT_MAX_REPLY = 16 << 20  # contextdb.fleet_max_reply's default
+READ_SIZE = 1 << 20  # bytes asked of one recv (redis-py's default, 64 KiB, makes long lines slow)
 
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds of one reply (see the module text)."""
-
-    max_bulk: int = DEFAULT_MAX_BULK
-    max_items: int = 1 << 20
-    max_depth: int = 4  # the fleet store's replies nest 2 deep (EXEC of LRANGE)
-
-
-DEFAULT_LIMITS = Limits()
+T = TypeVar("T")
 
 
 class RespError(ContextDBError):
-    """The server answered with an error reply (``-ERR ...``)."""
+    """The server refused a request: an error reply (a wrong password, an ACL, a key of
+    another type)."""
 
 
-def encode_command(*args: bytes | str | int | float) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        if isinstance(a, str):
-            a = a.encode()
-        elif isinstance(a, int | float):
-            a = repr(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
+class ReplyTooLarge(ContextDBError):
+    """A reply went beyond ``max_reply`` bytes; the connection was closed."""
 
 
-def _line(stream: BinaryIO) -> bytes:
-    line = stream.readline(MAX_LINE + 2)
-    if not line.endswith(b"\r\n"):
-        if len(line) > MAX_LINE:
-            raise ContextDBError(f"redis: reply line longer than {MAX_LINE} bytes")
-        raise ContextDBError("redis: connection closed or reply line malformed")
-    return line[:-2]
+class _BoundedSocket:
+    """A connected socket whose reads count against the current round trip: at most
+    ``max_reply`` bytes and ``timeout`` seconds from the last send. Everything else is
+    the socket's own."""
 
+    def __init__(self, sock: socket.socket, max_reply: int, timeout: float | None) -> None:
+        self._sock = sock
+        self._max = max_reply
+        self._timeout = timeout
+        self._left = max_reply
+        self._deadline: float | None = None
 
-def _int(kind: bytes, rest: bytes) -> int:
-    """A RESP integer: optional '-', then at most 19 ASCII digits (a signed 64-bit)."""
-    digits = rest[1:] if rest[:1] == b"-" else rest
-    if not digits.isdigit() or len(digits) > 19:  # bytes.isdigit is ASCII only
-        raise ContextDBError(f"redis: malformed {kind.decode()!r} reply: {rest[:40]!r}")
-    return int(rest)
+    def sendall(self, data: bytes, *flags: int) -> None:
+        self._left = self._max
+        self._deadline = None if not self._timeout else time.monotonic() + self._timeout
+        self._sock.sendall(data, *flags)
 
+    def recv(self, n: int, *flags: int) -> bytes:
+        data = self._read(self._sock.recv, n, *flags)
+        self._count(len(data))
+        return data
 
-def read_reply(stream: BinaryIO, limits: Limits = DEFAULT_LIMITS, _depth: int = 0) -> Any:
-    """One reply: str for status, int, bytes or None for bulk, list (or None) for arrays.
-    An error reply is returned as a :class:`RespError` instance, not raised, so that
-    one failed command inside a pipeline does not desynchronise the ones after it.
-    A reply beyond ``limits`` or malformed raises :class:`ContextDBError`; the
-    connection is then out of step and must be closed."""
-    line = _line(stream)
-    kind, rest = line[:1], line[1:]
-    if kind == b"+":
-        return rest.decode(errors="replace")
-    if kind == b"-":
-        return RespError(f"redis: {rest.decode(errors='replace')}")
-    if kind == b":":
-        return _int(kind, rest)
-    if kind == b"$":
-        n = _int(kind, rest)
-        if n < 0:
-            return None
-        if n > limits.max_bulk:
-            raise ContextDBError(
-                f"redis: bulk reply of {n} bytes is larger than the limit of {limits.max_bulk} "
-                "(contextdb.fleet_max_reply)"
+    def recv_into(self, buf: Any, n: int = 0, *flags: int) -> int:
+        got = self._read(self._sock.recv_into, buf, n, *flags)
+        self._count(got)
+        return got
+
+    def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` within what is left of the round trip's time (redis-py's polls,
+        with a timeout of 0, are left alone)."""
+        was = self._sock.gettimeout()
+        if not was or self._deadline is None:
+            return fn(*args)
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no complete reply within {self._timeout} s")
+        self._sock.settimeout(min(was, left))
+        try:
+            return fn(*args)
+        finally:
+            self._sock.settimeout(was)
+
+    def _count(self, n: int) -> None:
+        self._left -= n
+        if self._left < 0:
+            raise ReplyTooLarge(
+                f"redis: reply larger than {self._max} bytes (contextdb.fleet_max_reply)"
             )
-        data = stream.read(n + 2)
-        if len(data) != n + 2 or data[-2:] != b"\r\n":
-            raise ContextDBError("redis: connection closed inside a bulk reply")
-        return data[:-2]
-    if kind == b"*":
-        n = _int(kind, rest)
-        if n < 0:
-            return None
-        if n > limits.max_items:
-            raise ContextDBError(f"redis: array reply of {n} elements (at most {limits.max_items})")
-        if _depth >= limits.max_depth:
-            raise ContextDBError(f"redis: reply nested deeper than {limits.max_depth} levels")
-        return [read_reply(stream, limits, _depth + 1) for _ in range(n)]
-    raise ContextDBError(f"redis: unexpected reply type {kind!r}")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
-class RespClient:
-    """One connection to a Redis server; not thread-safe (one per thread).
+class _Connection(redis.Connection):
+    """redis-py's TCP connection over a :class:`_BoundedSocket`."""
 
-    ``timeout`` bounds the connect and every read and write: a server that stops
-    answering is an error after that long, not a hang."""
+    def __init__(self, *, max_reply: int = DEFAULT_MAX_REPLY, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_reply = max_reply
+
+    def _connect(self) -> Any:
+        return _BoundedSocket(super()._connect(), self.max_reply, self.socket_timeout)
+
+
+class Client:
+    """One connection to a Redis server (not thread-safe: one per thread). After an
+    error the connection is closed and the next request dials again."""
 
     def __init__(
         self,
@@ -121,51 +127,68 @@ class RespClient:
         timeout: float = 5.0,
         user: str | None = None,
         password: str | None = None,
-        limits: Limits = DEFAULT_LIMITS,
+        max_reply: int = DEFAULT_MAX_REPLY,
     ) -> None:
         self.address = f"{host}:{port}"
-        self.limits = limits
-        try:
-            self._sock = socket.create_connection((host, port), timeout=timeout)
-        except OSError as e:
-            raise ContextDBError(f"redis {self.address}: cannot connect: {e}") from None
-        self._rfile = self._sock.makefile("rb")
-        try:
-            if password is not None:
-                self.execute("AUTH", *([user] if user else []), password)
-            if db:
-                self.execute("SELECT", db)
-        except ContextDBError:
-            self.close()
-            raise
+        self._pool = redis.ConnectionPool(
+            connection_class=_Connection,
+            max_reply=max_reply,
+            host=host,
+            port=port,
+            db=db,
+            username=user,
+            password=password,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            socket_read_size=READ_SIZE,
+            retry=Retry(NoBackoff(), 0),
+            protocol=2,  # RESP2: every Redis server has it (redis-py 8 would ask for RESP3)
+        )
+        try:  # a single-connection client connects here: an unreachable server fails now
+            self.redis = redis.Redis(connection_pool=self._pool, single_connection_client=True)
+        except Exception as e:
+            err = _error(self.address, e)
+            if type(err) is ContextDBError and isinstance(
+                e, redis.ConnectionError | redis.TimeoutError
+            ):
+                err = ContextDBError(f"redis {self.address}: cannot connect: {_text(e)}")
+            raise err from None
 
-    def pipeline(self, commands: list[tuple]) -> list[Any]:
-        """Send all commands, then read all replies; raise the first error reply."""
+    def run(self, fn: Callable[[redis.Redis], T]) -> T:
+        """``fn(self.redis)``, with every failure one :class:`ContextDBError`."""
         try:
-            self._sock.sendall(b"".join(encode_command(*c) for c in commands))
-            replies = [read_reply(self._rfile, self.limits) for _ in commands]
-        except OSError as e:  # TimeoutError included
-            raise ContextDBError(f"redis {self.address}: {e or type(e).__name__}") from None
-        except ContextDBError as e:
-            raise ContextDBError(f"{e} (from {self.address})") from None
-        for r in replies:
-            if isinstance(r, RespError):
-                raise r
-        return replies
+            return fn(self.redis)
+        except Exception as e:  # whatever a hostile reply did inside redis-py
+            raise _error(self.address, e) from None
 
-    def execute(self, *args) -> Any:
-        return self.pipeline([args])[0]
+    def transaction(self, ops: list[Callable[[Any], Any]]) -> list[Any]:
+        """Each of ``ops`` queues one command on a ``MULTI``/``EXEC`` pipeline; all run
+        atomically. Returns their replies."""
 
-    def transaction(self, commands: list[tuple]) -> list[Any]:
-        """Run commands atomically (MULTI/EXEC); returns their replies."""
-        replies = self.pipeline([("MULTI",), *commands, ("EXEC",)])
-        result = replies[-1]
-        if result is None:
-            raise ContextDBError(f"redis {self.address}: transaction aborted")
-        if not isinstance(result, list):
-            raise ContextDBError(f"redis {self.address}: EXEC answered {type(result).__name__}")
-        return result
+        def tx(r: redis.Redis) -> list[Any]:
+            pipe = r.pipeline(transaction=True)
+            for op in ops:
+                op(pipe)
+            return pipe.execute()
+
+        return self.run(tx)
 
     def close(self) -> None:
-        self._rfile.close()
-        self._sock.close()
+        self.redis.close()
+        self._pool.disconnect()
+
+
+def _text(e: BaseException) -> str:
+    return str(e) or type(e).__name__
+
+
+def _error(address: str, e: Exception) -> ContextDBError:
+    if isinstance(e, ContextDBError):
+        return type(e)(f"{e} (from {address})")
+    if isinstance(e, redis.ResponseError | redis.AuthenticationError):
+        return RespError(f"redis {address}: {type(e).__name__}: {_text(e)}")
+    if isinstance(e, redis.ConnectionError | redis.TimeoutError | OSError):
+        return ContextDBError(f"redis {address}: {_text(e)}")
+    # a parse failure (ValueError, RecursionError, redis-py's InvalidResponse) or a
+    # reply of a type a response callback did not expect
+    return ContextDBError(f"redis {address}: malformed reply ({type(e).__name__}: {_text(e)})")

@@ -1,10 +1,12 @@
-"""A hostile or broken Redis server: one clear error, bounded memory, and a gateway whose
-data path never waits for it.
+"""A hostile or broken Redis server: one clear error, bounded memory and time, and a
+gateway whose data path never waits for it.
 
-Before: a malformed integer ended in a ValueError traceback, ``$N`` let a reply announce
-512 MiB, nesting was unbounded, and the fleet store's blocking I/O ran inside the
-gateway's loop (a server that stopped answering held it for the socket timeout, every
-flush) and never reconnected after a timeout.
+Before (the hand-written client): a malformed integer ended in a ValueError traceback,
+``$N`` let a reply announce 512 MiB, nesting was unbounded, and the fleet store's
+blocking I/O ran inside the gateway's loop (a server that stopped answering held it for
+the socket timeout, every flush) and never reconnected after a timeout. The client is
+now redis-py, which keeps whatever a reply sends: its bound is the socket's
+(``contextdb.resp``), tested here against a fake server on loopback.
 """
 
 from __future__ import annotations
@@ -13,78 +15,43 @@ import io
 import socket
 import threading
 import time
+import tracemalloc
 import zipfile
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contextdb import fleet
 from contextdb.config import ContextDBConfig
 from contextdb.db import ContextDB
 from contextdb.errors import ContextDBError
-from contextdb.fleet import BackgroundStore
+from contextdb.fleet import BackgroundStore, RedisStore
 from contextdb.records import Sample
-from contextdb.resp import DEFAULT_LIMITS, Limits, RespClient, read_reply
+from contextdb.resp import ReplyTooLarge, RespError
 from contextdb.store import MemoryStore
 
-
-def parse(data: bytes, limits: Limits = DEFAULT_LIMITS):
-    return read_reply(io.BytesIO(data), limits)
-
-
-@pytest.mark.parametrize(
-    "data, why",
-    [
-        (b":abc\r\n", "malformed"),
-        (b":1.5\r\n", "malformed"),
-        (b": 1\r\n", "malformed"),
-        (b":" + b"9" * 30 + b"\r\n", "malformed"),  # beyond 64 bits
-        (b":" + b"9" * 5000 + b"\r\n", "malformed"),  # int() would refuse it with a ValueError
-        (b":\xd9\xa3\r\n", "malformed"),  # an Arabic-Indic digit
-        (b"$x\r\n", "malformed"),
-        (b"$\r\n", "malformed"),
-        (b"*--1\r\n", "malformed"),
-        (b"$17000000\r\n", "larger than the limit"),
-        (b"$536870912\r\n", "larger than the limit"),  # Redis' own maximum
-        (b"*2000000\r\n", "elements"),
-        (b"*1\r\n" * 10 + b":1\r\n", "nested deeper"),
-        (b"+" + b"x" * (70 << 10) + b"\r\n", "longer than"),
-        (b"?what\r\n", "unexpected reply type"),
-        (b"", "connection closed"),
-        (b"$5\r\nab", "closed inside a bulk"),
-    ],
-)
-def test_malformed_and_oversized_replies_are_one_error(data, why):
-    with pytest.raises(ContextDBError, match=why):
-        parse(data)
-
-
-def test_an_oversized_bulk_is_refused_before_reading_it():
-    class Stream(io.BytesIO):
-        def read(self, n=-1):
-            assert n < 1 << 20, "read the announced length"
-            return super().read(n)
-
-    with pytest.raises(ContextDBError, match="larger than the limit"):
-        read_reply(Stream(b"$99999999\r\n" + b"x" * 100), Limits(max_bulk=1 << 20))
-    assert parse(b"$3\r\nabc\r\n", Limits(max_bulk=3)) == b"abc"
-
-
-def test_valid_edges_still_parse():
-    assert parse(b":-9223372036854775808\r\n") == -(1 << 63)
-    assert parse(b"+\xff\xfeok\r\n") == "\ufffd\ufffdok"  # not UTF-8: replaced, not raised
-    assert parse(b"*1\r\n" * 3 + b":1\r\n") == [[[1]]]
+MIB = 1 << 20
 
 
 class Server:
-    """A loopback TCP server that answers every connection with ``reply(data)``."""
+    """A loopback TCP server that answers every request of every connection with
+    ``reply(data)``: bytes, or an iterable of pieces sent one after the other (a stream;
+    a number in it is a pause in seconds). With ``handshake``, redis-py's CLIENT SETINFO
+    at connect gets +OK, so the reply under test answers the first real command; with
+    ``close``, the connection is closed after each reply."""
 
-    def __init__(self, reply):
+    def __init__(self, reply, handshake=False, close=False):
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}"
         self.reply = reply
+        self.handshake = handshake
+        self.close_after = close
         self.accepted = 0
         self.conns = []
+        self.stop = threading.Event()
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self):
@@ -100,13 +67,25 @@ class Server:
     def _talk(self, c):
         try:
             while data := c.recv(65536):
+                if self.handshake and b"SETINFO" in data:
+                    c.sendall(b"+OK\r\n" * data.count(b"SETINFO"))
+                    continue
                 out = self.reply(data)
-                if out:
-                    c.sendall(out)
+                for piece in [out] if isinstance(out, bytes) else out:
+                    if self.stop.is_set():
+                        return
+                    if isinstance(piece, bytes):
+                        c.sendall(piece)
+                    else:
+                        time.sleep(piece)
+                if self.close_after:
+                    c.close()
+                    return
         except OSError:
             pass
 
     def close(self):
+        self.stop.set()
         self.sock.close()
         for c in self.conns:
             c.close()
@@ -116,8 +95,8 @@ class Server:
 def server():
     made = []
 
-    def make(reply):
-        s = Server(reply)
+    def make(reply, **kw):
+        s = Server(reply, **kw)
         made.append(s)
         return s
 
@@ -126,22 +105,127 @@ def server():
         s.close()
 
 
-def test_client_against_a_garbage_server_is_one_error(server):
-    s = server(lambda data: b"$-7x\r\n")
-    c = RespClient("127.0.0.1", s.port, timeout=2.0)
-    with pytest.raises(ContextDBError, match=r"malformed.*from 127.0.0.1"):
-        c.execute("PING")
-    c.close()
+def _stream(head: bytes, piece: bytes, total: int):
+    """``head``, then ``piece`` repeated up to ``total`` bytes (a bounded loop)."""
+    yield head
+    for _ in range(total // len(piece)):
+        yield piece
 
 
-def test_client_against_a_silent_server_times_out(server):
-    s = server(lambda data: b"")
-    c = RespClient("127.0.0.1", s.port, timeout=0.3)
-    t0 = time.monotonic()
-    with pytest.raises(ContextDBError, match="redis 127.0.0.1"):
-        c.execute("PING")
-    assert time.monotonic() - t0 < 2.0
-    c.close()
+@pytest.mark.parametrize(
+    "data, why",
+    [
+        (b":abc\r\n", "malformed"),
+        (b":1.5\r\n", "malformed"),
+        (b":" + b"9" * 5000 + b"\r\n", "malformed"),  # int() refuses it with a ValueError
+        (b":\xd9\xa3\r\n", "malformed"),  # an Arabic-Indic digit
+        (b":" + b"9" * 30 + b"\r\n", "unexpected reply int"),  # parsed; not what GET answers
+        (b": 1\r\n", "unexpected reply int"),
+        (b"$x\r\n", "malformed"),
+        (b"$\r\n", "malformed"),
+        (b"*--1\r\n", "malformed"),
+        (b"*1\r\n" * 10000 + b":1\r\n", "malformed"),  # nested: a RecursionError inside
+        (b"?what\r\n", "malformed"),
+        (b"$5\r\nab", "closed"),  # truncated, then the server hangs up
+        (b"", "closed"),
+        (b"-ERR no\r\n", "ResponseError: no"),
+    ],
+)
+def test_malformed_replies_are_one_error(server, data, why):
+    s = server(lambda d: data, handshake=True, close=True)
+    store = RedisStore(s.url, "L1", timeout=2.0)
+    with pytest.raises(ContextDBError, match=why) as err:
+        store.get_meta()
+    if "unexpected" not in why:  # what redis-py raised names the server
+        assert "127.0.0.1" in str(err.value)
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "head, piece",
+    [
+        (b"$1099511627776\r\n", b"x" * 65536),  # announces 1 TiB, sends 64 MiB
+        (b"$536870912\r\n", b"x" * 65536),  # Redis' own maximum
+        (b"+", b"x" * 65536),  # a status line that never ends
+        (b"*2000000000\r\n", b":1\r\n" * 16384),  # two billion elements, as many as sent
+    ],
+)
+def test_a_reply_is_bounded_by_what_it_may_hold_not_what_it_sends(server, head, piece):
+    """redis-py keeps what a reply sends (measured: 256 MiB sent, 258 MiB held); the
+    socket stops it at ``fleet_max_reply``: bounded memory, bounded time."""
+    s = server(lambda d: _stream(head, piece, 64 * MIB), handshake=True)
+    store = RedisStore(s.url, "L1", timeout=5.0, max_reply=MIB)
+    tracemalloc.start()
+    try:
+        t = time.monotonic()
+        with pytest.raises(ReplyTooLarge, match="larger than 1048576 bytes"):
+            store.get_meta()
+        took = time.monotonic() - t
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert took < 2.0, took
+    assert peak < 8 * MIB, peak
+    store.close()
+
+
+def _trickle():
+    yield b"$200\r\n"
+    for _ in range(200):  # 20 s in all, if nothing stopped it
+        yield 0.1
+        yield b"x"
+
+
+@pytest.mark.parametrize("kind", ["announced, never sent", "trickled"])
+def test_a_reply_that_does_not_come_whole_in_time_is_a_timeout(server, kind):
+    """Before, the timeout bounded each read: a byte every 0.1 s held the thread for
+    as long as the server liked. Now it bounds the whole reply."""
+    replies = {
+        "announced, never sent": lambda d: b"$536870912\r\n",
+        "trickled": lambda d: _trickle(),
+    }
+    s = server(replies[kind], handshake=True)
+    store = RedisStore(s.url, "L1", timeout=0.5)
+    t = time.monotonic()
+    with pytest.raises(ContextDBError, match="(?i)timeout|no complete reply"):
+        store.get_meta()
+    assert time.monotonic() - t < 1.5
+    store.close()
+
+
+def test_a_refusing_server_is_an_error_reply_not_a_crash(server):
+    s = server(lambda d: b"-NOPERM this user has no permissions\r\n", handshake=True)
+    store = RedisStore(s.url, "L1", timeout=1.0)
+    with pytest.raises(RespError, match="no permissions"):
+        store.get_meta()
+    store.close()
+
+
+_REPLY_BYTES = st.lists(
+    st.sampled_from([b"+", b"-", b":", b"$", b"*", b"?", b"\r\n", b"-1", b"0", b"3", b"x"])
+    | st.binary(max_size=8),
+    max_size=12,
+).map(b"".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=_REPLY_BYTES)
+def test_any_reply_is_a_value_or_one_error(data):
+    """Random and mutated replies to every request of the fleet store: a result or one
+    ContextDBError, never another exception."""
+    s = Server(lambda d: data, handshake=True, close=True)
+    try:
+        store = RedisStore(s.url, "L1", timeout=0.5)
+        for call in (store.get_meta, store.cells, lambda: store.chunks("A", "c1", 0, 4)):
+            try:
+                call()
+            except ContextDBError:
+                pass
+        store.close()
+    except ContextDBError:
+        pass
+    finally:
+        s.close()
 
 
 # -- the gateway's fleet store --------------------------------------------------------------
@@ -241,7 +325,7 @@ class FakeFleet:
     def cells(self):
         return sorted(self.lists)
 
-    def chunks(self, carrier, cell, start=0, count=None):
+    def chunks(self, carrier, cell, start=0, count=None, skip_large=False):
         items = self.lists[(carrier, cell)][start:]
         return items if count is None else items[:count]
 

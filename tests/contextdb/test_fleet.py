@@ -13,7 +13,7 @@ from contextdb.config import ContextDBConfig
 from contextdb.db import ContextDB
 from contextdb.errors import ContextDBError
 from contextdb.fleet import BackgroundStore, RedisStore, open_store, parse_url
-from contextdb.resp import RespClient
+from contextdb.resp import Client, RespError
 
 from .helpers import T0, series
 
@@ -78,7 +78,9 @@ def test_password_protected_server(tmp_path):
     with running_redis(tmp_path, "--requirepass", "s3cret") as port:
         with pytest.raises(ContextDBError, match="NOAUTH|Authentication required"):
             ContextDB(RedisStore(f"redis://127.0.0.1:{port}"))
-        with pytest.raises(ContextDBError, match="WRONGPASS|invalid password"):
+        with pytest.raises(
+            ContextDBError, match="WRONGPASS|invalid password|invalid username-password"
+        ):
             RedisStore(f"redis://:wrong@127.0.0.1:{port}")
         db = ContextDB(RedisStore(f"redis://:s3cret@127.0.0.1:{port}/1"))
         db.ingest(series([-80.0] * 20))
@@ -87,15 +89,33 @@ def test_password_protected_server(tmp_path):
 
 
 def test_client_commands_and_errors(redis_url):
-    c = RespClient("127.0.0.1", int(redis_url.split(":")[2].split("/")[0]))
-    assert c.execute("PING") == "PONG"
-    assert c.execute("RPUSH", "l", b"\x00\xff", "b") == 2
-    assert c.execute("LRANGE", "l", 0, -1) == [b"\x00\xff", b"b"]
-    assert c.transaction([("INCR", "n"), ("INCR", "n")]) == [1, 2]
-    with pytest.raises(ContextDBError, match="WRONGTYPE"):
-        c.execute("INCR", "l")
-    assert c.execute("PING") == "PONG"  # still in step after an error
+    c = Client("127.0.0.1", int(redis_url.split(":")[2].split("/")[0]))
+    assert c.run(lambda r: r.ping()) is True
+    assert c.run(lambda r: r.rpush("l", b"\x00\xff", "b")) == 2
+    assert c.run(lambda r: r.lrange("l", 0, -1)) == [b"\x00\xff", b"b"]
+    assert c.transaction([lambda p: p.incr("n"), lambda p: p.incr("n")]) == [1, 2]
+    with pytest.raises(RespError, match="WRONGTYPE|wrong kind"):
+        c.run(lambda r: r.incr("l"))
+    assert c.run(lambda r: r.ping()) is True  # still in step after an error
     c.close()
+
+
+def test_a_page_larger_than_the_reply_limit_is_fetched_in_halves(redis_url):
+    """``fleet_max_reply`` bounds one reply, so a page of many chunks that together
+    exceed it is fetched in smaller pages; a single chunk beyond it is refused."""
+    store = RedisStore(redis_url, "L1", max_reply=1 << 16)
+    chunks = [bytes([i]) * 5000 for i in range(40)]  # 200 KB in all, 5 KB each
+    for c in chunks:
+        store.append("A", "c1", c)
+    store.append("A", "c1", b"x" * (100 << 10))  # one chunk beyond the limit
+    store.append("A", "c1", b"last")
+    store.commit()
+    assert store.chunks("A", "c1", 0, 40) == chunks
+    assert store.chunks("A", "c1", 3, 50, skip_large=True) == [*chunks[3:], None, b"last"]
+    with pytest.raises(ContextDBError, match="larger than 65536 bytes"):
+        store.chunks("A", "c1")
+    assert store.chunk_count("A", "c1") == 42  # the connection was dialled again
+    store.close()
 
 
 SMALL_K = ContextDBConfig(k=8)

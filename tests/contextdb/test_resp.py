@@ -1,36 +1,41 @@
-import io
+"""The bound under redis-py: what one round trip may receive (contextdb.resp)."""
+
+import socket
 
 import pytest
 
-from contextdb.errors import ContextDBError
-from contextdb.resp import RespError, encode_command, read_reply
+from contextdb.resp import ReplyTooLarge, _BoundedSocket
 
 
-def parse(data: bytes):
-    return read_reply(io.BytesIO(data))
+def test_reads_count_against_the_round_trip_they_belong_to():
+    a, b = socket.socketpair()
+    a.settimeout(1.0)
+    s = _BoundedSocket(a, max_reply=10, timeout=1.0)
+    s.sendall(b"GET")
+    b.sendall(b"12345678")
+    assert s.recv(100) == b"12345678"
+    b.sendall(b"abc")
+    buf = bytearray(16)
+    with pytest.raises(ReplyTooLarge, match="larger than 10 bytes"):
+        s.recv_into(buf)  # the path hiredis reads by
+    s.sendall(b"GET")  # a new request: a new allowance
+    b.sendall(b"abc")
+    assert s.recv_into(buf) == 3 and buf[:3] == b"abc"
+    assert s.gettimeout() == 1.0 and s.fileno() == a.fileno()  # the rest is the socket's
+    a.close()
+    b.close()
 
 
-def test_encode_command_as_bulk_strings():
-    assert encode_command("SET", "k", b"v\r\n", 5) == (
-        b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nv\r\n\r\n$1\r\n5\r\n"
-    )
-
-
-def test_reply_types():
-    assert parse(b"+OK\r\n") == "OK"
-    assert parse(b":42\r\n") == 42
-    assert parse(b"$5\r\nhe\r\no\r\n") == b"he\r\no"  # binary safe
-    assert parse(b"$0\r\n\r\n") == b""
-    assert parse(b"$-1\r\n") is None
-    assert parse(b"*-1\r\n") is None
-    assert parse(b"*3\r\n:1\r\n$1\r\na\r\n*1\r\n+x\r\n") == [1, b"a", ["x"]]
-    err = parse(b"-WRONGTYPE bad\r\n")
-    assert isinstance(err, RespError) and "WRONGTYPE" in str(err)
-
-
-@pytest.mark.parametrize(
-    "data", [b"", b"+OK", b"$5\r\nab", b"$3\r\nabcd\r\n", b"?x\r\n", b"*2\r\n:1\r\n"]
-)
-def test_truncated_or_malformed_replies_raise(data):
-    with pytest.raises(ContextDBError):
-        parse(data)
+def test_the_timeout_is_for_the_whole_reply_and_polls_are_left_alone():
+    a, b = socket.socketpair()
+    a.settimeout(0.2)
+    s = _BoundedSocket(a, max_reply=1 << 20, timeout=0.2)
+    s.sendall(b"GET")
+    with pytest.raises(TimeoutError):
+        s.recv(10)
+    assert a.gettimeout() == 0.2  # restored after the read
+    a.settimeout(0)  # redis-py's poll for pending data
+    with pytest.raises(BlockingIOError):
+        s.recv(10)
+    a.close()
+    b.close()

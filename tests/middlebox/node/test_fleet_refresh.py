@@ -25,7 +25,9 @@ def fake_fleet(lists: dict) -> SimpleNamespace:
         get_meta=lambda: None,
         set_meta=lambda meta: None,
         cells=lambda: sorted(lists),
-        chunks=lambda carrier, cell, start=0, count=None: lists[(carrier, cell)][start:][:count],
+        chunks=lambda carrier, cell, start=0, count=None, skip_large=False: lists[(carrier, cell)][
+            start:
+        ][:count],
         close=lambda: None,
     )
 
