@@ -240,8 +240,8 @@ class BackgroundStore:
       unpack to more (counted), and adds them to memory; :meth:`take_news` tells the owner to call
       ``ContextDB.refresh()``, which then reads memory only.
     * An error or a timeout closes the connection; the next attempt follows after 1 s,
-      doubling up to ``fleet_retry_max``, with jitter. Everything is counted
-      (:meth:`status`).
+      doubling up to ``fleet_retry_max``, with jitter, until a pull succeeds again.
+      Everything is counted (:meth:`status`).
     """
 
     def __init__(
@@ -438,7 +438,6 @@ class BackgroundStore:
         with self._lock:
             self.state = "up"
             self.counters["connects"] += 1
-            self._failures = 0
             self._wake.notify_all()
         if self.counters["connects"] > 1:
             log.info("fleet store reachable again %s", fleet.client.address)
@@ -502,6 +501,10 @@ class BackgroundStore:
         with self._lock:
             self.counters["pulls"] += 1
             self._next_pull = self.clock() + self.cfg.fleet_refresh
+            # the back-off starts again after a whole round, not after a connect: a
+            # server that answers the first request and fails the next is not dialled
+            # at the initial rate for ever
+            self._failures = 0
 
     def _failed(self, e: ContextDBError) -> None:
         self._close_fleet()

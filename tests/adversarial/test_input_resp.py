@@ -164,7 +164,7 @@ def test_a_reply_is_bounded_by_what_it_may_hold_not_what_it_sends(server, head, 
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert took < 2.0, took
+    assert took < 5.0, took  # the array: redis-py parses some 10^5 elements a second
     assert peak < 8 * MIB, peak
     store.close()
 
@@ -290,6 +290,20 @@ def test_back_off_grows_to_its_maximum(monkeypatch):
     assert 4 <= len(attempts) <= 12, gaps  # not a busy loop
     assert max(gaps) <= CFG.fleet_retry_max + 0.2
     assert gaps[-1] > gaps[0]
+
+
+def test_a_server_failing_after_the_first_answer_is_backed_off_too(server, monkeypatch):
+    """Before, the back-off started again at every connect: a server that answered the
+    first request (GET meta) and sent garbage to the next was dialled every 0.5-1 s for
+    ever, each attempt costing a reply's worth of parsing."""
+    monkeypatch.setattr(fleet, "RETRY_INITIAL", 0.05)
+    s = server(lambda d: b"$-1\r\n" if b"GET" in d else b"*x\r\n", handshake=True)
+    store = BackgroundStore(s.url, "L1", CFG)
+    time.sleep(2.5)
+    store.close(drain=0)
+    st = store.status()
+    assert 4 <= s.accepted <= 12 and st["connects"] == s.accepted, (s.accepted, st)
+    assert "malformed" in st["last_error"]
 
 
 def test_the_queue_for_an_unreachable_store_is_bounded(monkeypatch):
