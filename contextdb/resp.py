@@ -25,16 +25,16 @@ running gateway's :class:`contextdb.fleet.BackgroundStore` dials again with back
 
 from __future__ import annotations
 
+import functools
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
-
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from contextdb.errors import ContextDBError
+
+if TYPE_CHECKING:
+    import redis
 
 DEFAULT_MAX_REPLY = 16 << 20  # contextdb.fleet_max_reply's default
 READ_SIZE = 1 << 20  # bytes asked of one recv (redis-py's default, 64 KiB, makes long lines slow)
@@ -104,15 +104,21 @@ class _BoundedSocket:
         return getattr(self._sock, name)
 
 
-class _Connection(redis.Connection):
-    """redis-py's TCP connection over a :class:`_BoundedSocket`."""
+@functools.cache
+def _connection_class() -> type:
+    """redis-py's TCP connection over a :class:`_BoundedSocket` (redis-py is imported
+    when a fleet store is first dialled: a gateway without one does not pay for it)."""
+    import redis
 
-    def __init__(self, *, max_reply: int = DEFAULT_MAX_REPLY, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.max_reply = max_reply
+    class Connection(redis.Connection):
+        def __init__(self, *, max_reply: int = DEFAULT_MAX_REPLY, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.max_reply = max_reply
 
-    def _connect(self) -> Any:
-        return _BoundedSocket(super()._connect(), self.max_reply, self.socket_timeout)
+        def _connect(self) -> Any:
+            return _BoundedSocket(super()._connect(), self.max_reply, self.socket_timeout)
+
+    return Connection
 
 
 class Client:
@@ -129,9 +135,13 @@ class Client:
         password: str | None = None,
         max_reply: int = DEFAULT_MAX_REPLY,
     ) -> None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         self.address = f"{host}:{port}"
         self._pool = redis.ConnectionPool(
-            connection_class=_Connection,
+            connection_class=_connection_class(),
             max_reply=max_reply,
             host=host,
             port=port,
@@ -183,6 +193,8 @@ def _text(e: BaseException) -> str:
 
 
 def _error(address: str, e: Exception) -> ContextDBError:
+    import redis
+
     if isinstance(e, ContextDBError):
         return type(e)(f"{e} (from {address})")
     if isinstance(e, redis.ResponseError | redis.AuthenticationError):
