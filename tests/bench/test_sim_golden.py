@@ -49,7 +49,7 @@ def _cases() -> dict[str, tuple[Callable[[], Scenario], str]]:
         return Scenario(two(), workload="upload:size=3+web:clients=2", duration=20.0, seed=3)
 
     def rail_bulk():
-        return Scenario(scenarios.rail(1, 40.0)[0], workload="bulk", duration=40.0, seed=2)
+        return Scenario(scenarios.rail(1, 15.0)[0], workload="bulk", duration=15.0, seed=2)
 
     def lte_web():
         return Scenario(scenarios.lte(), workload="web", duration=60.0, seed=1, warmup=10)
@@ -93,7 +93,17 @@ def _golden() -> dict:
     return json.loads(GOLDEN.read_text())
 
 
-@pytest.mark.parametrize("name", list(_cases()))
+_SLOW = {
+    "rail bulk context",
+    "rail bulk roundrobin",
+    "lte web ecf",
+    "lte bulk blest",
+}  # a few seconds each
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n in _SLOW else n for n in _cases()]
+)
 def test_figures_as_recorded(name):
     want = _golden().get(name)
     assert want is not None, f"no recorded figures for {name!r}: regenerate (module text)"
