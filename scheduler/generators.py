@@ -21,6 +21,7 @@ the carrier context.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 from scheduler.config import SchedulerConfig
@@ -139,7 +140,11 @@ class ConnectionTracker(_Generator):
         super().__init__()
         self.forget_after = forget_after
         self.connections: dict[int, ConnectionContext] = {}
-        self._implicit: dict[int, float] = {}  # unannounced connection -> last message
+        # unannounced connection -> last message, in the order of their last messages
+        # (while the times come in order), so a sweep stops at the first one still fresh
+        self._implicit: dict[int, float] = {}
+        self._latest = -math.inf
+        self._in_order = True
         self._swept = 0.0
 
     def opened(
@@ -171,11 +176,19 @@ class ConnectionTracker(_Generator):
         ctx = self.connections.get(conn_id)
         if ctx is None:
             ctx = self.connections[conn_id] = ConnectionContext(conn_id, opened=now)
-            self._implicit[conn_id] = now
+            self._touch(conn_id, now)
             self._publish(CONNECTION, conn_id, ctx)
         elif conn_id in self._implicit:
-            self._implicit[conn_id] = now
+            self._touch(conn_id, now)
         return ctx
+
+    def _touch(self, conn_id: int, now: float) -> None:
+        implicit = self._implicit
+        implicit.pop(conn_id, None)
+        implicit[conn_id] = now
+        if now < self._latest:
+            self._in_order = False  # a caller went back in time: sweeps scan everything
+        self._latest = now
 
     def carried_to(self, conn_id: int, offset: int) -> None:
         """The connection has carried ``offset`` bytes (the offset of its next message;
@@ -203,9 +216,17 @@ class ConnectionTracker(_Generator):
         if now - self._swept < 1.0:
             return
         self._swept = now
-        for cid, last in list(self._implicit.items()):
-            if now - last > self.forget_after:
-                self.closed(cid)
+        forget = self.forget_after
+        if self._in_order:
+            expired = []
+            for cid, last in self._implicit.items():
+                if now - last <= forget:
+                    break
+                expired.append(cid)
+        else:
+            expired = [cid for cid, last in self._implicit.items() if now - last > forget]
+        for cid in expired:
+            self.closed(cid)
 
 
 class CarrierTracker(_Generator):

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 Callback = Callable[[float, Any], None]
+_push = heapq.heappush
 
 
 class Engine:
@@ -31,7 +32,7 @@ class Engine:
         """Run ``callback(t, arg)`` at time ``t`` (never before ``now``)."""
         if t < self.now:
             t = self.now
-        heapq.heappush(self._heap, (t, next(self._order), callback, arg))
+        _push(self._heap, (t, next(self._order), callback, arg))
 
     def run(self, until: float, progress: Callable[[float], None] | None = None) -> None:
         """Process events up to and including time ``until``."""
@@ -39,12 +40,13 @@ class Engine:
         pop = heapq.heappop
         n = 0
         while heap:
-            t, _, cb, arg = heap[0]
+            item = pop(heap)
+            t = item[0]
             if t > until:
+                _push(heap, item)  # the first event after the run: back where it was
                 break
-            pop(heap)
             self.now = t
-            cb(t, arg)
+            item[2](t, item[3])
             n += 1
             if progress is not None and not n & 4095:
                 progress(t)

@@ -32,6 +32,8 @@ from typing import Protocol
 
 import numpy as np
 
+_bisect_right = bisect.bisect_right
+
 OPPORTUNITY_BYTES = 1500
 """IP bytes per delivery opportunity (Mahimahi's convention, as in ``netns.traces``)."""
 
@@ -132,17 +134,26 @@ class Link:
 
     def inverse(self, x: float) -> float:
         """The earliest time by which ``x`` IP bytes can have been delivered."""
-        if self.total <= 0.0:
+        total = self.total
+        if total <= 0.0:
             return math.inf
-        y = x / OPPORTUNITY_BYTES
-        rounds, r = divmod(y, self.total)
-        cum, counts = self._cum, self._counts
-        k = bisect.bisect_right(cum, r) - 1
-        k = min(max(k, 0), self.period - 1)
-        while counts[k] <= 0.0 and k + 1 < self.period:  # float edge cases
+        rounds, r = divmod(x / OPPORTUNITY_BYTES, total)
+        cum, counts, period = self._cum, self._counts, self.period
+        k = _bisect_right(cum, r) - 1
+        if k < 0:
+            k = 0
+        elif k > period - 1:
+            k = period - 1
+        c = counts[k]
+        while c <= 0.0 and k + 1 < period:  # float edge cases
             k += 1
-        frac = (r - cum[k]) / counts[k] if counts[k] > 0 else 0.0
-        return (rounds * self.period + k + min(max(frac, 0.0), 1.0)) / 1000.0
+            c = counts[k]
+        frac = (r - cum[k]) / c if c > 0 else 0.0
+        if frac < 0.0:
+            frac = 0.0
+        elif frac > 1.0:
+            frac = 1.0
+        return (rounds * period + k + frac) / 1000.0
 
     def capacity_between(self, a: float, b: float) -> float:
         """IP bytes deliverable in [a, b): the oracle's integral."""
@@ -189,7 +200,8 @@ class Link:
         packets still count as sent through the FIFO (their retransmission crosses it
         about as soon), so a lossy burst does not arrive early."""
         lost = 0
-        if self._queue:
+        queue = self._queue
+        if queue:
             over = self.packets_queued(now) + packets - self.queue_packets
         else:
             over = packets - self.queue_packets
@@ -201,15 +213,16 @@ class Link:
             if self.rng.random() < p_any:
                 lost += 1
                 self.lost_packets += 1
-        if self.free_at > now:
-            start, base = self.free_at, self._free_cum
+        free_at = self.free_at
+        if free_at > now:
+            start, base = free_at, self._free_cum
         else:
             start, base = now, self.cumulative(now)
         self.last_base = base  # where in D(t) this transmission's first byte is served
-        self._free_cum = base + link_bytes
-        done = self.inverse(self._free_cum)
+        self._free_cum = end = base + link_bytes
+        done = self.inverse(end)
         self.free_at = done
-        self._queue.append((start, done, packets))
+        queue.append((start, done, packets))
         self._queued += packets
         self.sent_bytes += link_bytes
         return done + self.delay, lost

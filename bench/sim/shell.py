@@ -332,6 +332,7 @@ class _Loop:
     something arrived (:meth:`wake`), and at the mux's next timer."""
 
     mux: Mux
+    paths: dict[int, End]
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
@@ -351,6 +352,14 @@ class _Loop:
 
     def iteration(self, now: float) -> None:
         raise NotImplementedError
+
+    def _pump(self, now: float) -> None:
+        """``pump_mux``, skipped when the mux has nothing to hand out after its timers
+        (``Mux.output_pending``): offering the paths' room would then change nothing."""
+        mux = self.mux
+        mux.handle_timer(now)
+        if mux.output_pending():
+            pump_mux(mux, self.paths, now)
 
     def _arm(self, now: float) -> None:
         t = self.mux.next_timer()
@@ -524,7 +533,7 @@ class Gateway(_Loop):
     def iteration(self, now: float) -> None:
         """``Gateway.idle`` after ``Uplink.poll``: events, pump, events."""
         self._events(now)
-        pump_mux(self.mux, self.paths, now)
+        self._pump(now)
         self._events(now)
         self._arm(now)
 
@@ -668,7 +677,7 @@ class Node(_Loop):
         for _ in range(8):
             self._events(now)
             self._refill(now)
-            pump_mux(self.mux, self.paths, now)
+            self._pump(now)
             if not self._events(now):
                 break
         self._refill(now)

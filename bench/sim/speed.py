@@ -2,8 +2,10 @@
 
     .venv/bin/python -m bench.sim.speed [--duration 3600] [--workload web] [--policies context]
 
-Prints, per policy (default: ours), wall and CPU time and the speed-up over real time
-(simulated seconds per wall second), and with ``--profile`` the share of the time spent
+Prints, per policy (default: ours), wall and CPU time, the speed-up over real time
+(simulated seconds per wall second, and per CPU second), the machine's load average
+before and after, and a line to quote with its command; with ``--profile`` the share of
+the time spent
 in the product's own code the simulator runs (``middlebox/``: the muxes, the scheduler
 adapters, the shells' shared duties; ``scheduler/``: policies and estimators) against
 the model around it (``bench/sim/``). The target is at most 30 s for the hour. The
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import sys
 import time
@@ -65,8 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     print(f"replay speed: {args.duration:g} s of 3 LTE carriers, workload {args.workload}")
+    command = "python -m bench.sim.speed" + (
+        f" --duration {args.duration:g}" if args.duration != 3600 else ""
+    )
+    if args.workload != "web":
+        command += f" --workload {args.workload}"
     for policy in args.policies.split(","):
+        before = os.getloadavg()[0]
         m = measure(args.duration, args.workload, policy, args.profile)
+        after = os.getloadavg()[0]
         line = (
             f"  {policy:<11} {m['wall_s']:6.1f} s wall ({m['cpu_s']:.1f} s CPU)  speed-up "
             f"{m['speedup']:5.0f}x real time  {m['events']} events "
@@ -81,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
                 "built-ins and the standard library"
             )
         print(line)
+        print(
+            f"    {args.duration:g} s simulated in {m['wall_s']:.1f} s wall "
+            f"({args.duration / m['wall_s']:.0f} simulated s per wall s), "
+            f"{m['cpu_s']:.1f} s CPU ({args.duration / max(m['cpu_s'], 1e-9):.0f} per CPU s), "
+            f"load average {before:.1f} -> {after:.1f} on {os.cpu_count()} cores: "
+            f"`{command}{'' if policy == 'context' else ' --policies ' + policy}`"
+        )
     return 0
 
 

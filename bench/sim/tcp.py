@@ -217,72 +217,78 @@ class Socket:
 
     def pump(self, now: float) -> None:
         """Send what the window and pacing allow."""
-        cc = self.cc
         unsent = self.unsent
-        flight = self.flight
-        fwd = self.fwd
-        engine = self.engine
-        while unsent and self.alive:
-            window = cc.cwnd - self.inflight
-            if window <= 0:
-                break  # the window is full
-            head = unsent[0]
-            # pacing: the last send's bytes at the current rate (recomputed, so a rate
-            # that recovers after an outage is not stuck behind an old, slow schedule)
-            due = self.pace_last + self.pace_bytes / cc.pacing_rate
-            if due > now + 1e-9:
-                if due < self.pump_at:
-                    self.pump_at = due
-                    engine.at(due, self._pump_timer, (self.epoch, due))
-                break
-            left = head[1]
-            # at most a chunk, and no more than the window lets out (whole packets): an
-            # ACK that frees one packet lets one packet go, as the kernel's ACK clock does
-            size = CHUNK if window >= CHUNK else -(-window // MSS) * MSS
-            if left > size:  # a large unit leaves piece by piece; it arrives with its last
-                head[1] = left - size
-                wire, unit = size, PART
-            else:
-                unsent.popleft()
-                wire, unit = left, head[0]
-            self.notsent -= wire
-            if not flight:
-                self.delivered_time = self.first_sent = self.rto_base = now
-            arrival, lost, ser = fwd.transmit(now, wire, self.srtt)
-            if arrival < self.rx_last:
-                arrival = self.rx_last  # in order: behind everything sent before
-            self.rx_last = arrival
-            packets = -(-wire // MSS)
-            self.segs_out += packets
-            self.total_retrans += lost
-            self.sent_n += 1
-            self.inflight += wire
-            seg = (
-                self.sent_n,
-                unit,
-                wire,
-                packets,
-                now,
-                self.delivered,
-                self.delivered_time,
-                self.app_mark != 0,  # application-limited (see write)
-                ser,
-                self.rto_count,
-                self.first_sent,
-                self.epoch,
-                fwd.last_base,
-            )
-            flight.append(seg)
-            self.pace_last, self.pace_bytes = now, wire
-            engine.at(arrival, self._arrive, seg)
-            if packets > 1 and arrival - now > SLOW + 2 * self.srtt:
-                # a chunk that crawls through (a trace that trickles a packet a second):
-                # the kernel hears of its packets one by one, and so does this socket
-                base, n = seg[BASE], seg[N]
-                for k in range(1, packets):
-                    t = fwd.inverse(base + k * OPPORTUNITY_BYTES) + fwd.delay
-                    engine.at(t, self._packet_arrives, (self.epoch, n, k))
-        if flight and not self.rto_armed:
+        if unsent and self.alive:  # nothing below changes either, nor the controller
+            cc = self.cc
+            cwnd = cc.cwnd
+            rate = cc.pacing_rate
+            flight = self.flight
+            fwd = self.fwd
+            at = self.engine.at
+            epoch = self.epoch
+            while unsent:
+                window = cwnd - self.inflight
+                if window <= 0:
+                    break  # the window is full
+                head = unsent[0]
+                # pacing: the last send's bytes at the current rate (recomputed, so a rate
+                # that recovers after an outage is not stuck behind an old, slow schedule)
+                due = self.pace_last + self.pace_bytes / rate
+                if due > now + 1e-9:
+                    if due < self.pump_at:
+                        self.pump_at = due
+                        at(due, self._pump_timer, (epoch, due))
+                    break
+                left = head[1]
+                # at most a chunk, and no more than the window lets out (whole packets): an
+                # ACK that frees one packet lets one packet go, as the kernel's ACK clock
+                size = CHUNK if window >= CHUNK else -(-window // MSS) * MSS
+                if left > size:  # a large unit leaves piece by piece; it arrives with its last
+                    head[1] = left - size
+                    wire, unit = size, PART
+                else:
+                    unsent.popleft()
+                    wire, unit = left, head[0]
+                self.notsent -= wire
+                if not flight:
+                    self.delivered_time = self.first_sent = self.rto_base = now
+                srtt = self.srtt
+                arrival, lost, ser = fwd.transmit(now, wire, srtt)
+                if arrival < self.rx_last:
+                    arrival = self.rx_last  # in order: behind everything sent before
+                self.rx_last = arrival
+                packets = -(-wire // MSS)
+                self.segs_out += packets
+                self.total_retrans += lost
+                self.sent_n = n = self.sent_n + 1
+                self.inflight += wire
+                seg = (
+                    n,
+                    unit,
+                    wire,
+                    packets,
+                    now,
+                    self.delivered,
+                    self.delivered_time,
+                    self.app_mark != 0,  # application-limited (see write)
+                    ser,
+                    self.rto_count,
+                    self.first_sent,
+                    epoch,
+                    fwd.last_base,
+                )
+                flight.append(seg)
+                self.pace_last, self.pace_bytes = now, wire
+                at(arrival, self._arrive, seg)
+                if packets > 1 and arrival - now > SLOW + 2 * srtt:
+                    # a chunk that crawls through (a trace that trickles a packet a
+                    # second): the kernel hears of its packets one by one, and so does
+                    # this socket
+                    base = seg[BASE]
+                    for k in range(1, packets):
+                        t = fwd.inverse(base + k * OPPORTUNITY_BYTES) + fwd.delay
+                        at(t, self._packet_arrives, (epoch, n, k))
+        if self.flight and not self.rto_armed:
             self._arm_rto()
 
     def _pump_timer(self, now: float, arg: tuple[int, float]) -> None:

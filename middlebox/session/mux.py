@@ -724,14 +724,16 @@ class Mux:
         return self._events.popleft() if self._events else None
 
     def next_timer(self) -> float | None:
-        times = []
-        if self._stalls:
-            times.append(self._stalls[0][0])
+        t = self._stalls[0][0] if self._stalls else None
         if self._all_down_since is not None and self.conns:
-            times.append(self._all_down_since + self.params.paths_lost_timeout)
+            lost = self._all_down_since + self.params.paths_lost_timeout
+            if t is None or lost < t:
+                t = lost
         if self._tomb_heap:
-            times.append(self._tomb_heap[0][0])
-        return min(times) if times else None
+            tomb = self._tomb_heap[0][0]
+            if t is None or tomb < t:
+                t = tomb
+        return t
 
     def handle_timer(self, now: float) -> None:
         self._now = now
@@ -1065,6 +1067,23 @@ class Mux:
                 self._charge(pid, size - DATA_FIXED)
             counters["datagrams_sent"] += len(ids)
 
+    def output_pending(self) -> bool:
+        """Whether :meth:`messages_to_send` may have anything to hand out (call it after
+        :meth:`handle_timer`): a control message or datagram queued, or a connection
+        with a DATA_ACK due, a copy to resend, bytes not yet sent or its FIN. While it
+        is False, offering the paths' room and asking would change nothing."""
+        if self._control or self._datagrams:
+            return True
+        for c in self.conns.values():
+            if (
+                c.ack_due
+                or c.rtx
+                or c.sbase + len(c.sbuf) > c.snd_nxt
+                or (c.fin_wanted and c.fin_seq is None)
+            ):
+                return True
+        return False
+
     def messages_to_send(self, now: float) -> list[tuple[int, Message]]:
         """Messages to write now, each with the path to write it on, in order."""
         self.handle_timer(now)
@@ -1075,13 +1094,26 @@ class Mux:
             self.counters["datagrams_no_path"] += len(self._datagrams)
             self._datagrams.clear()
             return out
-        self._send_control(out, paths, now)
-        self._send_datagrams(out, paths, now)
-        self._send_acks(out, paths, now)
-        for conn in list(self.conns.values()):
-            if conn.rtx:
-                self._send_rtx(conn, out, paths, now)
-        self._send_new(out, paths, now)
+        if self._control:
+            self._send_control(out, paths, now)
+        if self._datagrams:
+            self._send_datagrams(out, paths, now)
+        # One pass over the connections finds the three kinds of work, in connection
+        # order (sending an ACK or a copy changes none of what the other lists hold)
+        acks, rtx, new = [], [], []
+        for c in self.conns.values():
+            if c.ack_due:
+                acks.append(c)
+            if c.rtx:
+                rtx.append(c)
+            if c.sbase + len(c.sbuf) > c.snd_nxt or (c.fin_wanted and c.fin_seq is None):
+                new.append(c)
+        if acks:
+            self._send_acks(out, acks, paths, now)
+        for conn in rtx:
+            self._send_rtx(conn, out, paths, now)
+        if new:
+            self._send_new(out, new, paths, now)
         self.counters["messages_sent"] += len(out)
         return out
 
@@ -1109,10 +1141,8 @@ class Mux:
                 out.append((pid, msg))
         self._control = keep
 
-    def _send_acks(self, out: list, paths: list[PathState], now: float) -> None:
-        for conn in self.conns.values():
-            if not conn.ack_due:
-                continue
+    def _send_acks(self, out: list, conns: list[Conn], paths: list[PathState], now: float) -> None:
+        for conn in conns:
             ack = conn.ack_value()
             edge = conn.consumed + conn.window
             ranges = tuple(conn.store.ranges(MAX_SACK_RANGES))
@@ -1171,10 +1201,7 @@ class Mux:
             self.counters["retransmits"] += 1
             self._arm(conn, inf, now)
 
-    def _send_new(self, out: list, paths: list[PathState], now: float) -> None:
-        active = [
-            c for c in self.conns.values() if c.unsent or (c.fin_wanted and c.fin_seq is None)
-        ]
+    def _send_new(self, out: list, active: list[Conn], paths: list[PathState], now: float) -> None:
         while active:
             still = []
             for conn in active:

@@ -195,8 +195,11 @@ class SchedulerPolicy:
             self.failed = True
             return lowest_rtt_policy(info, paths, now)
         self.decisions += 1
-        ok = {p.id for p in cands}
-        chosen = tuple(i for i in ids if i in ok)
+        if type(ids) is tuple and len(ids) == 1:  # the usual answer: one path
+            chosen = ids if any(p.id == ids[0] for p in cands) else ()
+        else:
+            ok = {p.id for p in cands}
+            chosen = tuple(i for i in ids if i in ok)
         if len(chosen) > 1:
             self.duplicated += 1
         if not chosen and kind == CONTROL:

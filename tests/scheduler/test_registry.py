@@ -178,3 +178,23 @@ def test_position_forecast_merges_into_the_longterm_answer():
     assert src.dark("a", 3.0, horizon_s=10.0).dark_in_s == 3.0 and asked[-1][3] == 10.0
     # a carrier without a cell context still gets the position's answer
     assert src.predict("b", 3.0).throughput_mean == 2e6
+
+
+@pytest.mark.parametrize("times", ["in order", "back in time"])
+def test_unannounced_connections_are_forgotten_after_their_silence(times):
+    """The sweep forgets exactly the unannounced connections silent for longer than
+    ``forget_after``, announced ones never, also when a caller's clock goes back."""
+    reg = ContextRegistry()
+    conns = ConnectionTracker(forget_after=10.0)
+    conns.attach(reg)
+    conns.opened(1, 0.0, client="10.0.0.2", dst_port=443)
+    for cid, t in ((2, 1.0), (3, 2.0), (4, 3.0)):
+        conns.seen(cid, t)
+    conns.seen(2, 8.0)  # 2 spoke again: now the freshest
+    if times == "back in time":
+        conns.seen(5, 0.5)  # an older time than the last one seen
+    conns.sweep(12.5)
+    left = {cid for cid, _ in reg.items(CONNECTION)}
+    assert left == {1, 2, 4}
+    conns.sweep(18.5)
+    assert {cid for cid, _ in reg.items(CONNECTION)} == {1}
