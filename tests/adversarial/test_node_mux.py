@@ -217,3 +217,32 @@ def test_windows_stop_growing_when_the_budget_is_short():
         assert (node.counters["growth_held"] > 0) is not grows
         node.receive(1, wire.Data(1, 0, b"x"), 0.2)
         assert node.read(1) == b"x" + filler
+
+
+def test_work_per_message_is_flat_from_1000_to_100000_holes():
+    """The same as the timing above, counted in calls (the same on a loaded machine):
+    a one-byte DATA into a hole costs the same work with 1 000, 10 000 or 100 000 held."""
+    import sys
+
+    per = {}
+    for n in (1_000, 10_000, 100_000):
+        node = node_mux(buffer_bytes=1 << 20, reorder_overhead=1 << 30)
+        open_conn(node, 1)
+        offsets = [4 * k + 2 for k in range(n)]
+        random.Random(n).shuffle(offsets)
+        holes(node, 1, offsets)
+        probe = [4 * k for k in random.Random(n + 1).sample(range(1, n), 500)]
+        count = 0
+
+        def tally(frame, event, arg) -> None:
+            nonlocal count
+            count += event in ("call", "c_call")
+
+        sys.setprofile(tally)
+        try:
+            holes(node, 1, probe)
+        finally:
+            sys.setprofile(None)
+        per[n] = count / len(probe)
+    print("calls per message:", per)
+    assert per[100_000] <= 1.2 * per[1_000] and per[10_000] <= 1.2 * per[1_000], per
