@@ -494,13 +494,16 @@ def start_sink(bed):  # noqa: ANN001, ANN201 (a ProxyBed; a Popen)
 
 
 def attacked_download(bed, kind: str | None, rate: float, seconds: float, probes: int = 5,  # noqa: ANN001
-                      attack: tuple[str, list[str]] | None = None) -> dict:  # fmt: skip
+                      attack: tuple[str, list[str]] | None = None,
+                      settle: float = 0.0) -> dict:  # fmt: skip
     """A bulk download of ``seconds`` from the victim's address, with (``kind`` "syn",
     "ack" or "synack") or without a flood from the attacker's address at ``rate``
     packets/s (0: as fast as the sender can), and ``probes`` new connections from a
     third address during it. ``attack``: another attacker instead, (namespace, arguments
     of this module) of a program that prints "ready" once it attacks and a JSON line at
-    its end; it must attack for ``seconds`` + 1.5 s. Returns goodput, connect times, the
+    its end; it must attack for ``seconds`` + 1.5 s (+ ``settle``). ``settle``: wait up
+    to that long before the download until what the gateway and the node hold stops
+    growing (an attack that pins buffers has filled them). Returns goodput, connect times, the
     attack's figures and the gateway's counters that moved. A ``netns.baselines`` server
     must listen on its default port."""
     import subprocess
@@ -518,11 +521,14 @@ def attacked_download(bed, kind: str | None, rate: float, seconds: float, probes
     flooder = None
     if attack:
         role, argv = attack
-        flooder = bed.tb.popen(role, [*me, *argv], stdout=subprocess.PIPE, cwd=bed_root())
+        full = [sys.executable, *argv] if argv[0].endswith(".py") else [*me, *argv]
+        flooder = bed.tb.popen(role, full, stdout=subprocess.PIPE, cwd=bed_root())
         if flooder.stdout is None or not flooder.stdout.readline().startswith(b"ready"):
             flooder.kill()
             raise RuntimeError(f"the attacker did not start: {argv}")
         time.sleep(0.5)  # the attack runs before and during the download
+        if settle:
+            settled(bed, settle)
     argv = [*me, "connects", "--bind", client_addr(THIRD), "--server", server,
             "--count", str(probes), "--interval", str(seconds / (probes + 1))]  # fmt: skip
     prober = bed.tb.popen("client", argv, stdout=subprocess.PIPE, cwd=bed_root())
@@ -530,7 +536,8 @@ def attacked_download(bed, kind: str | None, rate: float, seconds: float, probes
         d = baselines.download(bed.tb, VICTIM, seconds=seconds)
         out, _ = prober.communicate(timeout=seconds + 30)
         connect_s = json.loads(out.decode().strip().splitlines()[-1])
-        result: dict = {"attack": (kind or attack[1][0]) if attack else "none",
+        name = (kind or attack[1][0].rsplit("/", 1)[-1]) if attack else "none"
+        result: dict = {"attack": name,
                         "goodput_mbit": round(d.goodput_mbit, 2),
                         "connect_s": connect_s}  # fmt: skip
         if flooder is not None:
@@ -570,6 +577,25 @@ def _node_counters(st: dict) -> dict:
         for k in NODE_KEYS:
             out[k] += sess.get("counters", {}).get(k, 0)
     return out
+
+
+def held(bed) -> int:  # noqa: ANN001
+    """Bytes the gateway's and the node's connection buffers hold together."""
+    gw = bed.status()["sessions"][0]["memory"]["held"]
+    return gw + bed.status("node")["memory"]["held"]
+
+
+def settled(bed, limit: float) -> int:  # noqa: ANN001
+    """Wait until :func:`held` grew by less than 2 % over a second, at most ``limit`` s."""
+    end = time.monotonic() + limit
+    last = held(bed)
+    while time.monotonic() < end:
+        time.sleep(1.0)
+        now = held(bed)
+        if now <= last * 1.02:
+            return now
+        last = now
+    return last
 
 
 NODE_KEYS = ("paths_unread", "reorder_overflow", "windows_shrunk", "growth_held",
