@@ -12,8 +12,16 @@ what the gateway did (SYN cookies sent and accepted, half-open connections, drop
 quota, RSTs suppressed) and the victims' goodput and connect times, against the same
 download without the flood. Needs root; run it through the machine's measurement lock.
 
+``attacks``: on the testbed, the attacks of tests/adversarial/test_edge_attacks.py beside
+a download, each paired with the download without it: one-byte segments with holes
+through the gateway (a raw-socket client offering SACK), one-byte DATA with gaps and a
+path that never reads from an authenticated gateway of its own, and 64 connections of
+one passenger pinning buffers (downloads never read, uploads to a destination that
+never reads), at the tests' rates and as fast as the attacker can.
+
     .venv/bin/python -m bench.edge_bench holes [--probes N]
     .venv/bin/python -m bench.edge_bench synflood [--seconds S] [--rate R]
+    .venv/bin/python -m bench.edge_bench attacks [--seconds S] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -417,10 +425,10 @@ def drop_replies_to_attacker(bed) -> None:  # noqa: ANN001 (a bench.proxy_bench.
         raise RuntimeError(f"nft in the client namespace: {r.stderr.decode()}")
 
 
-def flood_attack(
-    kind: str, rate: float, seconds: float, ports: int = 60_000
-) -> tuple[str, list[str]]:
-    """The namespace and the arguments of :func:`flood` for :func:`attacked_download`."""
+def flood_attack(kind: str, rate: float, seconds: float, ports: int = 0) -> tuple[str, list[str]]:
+    """The namespace and the arguments of :func:`flood` for :func:`attacked_download`;
+    ``ports`` 0: 60 000 (400 for "synack", SYNs at 400/s first)."""
+    ports = ports or (400 if kind == "synack" else 60_000)
     from netns.topology import SERVER_ADDRS, client_addr
 
     return "client", ["flood", "--kind", kind, "--bind", client_addr(ATTACKER),
@@ -642,6 +650,47 @@ def synflood_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def attacks_main(args: argparse.Namespace) -> int:
+    """The attacks of tests/adversarial/test_edge_attacks.py, at the tests' rates and
+    higher, each paired with the download without it just before."""
+    from pathlib import Path
+
+    from bench.proxy_bench import ProxyBed
+    from netns import baselines
+
+    spec, kw = ATTACK_BED
+    run = args.seconds + 1.5
+    settle = 25.0
+    print(f"# {args.seconds:g} s download (client 0) beside each attack, {args.probes} new "
+          "connections from client 2 during it; 2 carriers of 10 Mbit/s; budgets "
+          f"{json.dumps(kw)}; 2 shared cores: noisy", flush=True)  # fmt: skip
+    with ProxyBed(spec, Path(args.workdir), **kw) as bed:
+        srv = baselines.start_server(bed.tb)
+        snk = start_sink(bed)
+        try:
+            drop_replies_to_attacker(bed)
+            attacked_download(bed, None, 0, 2.0, 1)  # warm the paths up
+            rows = [("sack holes", r, sack_attack(r, run), 0.0) for r in (2000, 5000, 0)]
+            rows += [("mux holes", r, gateway_attack(bed, "holes", r, run), 0.0)
+                     for r in (2000, 5000, 0)]  # fmt: skip
+            rows += [("never reads", 0, gateway_attack(bed, "unread", 0, run), 0.0)]
+            rows += [(f"pinning ({k})", 64, hoard_attack(k, 64, 2.0, run + settle), settle)
+                     for k in ("download", "upload")]  # fmt: skip
+            for name, rate, attack, wait in rows:
+                if args.only and not any(o in name for o in args.only):
+                    continue
+                quiet = attacked_download(bed, None, 0, args.seconds, args.probes)
+                r = attacked_download(bed, None, 0, args.seconds, args.probes, attack, wait)
+                r["attack"], r["rate_asked"] = name, rate
+                r["quiet_mbit"], r["quiet_connect_s"] = quiet["goodput_mbit"], quiet["connect_s"]
+                r["share_of_quiet"] = round(r["goodput_mbit"] / quiet["goodput_mbit"], 3)
+                print(json.dumps(r), flush=True)
+        finally:
+            snk.kill()
+            srv.terminate()
+    return 0
+
+
 def _stray(v: str) -> int | None:
     return None if v == "default" else int(v)
 
@@ -694,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
     sf = sub.add_parser("synflood", help="floods beside a download on the testbed (root)")
     sf.add_argument("--seconds", type=float, default=8.0)
     sf.add_argument("--probes", type=int, default=8)
-    sf.add_argument("--kinds", default="syn,ack")
+    sf.add_argument("--kinds", default="syn,ack,synack")
     sf.add_argument(
         "--rates",
         type=float,
@@ -712,7 +761,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     sf.add_argument("--carrier-rate", type=float, default=10.0, help="Mbit/s per carrier")
     sf.add_argument("--workdir", default="/tmp/mpproxy-edge-bench")
+    at = sub.add_parser("attacks", help="the remaining attacks beside a download (root)")
+    at.add_argument("--seconds", type=float, default=5.0)
+    at.add_argument("--probes", type=int, default=5)
+    at.add_argument("--only", nargs="*", default=[], help="rows whose name contains one")
+    at.add_argument("--workdir", default="/tmp/mpproxy-edge-attacks")
     args = p.parse_args(argv)
+    if args.what == "attacks":
+        return attacks_main(args)
     if args.what == "synflood":
         return synflood_main(args)
     if args.what == "holes":
