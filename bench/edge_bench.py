@@ -594,13 +594,14 @@ def held(bed) -> int:  # noqa: ANN001
 
 
 def settled(bed, limit: float) -> int:  # noqa: ANN001
-    """Wait until :func:`held` grew by less than 2 % over a second, at most ``limit`` s."""
+    """Wait until :func:`held` grew by less than 256 KiB over a second (about a tenth of
+    what the testbed's carriers bring in a second), at most ``limit`` s."""
     end = time.monotonic() + limit
     last = held(bed)
     while time.monotonic() < end:
         time.sleep(1.0)
         now = held(bed)
-        if now <= last * 1.02:
+        if now - last < 256 << 10:
             return now
         last = now
     return last
@@ -660,7 +661,7 @@ def attacks_main(args: argparse.Namespace) -> int:
 
     spec, kw = ATTACK_BED
     run = args.seconds + 1.5
-    settle = 25.0
+    settle = 40.0
     print(f"# {args.seconds:g} s download (client 0) beside each attack, {args.probes} new "
           "connections from client 2 during it; 2 carriers of 10 Mbit/s; budgets "
           f"{json.dumps(kw)}; 2 shared cores: noisy", flush=True)  # fmt: skip
@@ -674,7 +675,7 @@ def attacks_main(args: argparse.Namespace) -> int:
             rows += [("mux holes", r, gateway_attack(bed, "holes", r, run), 0.0)
                      for r in (2000, 5000, 0)]  # fmt: skip
             rows += [("never reads", 0, gateway_attack(bed, "unread", 0, run), 0.0)]
-            rows += [(f"pinning ({k})", 64, hoard_attack(k, 64, 2.0, run + settle), settle)
+            rows += [(f"pinning ({k})", 32, hoard_attack(k, 32, 2.0, run + settle), settle)
                      for k in ("download", "upload")]  # fmt: skip
             for name, rate, attack, wait in rows:
                 if args.only and not any(o in name for o in args.only):
