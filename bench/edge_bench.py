@@ -269,9 +269,9 @@ def hostile_gateway(mode: str, node: str, tls: dict, gateway_id: str, server: st
     that attacks the node for ``seconds``. ``mode`` "holes": OPEN connections to
     ``server:port`` and send one-byte DATA with a hole before each, ``rate`` a second (0:
     as fast as it can); the node resets a connection at its reorder bound, the attacker
-    opens the next. What the node answers is read and thrown away. "unread": PROBEs as
-    fast as TLS sends them and never a read; when the node drops the path (its output
-    bound), dial again."""
+    opens the next. What the node answers is read and thrown away. "unread": PROBEs,
+    ``rate`` a second (0: as fast as TLS sends them), and never a read; when the node
+    drops the path (its output bound), dial again."""
     import socket
     import ssl
 
@@ -310,9 +310,12 @@ def hostile_gateway(mode: str, node: str, tls: dict, gateway_id: str, server: st
     probes = wire.encode(wire.Probe(1, 0)) * 4000
     while (now := time.monotonic()) < end:
         if mode == "unread":
+            if rate and out["sent"] >= (now - t0) * rate:
+                time.sleep(0.002)
+                continue
             try:
                 c.settimeout(0.05)
-                out["sent"] += c.send(probes) // 20
+                out["sent"] += c.send(probes[: 20 * (256 if rate else 4000)]) // 20
             except (TimeoutError, ssl.SSLWantWriteError):
                 pass
             except OSError:
@@ -442,10 +445,12 @@ def _attack_bed():  # noqa: ANN202
     spec = TestbedSpec(carriers=(CarrierSpec("10mbit", delay_ms=10),) * 2, clients=4)
     # budgets small enough for a test's time to fill them over 2 x 10 Mbit/s (the
     # defaults, 512 MiB at the gateway and 256 MiB per session at the node, would take
-    # minutes); per connection a quarter of the default 4 MiB
+    # minutes); per connection a quarter of the default 4 MiB. A path's output bound of
+    # 512 KiB (default 4 MiB) so that a peer that never reads is dropped within the run
     kw = {
         "gateway": {"buffer_bytes": 1 << 20, "memory_budget": 16 << 20},
         "node": {"buffer_bytes": 1 << 20, "session_memory": 16 << 20, "memory_budget": 32 << 20},
+        "paths": {"max_output": 512 << 10},
     }
     return spec, kw
 
@@ -674,7 +679,8 @@ def attacks_main(args: argparse.Namespace) -> int:
             rows = [("sack holes", r, sack_attack(r, run), 0.0) for r in (2000, 5000, 0)]
             rows += [("mux holes", r, gateway_attack(bed, "holes", r, run), 0.0)
                      for r in (2000, 5000, 0)]  # fmt: skip
-            rows += [("never reads", 0, gateway_attack(bed, "unread", 0, run), 0.0)]
+            rows += [("never reads", r, gateway_attack(bed, "unread", r, run), 0.0)
+                     for r in (5000, 20_000, 0)]  # fmt: skip
             rows += [(f"pinning ({k})", 32, hoard_attack(k, 32, 2.0, run + settle), settle)
                      for k in ("download", "upload")]  # fmt: skip
             for name, rate, attack, wait in rows:
