@@ -91,9 +91,9 @@ def test_full_rate_stray_ack_flood_is_dropped_in_the_kernel(bed, quiet):
     sent = r["flood"]["sent"]
     # beyond gateway.stray_per_source the kernel drops the flood. Not all that was sent
     # arrives (a veth drops what its ring cannot take at full rate: 5 % seen), so 90 %
-    # of it. The capture reads the rate and its burst, and the packets of tuples the SYN
-    # flood test made known (answered with a SYN-ACK less than flow_timeout_half_open
-    # ago: the flooder's ports repeat): 11 733 of 187 840 seen, so at most a tenth
+    # of it. The capture reads the rate and its burst, and one packet of each tuple the
+    # SYN flood test had answered with a SYN-ACK (the flooder's ports repeat; before a
+    # SYN-ACK admitted only one, 11 733 of 187 840 were read): at most a tenth
     assert gw["stray_dropped"] >= 0.9 * sent, r
     assert gw.get("untracked_packets", 0) <= 0.1 * sent, r
 
