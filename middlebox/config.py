@@ -318,7 +318,11 @@ class GatewayConfig:
         max=1 << 24,
     )
     flow_timeout_half_open: float = opt(
-        30.0, "Seconds a flow may stay idle before its handshake completes.", min=1.0, max=3600.0
+        30.0,
+        "Seconds a flow may stay idle before its handshake completes (and a SYN-ACK's tuple "
+        "waits in the kernel for the one packet it admits, the handshake's ACK).",
+        min=1.0,
+        max=3600.0,
     )
     flow_timeout_established: float = opt(
         7440.0,

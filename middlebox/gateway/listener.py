@@ -212,16 +212,24 @@ class Listener:
         WireGuard's lesson, cheap rejection before costly work. The kernel learns a flow
         from what goes out to the LAN: every TCP packet the gateway (or a bypassed server)
         sends to a passenger that is neither a SYN-ACK nor an RST puts the flow's tuple in
-        the set ``flows`` for ``gateway.flow_timeout_established`` (refreshed by each), a
-        SYN-ACK for ``gateway.flow_timeout_half_open`` (so a SYN flood's cookies expire
-        soon; the set holds four times ``gateway.flow_table_size``). A passenger's packets
-        of a known flow are never limited, whatever the rate of its transfer; the others
-        are held to ``gateway.stray_per_source`` a second per source and dropped beyond,
-        counted in ``stray_dropped``. What a legitimate passenger sends outside known flows
-        is little: the packets in flight when the gateway reset a connection (a window,
-        once), a flow idle past its timeout (one packet, then answered and known again),
-        retransmissions after a close; a flood of stray ACKs beyond the rate never
-        reaches the capture's socket, where it would crowd out other passengers' frames.
+        the set ``flows`` for ``gateway.flow_timeout_established`` (refreshed by each; the
+        set holds four times ``gateway.flow_table_size``). A passenger's packets of a known
+        flow are never limited, whatever the rate of its transfer; the others are held to
+        ``gateway.stray_per_source`` a second per source and dropped beyond, counted in
+        ``stray_dropped``. A SYN-ACK makes its tuple known only half: it goes in the set
+        ``half`` (for ``gateway.flow_timeout_half_open``), which admits one packet, the one
+        that completes the handshake, and forgets the tuple as it passes. Had a SYN-ACK
+        made its tuple known, a passenger could have made its SYN rate times the half-open
+        timeout tuples known (cookies keep no state, so without a cap) and flooded on them
+        at any rate; now it can send at most its SYN rate plus its stray rate a second
+        outside the flows the gateway answered. What follows the handshake's ACK before the
+        gateway's first answer (a request, a first flight of data) counts as stray, within
+        the rate and its burst. What a legitimate passenger sends outside known flows is
+        little: that first flight, the packets in flight when the gateway reset a
+        connection (a window, once), a flow idle past its timeout (one packet, then
+        answered and known again), retransmissions after a close; a flood of stray ACKs
+        beyond the rate never reaches the capture's socket, where it would crowd out other
+        passengers' frames.
         TCP to the gateway's own addresses (SSH to the router) and to the routing-level
         bypass prefixes never goes to the listener and is not held.
 
@@ -253,6 +261,7 @@ class Listener:
             stray = (
                 f"    {iif} tcp flags & (fin | syn | rst | ack) == syn accept\n"
                 f"    {iif} meta l4proto tcp {key} @flows accept\n"
+                f"    {iif} meta l4proto tcp {key} @half delete @half {{ {key} }} accept\n"
                 f"    {iif} meta l4proto tcp fib daddr type local accept\n"
                 f"    {iif} meta l4proto tcp{skip} add @stray_rate {{ ip saddr limit rate over "
                 f"{stray_rate}/second burst {stray_rate} packets }} "
@@ -263,7 +272,7 @@ class Listener:
                 f"    {oif} tcp flags & (syn | rst) == 0 "
                 f"update @flows {{ {back} timeout {est}s }}\n"
                 f"    {oif} tcp flags & (syn | rst | ack) == syn | ack "
-                f"update @flows {{ {back} timeout {half}s }}\n"
+                f"update @half {{ {back} timeout {half}s }}\n"
                 "  }\n"
             )
         ruleset = (
@@ -274,6 +283,8 @@ class Listener:
             "  set syn_rate { type ipv4_addr; size 65536; flags dynamic,timeout; timeout 10s; }\n"
             "  set stray_rate { type ipv4_addr; size 65536; flags dynamic,timeout; timeout 10s; }\n"
             "  set flows { type ipv4_addr . inet_service . ipv4_addr . inet_service; "
+            f"size {4 * gw.flow_table_size}; flags dynamic,timeout; timeout 30s; }}\n"
+            "  set half { type ipv4_addr . inet_service . ipv4_addr . inet_service; "
             f"size {4 * gw.flow_table_size}; flags dynamic,timeout; timeout 30s; }}\n"
             f"  chain pre {{ type filter hook prerouting priority raw; policy accept;\n"
             f"    {iif} tcp flags & (fin | syn | rst | ack) == syn "

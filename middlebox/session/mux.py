@@ -55,6 +55,12 @@ Per connection and direction (docs/PROTOCOL.md has the messages):
   windows (down to :data:`INITIAL_WINDOW`) and windows stop growing, and the send side
   takes no more than the budget has free beyond :data:`INITIAL_WINDOW` per connection:
   the limit is applied by what is advertised and accepted, never by dropping data.
+  The budget is shared fairly among the connections' sources (the passengers, from
+  OPEN): while a source holds less than an even share of it, its connections keep full
+  windows and send room however short the budget is, so one passenger that fills the
+  budget squeezes its own new connections, not the others' (HAProxy's per-source
+  limits). What fair sources hold stays within the budget, so a process holds at most
+  twice its budget plus the windows it had advertised.
 * **OPEN.** The gateway's OPEN and any data sent before OPEN_OK go on one path (pinned)
   so the node never sees data of a connection it does not know yet; if that path dies,
   OPEN and the data are sent again on another. The node reports OPEN as an event and
@@ -420,6 +426,7 @@ class Mux:
         self.policy = policy
         self.budget = budget  # None: no bound but the per-connection windows
         self.held = 0  # bytes the connections hold (what is charged to the budget)
+        self._sources: dict[object, list[int]] = {}  # source -> [bytes held, connections]
         self.paths: dict[int, PathState] = {}
         self.conns: dict[int, Conn] = {}
         self._tombs: dict[int, _Tombstone] = {}
@@ -443,6 +450,7 @@ class Mux:
             "open_over_limit": 0,  # OPENs refused: max_connections reached
             "windows_shrunk": 0,  # connections started with less than buffer_bytes (budget)
             "growth_held": 0,  # window growths the budget did not allow
+            "windows_fair": 0,  # full windows to a source below its share of a short budget
             "datagrams_sent": 0,  # DATAGRAM messages placed (each copy counted)
             "datagrams_no_path": 0,  # dropped: no path up (or none the policy would take)
             "datagrams_overflow": 0,  # dropped: more than DATAGRAM_QUEUE waiting
@@ -545,22 +553,36 @@ class Mux:
     def _new_conn(self, conn_id: int, msg: Open) -> Conn:
         conn = Conn(conn_id, ConnState.OPENING, self.params)
         conn.open_msg = msg
-        conn.window = self._start_window()
+        self._sources.setdefault(msg.src_addr, [0, 0])[1] += 1
+        conn.window = self._start_window(msg.src_addr)
         conn.adv_edge = conn.window
         self.conns[conn_id] = conn
         return conn
 
-    def _start_window(self) -> int:
+    def _start_window(self, source: object) -> int:
         """A new connection's window: ``buffer_bytes`` while the budget has room for
-        :data:`BUDGET_SLACK` of them, less as it fills, never below INITIAL_WINDOW."""
+        :data:`BUDGET_SLACK` of them or its source is below its share (:meth:`_fair`),
+        less as it fills, never below INITIAL_WINDOW."""
         full = self.params.buffer_bytes
         if self.budget is None:
             return full
         free = self.budget.free()
         if free >= BUDGET_SLACK * full:
             return full
+        if self._fair(source):
+            self.counters["windows_fair"] += 1
+            return full
         self.counters["windows_shrunk"] += 1
         return max(INITIAL_WINDOW, min(full, free // BUDGET_SLACK))
+
+    def _fair(self, source: object) -> bool:
+        """Whether ``source``'s connections hold less than an even share of the budget
+        among the sources that have connections, by a window. One source alone never
+        is: the budget's own rule applies."""
+        n = len(self._sources)
+        if n < 2 or self.budget is None:
+            return False
+        return self._sources[source][0] + self.params.buffer_bytes <= self.budget.limit // n
 
     def _account(self, conn: Conn) -> None:
         """Charge the budget with what ``conn`` holds now (after its buffers changed)."""
@@ -568,17 +590,26 @@ class Mux:
         if delta:
             conn.charged += delta
             self.held += delta
+            self._sources[conn.open_msg.src_addr][0] += delta  # type: ignore[union-attr]
             if self.budget is not None:
                 self.budget.add(delta)
 
     def _drop(self, conn_id: int) -> Conn | None:
         """Take a connection out of the table and its bytes off the budget."""
         conn = self.conns.pop(conn_id, None)
-        if conn is not None and conn.charged:
+        if conn is None:
+            return None
+        src = conn.open_msg.src_addr  # type: ignore[union-attr]
+        tally = self._sources[src]
+        if conn.charged:
             self.held -= conn.charged
+            tally[0] -= conn.charged
             if self.budget is not None:
                 self.budget.add(-conn.charged)
             conn.charged = 0
+        tally[1] -= 1
+        if not tally[1]:
+            del self._sources[src]
         return conn
 
     def accept(self, conn_id: int) -> None:
@@ -616,7 +647,7 @@ class Mux:
         has free (but every connection may hold INITIAL_WINDOW, so none is starved)."""
         held = len(conn.sbuf)
         room = conn.send_limit(self.params) - held
-        if self.budget is not None:
+        if self.budget is not None and not self._fair(conn.open_msg.src_addr):  # type: ignore[union-attr]
             room = min(room, max(self.budget.free(), INITIAL_WINDOW - held))
         return max(room, 0)
 
@@ -715,7 +746,10 @@ class Mux:
                 for c in self.conns.values()
             },
             "buffered_bytes": self.held,
-            "memory": self.budget.status() if self.budget is not None else {"held": self.held},
+            "memory": {
+                **(self.budget.status() if self.budget is not None else {"held": self.held}),
+                "sources": len(self._sources),
+            },
         }
 
     # -- events and timers -------------------------------------------------------------
@@ -900,7 +934,7 @@ class Mux:
                 # half the window waits behind a hole: the connection is held by its
                 # slowest path; let the other paths go on (see the module text)
                 grown = min(self.params.buffer_max, conn.window * 2)
-                if self._may_grow(grown - conn.window):
+                if self._may_grow(conn, grown - conn.window):
                     conn.window = grown
                     conn.ack_due = True
                     self.counters["window_grown"] += 1
@@ -908,10 +942,13 @@ class Mux:
             self._events.append(Readable(conn.id))
         self._check_eof(conn)
 
-    def _may_grow(self, more: int) -> bool:
+    def _may_grow(self, conn: Conn, more: int) -> bool:
         """Whether the budget allows a window ``more`` bytes larger (with the slack new
-        windows get: growth stops before new connections are squeezed)."""
+        windows get: growth stops before new connections are squeezed), or the
+        connection's source is below its share."""
         if self.budget is None or self.budget.free() >= BUDGET_SLACK * more:
+            return True
+        if self._fair(conn.open_msg.src_addr):  # type: ignore[union-attr]
             return True
         self.counters["growth_held"] += 1
         return False

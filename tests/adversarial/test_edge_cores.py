@@ -4,7 +4,10 @@ network): each attack with a bounded loop, beside a passenger that must not noti
 from __future__ import annotations
 
 import ipaddress
+import random
+import sys
 
+from bench.edge_bench import held_holes
 from middlebox.config import Config
 from middlebox.gateway.bridge import Bridge
 from middlebox.gateway.classifier import Classifier
@@ -91,3 +94,40 @@ def test_65536_bare_acks_from_one_source_leave_room_for_another_source() -> None
     assert rsts <= 1000 * (65_536 / 2200 + 1)
     handshake(edge, bridge, VICTIM, 40000, 30.0)
     assert len(edge.flows) == 1 and len(mux.conn_ids()) == 1
+
+
+def calls(fn) -> int:
+    """Python and C function calls made by ``fn()``: a count of the work done, the same
+    on a loaded machine as on an idle one."""
+    n = 0
+
+    def count(frame, event, arg) -> None:
+        nonlocal n
+        if event in ("call", "c_call"):
+            n += 1
+
+    sys.setprofile(count)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return n
+
+
+def test_per_segment_work_is_flat_from_1000_to_100000_sack_holes() -> None:
+    """The receive path (segment in, ACK with SACK blocks out) does the same work per
+    segment with 1 000, 10 000 or 100 000 one-byte holes held: counted in calls, not
+    timed (the walk it replaced grew linearly: 647 us at 1 000 holes, 10.8 ms at 16 000)."""
+    per = {}
+    for n in (1_000, 10_000, 100_000):
+        table, probe = held_holes(n, "random")
+        segs = [probe(k) for k in random.Random(n).sample(range(1, n), 500)]
+
+        def run(table=table, segs=segs) -> None:
+            for s in segs:
+                table.receive_segment(s, 0.0)
+                table.segments_to_send(0.0)
+
+        per[n] = calls(run) / len(segs)
+    print("calls per segment:", per)
+    assert per[100_000] <= 1.2 * per[1_000] and per[10_000] <= 1.2 * per[1_000], per

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.edge_bench import attacked_download, drop_replies_to_attacker
+from bench.edge_bench import attacked_download, drop_replies_to_attacker, flood_attack
 from bench.proxy_bench import ProxyBed
 from netns import baselines
 from netns.topology import CarrierSpec, TestbedSpec
@@ -91,8 +91,25 @@ def test_full_rate_stray_ack_flood_is_dropped_in_the_kernel(bed, quiet):
     sent = r["flood"]["sent"]
     # beyond gateway.stray_per_source the kernel drops the flood. Not all that was sent
     # arrives (a veth drops what its ring cannot take at full rate: 5 % seen), so 90 %
-    # of it. The capture reads the rate and its burst, and the packets of tuples the SYN
-    # flood test made known (answered with a SYN-ACK less than flow_timeout_half_open
-    # ago: the flooder's ports repeat): 11 733 of 187 840 seen, so at most a tenth
+    # of it. The capture reads the rate and its burst, and one packet of each tuple the
+    # SYN flood test had answered with a SYN-ACK (the flooder's ports repeat; before a
+    # SYN-ACK admitted only one, 11 733 of 187 840 were read): at most a tenth
     assert gw["stray_dropped"] >= 0.9 * sent, r
     assert gw.get("untracked_packets", 0) <= 0.1 * sent, r
+
+
+@pytest.mark.timeout(120)
+def test_stray_flood_on_tuples_a_syn_ack_answered_is_held(bed, quiet):
+    """A passenger SYNs 400 tuples (below its SYN rate: each gets a SYN-ACK, most of
+    them cookies), then floods bare ACKs on exactly those tuples as fast as it can. A
+    SYN-ACK admits one packet of its tuple (the handshake's ACK) and no more, so the
+    flood is held by the stray rate like any other; when a SYN-ACK made its tuple known
+    for gateway.flow_timeout_half_open, the whole flood reached the capture."""
+    r = attacked_download(
+        bed, None, 0, SECONDS, attack=flood_attack("synack", 0, SECONDS + 1.5, 400)
+    )
+    gw = unharmed(r, quiet, 5000, share=0.8)  # the margin of the full-rate test above
+    sent = r["flood"]["sent"]
+    # what the capture read: a packet per SYN-ACK, the stray rate and its burst
+    assert gw["stray_dropped"] >= 0.9 * sent, r
+    assert gw.get("untracked_packets", 0) <= 400 + STRAY * (SECONDS + 3) + 0.05 * sent, r

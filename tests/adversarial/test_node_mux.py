@@ -217,3 +217,67 @@ def test_windows_stop_growing_when_the_budget_is_short():
         assert (node.counters["growth_held"] > 0) is not grows
         node.receive(1, wire.Data(1, 0, b"x"), 0.2)
         assert node.read(1) == b"x" + filler
+
+
+def test_work_per_message_is_flat_from_1000_to_100000_holes():
+    """The same as the timing above, counted in calls (the same on a loaded machine):
+    a one-byte DATA into a hole costs the same work with 1 000, 10 000 or 100 000 held."""
+    import sys
+
+    per = {}
+    for n in (1_000, 10_000, 100_000):
+        node = node_mux(buffer_bytes=1 << 20, reorder_overhead=1 << 30)
+        open_conn(node, 1)
+        offsets = [4 * k + 2 for k in range(n)]
+        random.Random(n).shuffle(offsets)
+        holes(node, 1, offsets)
+        probe = [4 * k for k in random.Random(n + 1).sample(range(1, n), 500)]
+        count = 0
+
+        def tally(frame, event, arg) -> None:
+            nonlocal count
+            count += event in ("call", "c_call")
+
+        sys.setprofile(tally)
+        try:
+            holes(node, 1, probe)
+        finally:
+            sys.setprofile(None)
+        per[n] = count / len(probe)
+    print("calls per message:", per)
+    assert per[100_000] <= 1.2 * per[1_000] and per[10_000] <= 1.2 * per[1_000], per
+
+
+def test_a_source_that_fills_the_budget_squeezes_its_own_connections_not_another_s():
+    """One passenger's connections fill the budget (their reader never reads): its next
+    connection gets a smaller window and send room, another passenger's a full window
+    and full send room (it was squeezed as well: 64 connections of one passenger took
+    another's download to 2-41 % on the testbed)."""
+    buffer = 1 << 20
+    node = node_mux(buffer_bytes=buffer, buffer_max=8 << 20, budget=Budget(8 << 20))
+
+    def open_from(cid: int, src: str) -> None:
+        node.receive(1, wire.Open(cid, src, 1000 + cid, "192.0.2.1", 80), 0.0)
+        events = list(iter(node.next_event, None))
+        assert any(isinstance(e, m.OpenRequested) and e.conn_id == cid for e in events)
+        node.accept(cid)
+
+    chunk = b"x" * (256 << 10)
+    for cid in range(1, 11):
+        open_from(cid, "10.0.0.1")
+        for k in range(4):
+            node.receive(1, wire.Data(cid, k * len(chunk), chunk), 0.1)
+    list(iter(node.next_event, None))
+    assert node.budget.free() < 4 * buffer  # short: new windows shrink
+    open_from(20, "10.0.0.1")
+    open_from(21, "10.0.0.2")
+    assert node.conns[20].window < buffer and node.conns[21].window == buffer
+    assert node.counters["windows_fair"] == 1 and node.stats()["memory"]["sources"] == 2
+    # the other passenger may grow its window too; the first one may not
+    node.receive(1, wire.Data(21, 1, b"y" * (600 << 10)), 0.2)  # byte 0 missing
+    assert node.conns[21].window > buffer
+    # once the first passenger's connections are gone, its tally goes with them
+    for cid in (*range(1, 11), 20):
+        node.receive(1, wire.Rst(cid, wire.RstReason.CLIENT_RESET), 0.3)
+    list(iter(node.next_event, None))
+    assert node.stats()["memory"]["sources"] == 1 and node.budget.held == node.held
