@@ -16,8 +16,8 @@ configured nodes (``[[gateway.nodes]]``, or ``gateway.node`` alone):
 
 A node is *lost* when the gateway had no path up to it for ``gateway.node_lost_time``
 seconds, and *draining* while it says so (DRAIN, docs/PROTOCOL.md); both marks last
-``gateway.node_retry_time`` seconds (a drained node that came back is tried again, and
-says DRAIN again if it still drains).
+``gateway.node_retry_time`` seconds after the gateway last saw them (a drained node that
+came back is tried again, and says DRAIN again if it still drains).
 
 :class:`Fleet` is the shell: one :class:`~middlebox.gateway.uplink.Uplink` (paths, mux,
 session) per node in use. It starts on the first-ranked node and stays there until that
@@ -47,6 +47,7 @@ from middlebox.config import Config
 from middlebox.errors import UserError
 from middlebox.gateway.uplink import Uplink
 from middlebox.logs import kv
+from middlebox.session import wire
 from middlebox.session.mux import Budget
 
 log = logging.getLogger("mpproxy.fleet")
@@ -123,8 +124,8 @@ class Fleet:
         self._made = 0
         self.budget = Budget(cfg.gateway.memory_budget)  # the whole process's, shared
         self._next_pid = 1
-        self.on_info = None  # the context loop's TCP_INFO hook (given to every uplink)
-        self.datagrams = None  # the UDP shell's DATAGRAM hook (given to every uplink)
+        self._on_info = None  # the context loop's TCP_INFO hook (given to every uplink)
+        self._datagrams = None  # the UDP shell's DATAGRAM hook (given to every uplink)
         # called with (uplink, now) when a lost node's connections are to be reset
         self.on_lost: Callable[[Uplink, float], None] | None = None
         # whether the application still holds connections of an uplink (the bridge's
@@ -157,11 +158,12 @@ class Fleet:
         self._next_pid += len(up.slots)
         up.candidate = cand
         up.last_up = now  # no path yet: lost after node_lost_time from now
+        up.node_draining = False  # the node's last DRAIN said so
         up.on_drain = lambda draining, t, up=up: self._drain_heard(up, draining, t)
-        if self.on_info is not None:
-            up.on_info = self.on_info
-        if self.datagrams is not None:
-            up.datagrams = self.datagrams
+        if self._on_info is not None:
+            up.on_info = self._on_info
+        if self._datagrams is not None:
+            up.datagrams = self._datagrams
         log.info("node chosen %s", kv(node=cand.name, address=cand.address, session=up.session))
         return up
 
@@ -200,17 +202,26 @@ class Fleet:
     def session(self) -> int:
         return self.current.session
 
-    def set_hooks(self, on_info=None, datagrams=None) -> None:
-        """Hooks every uplink gets, now and when it is made."""
-        if on_info is not None:
-            self.on_info = on_info
-        if datagrams is not None:
-            self.datagrams = datagrams
+    # hooks every uplink gets, now and when it is made (set like an Uplink's)
+    @property
+    def on_info(self):
+        return self._on_info
+
+    @on_info.setter
+    def on_info(self, hook) -> None:
+        self._on_info = hook
         for up in self.uplinks:
-            if on_info is not None:
-                up.on_info = on_info
-            if datagrams is not None:
-                up.datagrams = datagrams
+            up.on_info = hook
+
+    @property
+    def datagrams(self):
+        return self._datagrams
+
+    @datagrams.setter
+    def datagrams(self, hook) -> None:
+        self._datagrams = hook
+        for up in self.uplinks:
+            up.datagrams = hook
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -232,6 +243,8 @@ class Fleet:
     def decide(self, now: float) -> None:
         """Mark lost nodes, start and finish moves, close drained uplinks."""
         for up in self.uplinks:
+            if up.node_draining:  # it says so still: the mark lasts while the gateway is on it
+                up.candidate.draining_at = now
             if up.paths:
                 up.last_up = now
                 rtts = [s.probe_rtt for s in up.slots.values() if s.probe_rtt is not None]
@@ -244,7 +257,7 @@ class Fleet:
         for up in list(self.retiring):
             if not up.mux.conn_ids() and not self.in_use(up):
                 self.retiring.remove(up)
-                up.close(now)
+                up.close(now, wire.CloseReason.NORMAL, "gateway moved to another node")
                 self.counters["uplinks_retired"] += 1
                 log.info("node left %s", kv(node=up.candidate.name, session=up.session))
 
@@ -253,7 +266,7 @@ class Fleet:
         if nxt is not None and now - nxt.last_up >= self.lost_time:
             self._mark_lost(nxt, now)
             self.next = None
-            nxt.close(now)
+            nxt.close(now, wire.CloseReason.NORMAL, "node lost before it came up")
         cur = self.current
         if now - cur.last_up < self.lost_time:
             return
@@ -305,7 +318,8 @@ class Fleet:
     def _drain_heard(self, up: Uplink, draining: bool, now: float) -> None:
         self.counters["drains_heard"] += 1
         cand = up.candidate
-        was = cand.draining_at is not None
+        was = up.node_draining
+        up.node_draining = draining
         cand.draining_at = now if draining else None
         if draining != was:
             log.info("node %s %s", "draining" if draining else "resumed", kv(node=cand.name))

@@ -92,7 +92,6 @@ class Gateway:
             self.classifier.shell = self.shell
             self.fleet = Fleet(cfg, self.shell.selector, clock, policy=self.policy)
             self.context.attach(self.fleet, self.shell.selector)
-            self.fleet.set_hooks(on_info=self.fleet.on_info)
             self.classifier.extra_timer = self._next_timer
             self.udp = GatewayUdp(cfg.udp, self.flows,
                                   lambda msg, cls: self.fleet.mux.send_datagram(msg, cls),
@@ -100,7 +99,7 @@ class Gateway:
             self.udp.shell = self.shell
             if cfg.udp.enabled:
                 self.shell.udp = self.udp.receive
-            self.fleet.set_hooks(datagrams=self.udp.deliver)
+            self.fleet.datagrams = self.udp.deliver
             self.bridge = Bridge(
                 self.fleet, self.flows, max(64 << 10, cfg.gateway.buffer_bytes // 2), self.policy
             )

@@ -130,6 +130,7 @@ class Uplink:
         self.on_drain: Callable[[bool, float], None] | None = None
         self.candidate = None  # the fleet's record of this node (middlebox/gateway/fleet.py)
         self.last_up = clock()  # when a path was last seen up (the fleet's lost rule)
+        self.node_draining = False  # what the node's last DRAIN said
         self.counters = {
             "dials": 0,
             "path_failures": 0,
@@ -398,7 +399,12 @@ class Uplink:
             "reorder_overhead": self.cfg.wire.reorder_overhead,
         }
 
-    def close(self, now: float) -> None:
+    def close(
+        self,
+        now: float,
+        reason: wire.CloseReason = wire.CloseReason.SHUTDOWN,
+        detail: str = "gateway stopping",
+    ) -> None:
         """Reset every connection toward the node (RST on every path), close the paths."""
         for cid in self.mux.conn_ids():
             self.mux.abort(cid, wire.RstReason.SHUTDOWN, now)
@@ -406,6 +412,6 @@ class Uplink:
         for s in self.slots.values():
             if s.pc is not None:
                 forget(self.sel, s.pc.fd)
-                s.pc.close(wire.CloseReason.SHUTDOWN, "gateway stopping")
+                s.pc.close(reason, detail)
                 s.pc = None
         self.paths.clear()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import selectors
 import time
+import types
 
 import pytest
 
@@ -283,3 +284,93 @@ def test_drain_moves_new_connections_while_the_old_ones_finish(fleet_pair, echo)
     left = control.query(sock, "status")["drain"]
     assert left["draining"] and left["drains"] == 1 and left["drain_messages"] >= 2
     assert control.query(sock, "resume")["draining"] is False
+
+
+# -- the shell with stand-in uplinks (no sockets) -----------------------------------------
+
+
+class StubUplink:
+    """What the fleet uses of an Uplink: paths, slots, a mux, close; made by ``make``."""
+
+    def __init__(self, cfg, sel, clock, policy=None, node="", node_name="", first_pid=1,
+                 first_conn_id=1, budget=None):  # fmt: skip
+        if node.startswith("unresolvable"):
+            from middlebox.errors import UserError
+
+            raise UserError(f"gateway.nodes {node_name} {node}: cannot resolve")
+        self.node_name = node_name
+        self.session = first_conn_id
+        self.slots = {first_pid: types.SimpleNamespace(probe_rtt=0.02)}
+        self.paths: dict = {}
+        self.mux = m.Mux("gateway", first_conn_id=first_conn_id)
+        self.closed = None
+
+    def poll(self, now):
+        pass
+
+    def pump(self, now):
+        pass
+
+    def next_timer(self):
+        return None
+
+    def close(self, now, reason=None, detail=""):
+        self.closed = (now, reason)
+
+
+def stub_fleet(names, **gw):
+    nodes = [FleetNodeConfig(n, f"{n}:4433") for n in names]
+    cfg = config.Config(
+        gateway=dataclasses.replace(config.GatewayConfig(), id="train-1", nodes=nodes,
+                                    node_lost_time=5.0, node_retry_time=30.0, **gw),
+    )  # fmt: skip
+    clock = types.SimpleNamespace(t=100.0)
+    f = Fleet(cfg, None, lambda: clock.t, make=StubUplink)
+    return f, clock
+
+
+def test_a_drained_uplink_closes_only_once_nothing_holds_its_connections():
+    f, clock = stub_fleet(["node-a", "node-b"])
+    first = f.current
+    first.paths[1] = object()
+    cid = first.mux.open("10.0.0.2", 40000, "192.0.2.1", 80)
+    f.decide(clock.t)
+    first.on_drain(True, clock.t)
+    f.decide(clock.t)
+    assert f.next is not None and f.current is first  # dialling; new ones still here
+    f.next.paths[1] = object()
+    f.decide(clock.t)
+    assert f.current is not first and f.retiring == [first]
+    assert f.counters["moves_drain"] == 1
+    held = {"yes": True}
+    f.in_use = lambda up: held["yes"]
+    first.mux.abort(cid, wire.RstReason.CLIENT_RESET, clock.t)  # the mux is done with it
+    f.decide(clock.t)
+    assert first.closed is None  # the application still holds the connection's last events
+    held["yes"] = False
+    f.decide(clock.t)
+    assert first.closed is not None and first.closed[1] == wire.CloseReason.NORMAL
+    assert f.counters["uplinks_retired"] == 1
+    assert [n["role"] for n in f.status(clock.t)["nodes"]] == ["chosen", "standby"]
+
+
+def test_one_node_is_never_left_and_an_unresolvable_node_counts_as_lost():
+    f, clock = stub_fleet(["node-a"])
+    only = f.current
+    clock.t += 60
+    f.decide(clock.t)
+    assert f.current is only and f.counters["moves"] == 0  # nothing to move to
+    # an unresolvable node the rule ranks second (first, it would stop the start)
+    bad = next(
+        n
+        for n in (f"unresolvable-{i}" for i in range(20))
+        if weight("train-1", n) < weight("train-1", "node-a")
+    )
+    f, clock = stub_fleet(["node-a", bad])
+    start = f.current
+    assert start.node_name == "node-a"
+    clock.t += 6  # no path for longer than node_lost_time
+    f.decide(clock.t)
+    assert f.current is start and f.counters["node_errors"] == 1
+    states = {n["name"]: n["state"] for n in f.status(clock.t)["nodes"]}
+    assert states == {"node-a": LOST, bad: LOST}
