@@ -254,6 +254,25 @@ class CarrierConfig:
 
 
 @dataclass(frozen=True)
+class FleetNodeConfig:
+    """One node of a fleet the gateway may use (docs/deployment.md, "Several nodes")."""
+
+    name: str = opt(
+        "", "Name of the node (its node.id); the choice rule hashes it.", check=name_error
+    )
+    address: str = opt("", "Address of the node, HOST:PORT.", check=_check_hostport)
+
+
+def _check_fleet(nodes: list[FleetNodeConfig]) -> str | None:
+    names = [n.name for n in nodes]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    return f"node names must be unique (repeated: {', '.join(dupes)})" if dupes else None
+
+
+DEFAULT_NODE = "127.0.0.1:4433"
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     id: str = opt(
         "gateway",
@@ -261,8 +280,43 @@ class GatewayConfig:
         check=name_error,
     )
     node: str = opt(
-        "127.0.0.1:4433", "Address of the cloud node, HOST:PORT.", check=_check_hostport
+        DEFAULT_NODE,
+        "Address of the cloud node, HOST:PORT (one node; for several, [[gateway.nodes]]).",
+        check=_check_hostport,
     )
+    nodes: list[FleetNodeConfig] = opt(
+        [],
+        "Several nodes, one [[gateway.nodes]] table each (then leave gateway.node unset): "
+        "the gateway uses the one that ranks first by rendezvous hash of its id and the "
+        "node's name among those neither lost nor draining, and moves when that one is.",
+        check=_check_fleet,
+    )
+    node_lost_time: float = opt(
+        30.0,
+        "Seconds without any path up to the chosen node before it counts as lost and the "
+        "gateway moves to the next node (its connections there are reset); with one node, "
+        "its paths are only dialled again.",
+        min=0.5,
+        max=3600.0,
+    )
+    node_retry_time: float = opt(
+        120.0,
+        "Seconds a lost node is passed over before the rule may choose it again.",
+        min=1.0,
+        max=86400.0,
+    )
+
+    def __post_init__(self) -> None:
+        if self.nodes and self.node != DEFAULT_NODE:
+            raise ConfigError(
+                "nodes: give either gateway.node (one node) or [[gateway.nodes]] tables, not both"
+            )
+
+    def fleet(self) -> list[FleetNodeConfig]:
+        """The nodes to choose from: the [[gateway.nodes]] tables, or ``gateway.node``
+        alone (named "node": with one candidate the name changes nothing)."""
+        return list(self.nodes) or [FleetNodeConfig("node", self.node)]
+
     lan_interface: str = opt("lan0", "Interface facing the passengers.")
     listener_namespace: str = opt("mpp-listen", "Network namespace of the capturing listener.")
     buffer_bytes: int = opt(

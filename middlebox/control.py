@@ -2,8 +2,9 @@
 
 A process listens on a Unix stream socket (``gateway.control_socket`` /
 ``node.control_socket``, mode 0600: the state names passengers' addresses). A client
-sends one line, ``status``, and gets one JSON document back, then the process closes
-the connection. The server side is non-blocking and lives in the process's selector
+sends one line, ``status`` (or a request the process adds, such as the node's ``drain``
+and ``resume``), and gets one JSON document back, then the process closes the
+connection. The server side is non-blocking and lives in the process's selector
 loop; a client that does not finish its request within a second is dropped, so a stuck
 ``mpproxy status`` never stalls the data path.
 
@@ -52,11 +53,18 @@ def _in_use(path: str) -> bool:
 
 
 class ControlServer:
-    """Answers ``status`` with ``snapshot()`` as JSON."""
+    """Answers ``status`` with ``snapshot()`` as JSON, and each further request named in
+    ``requests`` with what its function returns."""
 
-    def __init__(self, path: str, snapshot: Callable[[], dict]) -> None:
+    def __init__(
+        self,
+        path: str,
+        snapshot: Callable[[], dict],
+        requests: dict[str, Callable[[], dict]] | None = None,
+    ) -> None:
         self.path = path
         self.snapshot = snapshot
+        self.requests = {"status": snapshot, **(requests or {})}
         self._clients: dict[socket.socket, tuple[bytearray, float]] = {}
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -105,13 +113,15 @@ class ControlServer:
         if b"\n" not in buf and chunk and len(buf) < REQUEST_MAX:
             return
         line = bytes(buf).split(b"\n", 1)[0].strip()
-        if line == b"status":
+        answer = self.requests.get(line.decode("ascii", "replace"))
+        if answer is not None:
             try:
-                body = json.dumps(self.snapshot(), default=str, sort_keys=True)
-            except Exception as e:  # never let a status request take the process down
-                body = json.dumps({"error": f"snapshot failed: {e}"})
+                body = json.dumps(answer(), default=str, sort_keys=True)
+            except Exception as e:  # never let a request take the process down
+                body = json.dumps({"error": f"{line.decode()} failed: {e}"})
         else:
-            body = json.dumps({"error": f"unknown request {line[:32]!r}; try 'status'"})
+            known = ", ".join(repr(k) for k in self.requests)
+            body = json.dumps({"error": f"unknown request {line[:32]!r}; try {known}"})
         self._drop(conn, (body + "\n").encode())
 
     def _drop(self, conn: socket.socket, answer: bytes = b"") -> None:
@@ -219,6 +229,23 @@ def _modem_lines(m: dict | None) -> list[str]:
     return lines
 
 
+def _fleet_lines(f: dict | None) -> list[str]:
+    """The gateway's nodes: the chosen one, each candidate's state, the moves."""
+    if not f:
+        return []
+    counts = " ".join(f"{k}={v}" for k, v in sorted(f.items()) if isinstance(v, int))
+    lines = [f"fleet: chosen {f.get('chosen')}" + (f" next {f['next']}" if f.get("next") else "")
+             + f" {counts}"]  # fmt: skip
+    for n in f.get("nodes", []):
+        rtt = f"{n['rtt_ms']:.1f} ms" if n.get("rtt_ms") is not None else "-"
+        lines.append(
+            f"  node {n.get('name', ''):<16} {n.get('address', ''):<24} {n.get('state', ''):<8} "
+            f"{n.get('role', ''):<8} paths {n.get('paths_up', 0)} "
+            f"connections {n.get('connections', 0)} rtt {rtt}"
+        )
+    return lines
+
+
 def render(state: dict) -> str:
     """A human-readable page of a status snapshot (gateway or node)."""
     lines = [f"{state.get('role', '?')} {state.get('id', '')}  up {state.get('uptime', 0):.0f} s"]
@@ -240,14 +267,15 @@ def render(state: dict) -> str:
         counters = sess.get("counters", {})
         if counters:
             lines.append("  counters: " + " ".join(f"{k}={v}" for k, v in sorted(counters.items())))
+    lines += _fleet_lines(state.get("fleet"))
     ctx = state.get("context")
     if ctx:
         items = ((k, v) for k, v in ctx.items() if k not in ("carriers", "modem"))
         lines.append("context: " + " ".join(f"{k}={v}" for k, v in sorted(items)))
         lines += _modem_lines(ctx.get("modem"))
     keys = (
-        "flows", "udp", "endpoint", "capture", "counters", "admission", "memory", "limits",
-        "metrics",
+        "flows", "udp", "endpoint", "capture", "counters", "admission", "drain", "memory",
+        "limits", "metrics",
     )  # fmt: skip
     for key in keys:
         if state.get(key):

@@ -1,5 +1,8 @@
 """``mpproxy gateway``, ``mpproxy node`` and ``mpproxy status``: the two processes.
 
+``mpproxy node drain`` / ``mpproxy node resume`` ask a running node, over its control
+socket, to start or end draining (docs/deployment.md, "Draining a node").
+
 Both processes read one TOML file (``--config``), log one line per event in the common
 format (``middlebox.logs``), answer ``mpproxy status`` over their control socket, and
 stop cleanly on SIGTERM/SIGINT: every connection is reset on both sides, paths are
@@ -15,6 +18,8 @@ import logging
 import signal
 
 log = logging.getLogger("mpproxy")
+
+DRAIN_ACTIONS = ("drain", "resume")  # requests of the node's control socket
 
 CHECK_HELP = (
     "check this host instead of running: print one line per problem with what to fix; "
@@ -36,10 +41,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "node",
         help="run the cloud node (accept gateways' paths, connect to the servers)",
         description="Run the node: accept authenticated carrier paths, relay connections to "
-        "their original destinations. Stops cleanly on SIGTERM.",
+        "their original destinations. Stops cleanly on SIGTERM. 'mpproxy node drain' asks "
+        "the running node to send its gateways to their next node ('resume' undoes it).",
     )
-    n.add_argument("--config", required=True, help="TOML configuration file")
+    n.add_argument(
+        "action",
+        nargs="?",
+        choices=DRAIN_ACTIONS,
+        help="drain: tell the running node's gateways to move their new connections to "
+        "their next node (existing ones finish); resume: accept new ones again",
+    )
+    n.add_argument("--config", help="TOML configuration file (required to run the node)")
+    n.add_argument("--socket", help="with drain/resume: the node's control socket")
     n.add_argument("--check", action="store_true", help=CHECK_HELP)
+    n.add_argument("--json", action="store_true", help="with drain/resume: print the raw JSON")
     n.set_defaults(func=_node)
     s = sub.add_parser(
         "status",
@@ -88,6 +103,14 @@ def _gateway(args: argparse.Namespace) -> int:
 
 
 def _node(args: argparse.Namespace) -> int:
+    from middlebox.errors import UserError
+
+    if args.action is not None:
+        return _drain(args)
+    if args.socket is not None:
+        raise UserError("--socket: only with 'mpproxy node drain' or 'mpproxy node resume'")
+    if args.config is None:
+        raise UserError("mpproxy node: --config FILE is required to run the node")
     if args.check:
         return _check("node", args.config)
     from middlebox.node.process import Node
@@ -120,6 +143,31 @@ def _serve(process: type, args: argparse.Namespace) -> int:
         proc.run(stop=lambda: bool(flag))
     finally:
         proc.close()
+    return 0
+
+
+def _drain(args: argparse.Namespace) -> int:
+    """Ask a running node to drain or resume; print what remains on it."""
+    from middlebox import config, control
+    from middlebox.errors import UserError
+
+    if (args.socket is None) == (args.config is None):
+        raise UserError(f"mpproxy node {args.action}: give --socket PATH or --config FILE")
+    if args.check:
+        raise UserError(f"mpproxy node {args.action}: --check runs on its own")
+    path = args.socket or config.load(args.config).node.control_socket
+    state = control.query(path, args.action)
+    if "error" in state:
+        raise control.ControlError(f"{path}: {state['error']}")
+    if args.json:
+        print(json.dumps(state, indent=1, sort_keys=True))
+    else:
+        what = "draining" if state.get("draining") else "not draining"
+        left = state.get("remaining") or {}
+        print(
+            f"node {what}: {left.get('sessions', 0)} gateway session(s), "
+            f"{left.get('connections', 0)} connection(s) remain"
+        )
     return 0
 
 

@@ -14,6 +14,9 @@ one :class:`Link` per connection:
   below its limit (``down_limit``);
 * FIN each way on its own (half-close), the server's only after its last byte; RST both
   ways.
+
+With several nodes (:class:`~middlebox.gateway.fleet.Fleet`) a connection stays on the
+mux it opened on (``Link.mux``); new ones open on the uplink's ``mux`` of the moment.
 """
 
 from __future__ import annotations
@@ -43,10 +46,13 @@ log = logging.getLogger("mpproxy.gateway")
 class Link:
     """One proxied connection: the endpoint's and the mux's view joined."""
 
-    __slots__ = ("cid", "conn", "key", "pending", "client_fin", "shut", "down_fin", "fin_sent")
+    __slots__ = (
+        "cid", "conn", "key", "mux", "pending", "client_fin", "shut", "down_fin", "fin_sent"
+    )  # fmt: skip
 
-    def __init__(self, cid: int, conn, key) -> None:
+    def __init__(self, cid: int, conn, key, mux) -> None:
         self.cid = cid
+        self.mux = mux  # the session (node) it opened on
         self.conn = conn
         self.key = key
         self.pending = bytearray()  # from the client, not yet accepted by the mux
@@ -60,8 +66,7 @@ class Bridge:
     """Endpoint events to the mux and mux events to the endpoint (see module text)."""
 
     def __init__(self, uplink: Uplink, flows: FlowTable, down_limit: int, policy=None) -> None:
-        self.uplink = uplink
-        self.mux = uplink.mux
+        self.uplink = uplink  # an Uplink, or the Fleet of them (muxes())
         self.flows = flows
         self.down_limit = down_limit
         self.policy = policy
@@ -90,17 +95,18 @@ class Bridge:
         elif t is ev.Reset:
             self.counters["client_resets"] += 1
             reason = wire.RstReason.CLIENT_RESET if e.reason == "peer" else wire.RstReason.TIMEOUT  # type: ignore[attr-defined]
-            self.mux.abort(link.cid, reason, now)
+            link.mux.abort(link.cid, reason, now)
         elif t is ev.ConnectionGone:
             self._forget(link, now)
-            if self.mux.pending(link.cid):
-                self.mux.abort(link.cid, wire.RstReason.CLIENT_RESET, now)
+            if link.mux.pending(link.cid):
+                link.mux.abort(link.cid, wire.RstReason.CLIENT_RESET, now)
 
     def _established(self, e: ev.ConnectionEstablished, now: float) -> None:
         src, sport, dst, dport = e.key
         o = e.options
+        mux = self.uplink.mux
         try:
-            cid = self.mux.open(
+            cid = mux.open(
                 ipaddress.ip_address(src),
                 sport,
                 ipaddress.ip_address(dst),
@@ -114,7 +120,7 @@ class Bridge:
             log.warning("cannot open %s", kv(key=e.key, why=err))
             e.conn.abort()
             return
-        link = Link(cid, e.conn, e.key)
+        link = Link(cid, e.conn, e.key, mux)
         self.links[cid] = link
         self.by_conn[e.conn] = link
         self.counters["opened"] += 1
@@ -122,7 +128,7 @@ class Bridge:
             self.policy.opened(cid, str(ipaddress.ip_address(src)), dport, now)
 
     def _up(self, link: Link) -> None:
-        mux, cid = self.mux, link.cid
+        mux, cid = link.mux, link.cid
         if not mux.pending(cid):
             return
         if link.pending:
@@ -134,13 +140,13 @@ class Bridge:
         if not link.shut:
             room = max(0, mux.send_room(cid) - len(link.pending))
             link.conn.set_buffer_room(room)
-            if room < self.mux.params.buffer_bytes // 2:
+            if room < mux.params.buffer_bytes // 2:
                 self.narrow.add(cid)  # reopen the client's window as the node acknowledges
             else:
                 self.narrow.discard(cid)
 
     def _down(self, link: Link) -> None:
-        mux, cid, conn = self.mux, link.cid, link.conn
+        mux, cid, conn = link.mux, link.cid, link.conn
         room = self.down_limit - conn.send_queued
         if room > 0 and mux.pending(cid):
             data = mux.read(cid, room)
@@ -168,11 +174,33 @@ class Bridge:
 
     # -- mux events -------------------------------------------------------------------------
 
+    def _muxes(self) -> list:
+        muxes = getattr(self.uplink, "muxes", None)
+        return muxes() if muxes is not None else [self.uplink.mux]
+
+    def reset_all(self, mux, reason: wire.RstReason, now: float) -> None:
+        """Reset every connection of ``mux`` both ways (its node is lost): the clients get
+        RST at once instead of waiting on a node that no longer answers."""
+        for link in [x for x in self.links.values() if x.mux is mux]:
+            self.counters["node_lost_resets"] = self.counters.get("node_lost_resets", 0) + 1
+            self._forget(link, now)
+            link.conn.abort()
+        for cid in mux.conn_ids():
+            mux.abort(cid, reason, now)
+
+    def holds(self, mux) -> bool:
+        """Whether any connection of ``mux`` still has its client side here."""
+        return any(link.mux is mux for link in self.links.values())
+
     def mux_events(self, now: float) -> None:
-        mux = self.mux
+        for mux in self._muxes():
+            self._events_of(mux, now)
+        self._reopen()
+
+    def _events_of(self, mux, now: float) -> None:
         while (e := mux.next_event()) is not None:
             link = self.links.get(e.conn_id)
-            if link is None:
+            if link is None or link.mux is not mux:
                 continue
             t = type(e)
             if t is Readable:
@@ -193,6 +221,8 @@ class Bridge:
                 link.conn.abort()
             elif t in (Opened, Closed):
                 pass
+
+    def _reopen(self) -> None:
         for cid in list(self.narrow):
             link = self.links.get(cid)
             if link is None or link.shut:
@@ -208,4 +238,5 @@ class Bridge:
 
     def buffered(self) -> int:
         """Bytes the gateway holds for its connections (mux buffers and pending input)."""
-        return self.mux.stats()["buffered_bytes"] + sum(len(x.pending) for x in self.links.values())
+        held = sum(mux.stats()["buffered_bytes"] for mux in self._muxes())
+        return held + sum(len(x.pending) for x in self.links.values())

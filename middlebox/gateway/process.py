@@ -7,7 +7,9 @@ Assembly (each piece is its own module):
 * :class:`~middlebox.gateway.classifier.Classifier` puts the flow table (seed 002) in front
   of the user-space TCP endpoint (:class:`~middlebox.tcp.endpoint.EndpointTable`):
   proxied, bypassed, denied or dropped per flow.
-* :class:`~middlebox.gateway.uplink.Uplink` holds the carrier paths and the session's mux.
+* :class:`~middlebox.gateway.uplink.Uplink` holds the carrier paths and the session's mux,
+  one per node in use; :class:`~middlebox.gateway.fleet.Fleet` chooses the node among
+  ``[[gateway.nodes]]`` and moves when it is lost or draining.
 * :class:`~middlebox.gateway.bridge.Bridge` joins the endpoint's connections to the mux's:
   OPEN at the client's completed handshake, bytes each way with both buffers bounded,
   FIN each way on its own, RST both ways.
@@ -36,12 +38,14 @@ from middlebox.control import ControlServer
 from middlebox.gateway.bridge import Bridge
 from middlebox.gateway.capture import CaptureShell
 from middlebox.gateway.classifier import Classifier
+from middlebox.gateway.fleet import Fleet
 from middlebox.gateway.flowtable import FlowTable
 from middlebox.gateway.listener import Listener, local_prefixes
 from middlebox.gateway.udp import GatewayUdp
 from middlebox.gateway.uplink import Uplink
 from middlebox.logs import kv
 from middlebox.paths.tls import gateway_context
+from middlebox.session import wire
 from middlebox.session.policy import SchedulerPolicy
 from middlebox.tcp.endpoint import EndpointTable
 
@@ -67,7 +71,8 @@ class Gateway:
         )
         self.classifier = Classifier(self.table, self.flows)
         Uplink.check(cfg)  # configuration errors before anything is created
-        gateway_context(cfg.tls, cfg.gateway.node)
+        for n in cfg.gateway.fleet():
+            gateway_context(cfg.tls, n.address)  # plaintext only toward testbed addresses
         self.context = ContextLoop(cfg, clock)  # reads context files, opens the database
         self.policy = SchedulerPolicy(
             cfg.scheduler,
@@ -85,18 +90,23 @@ class Gateway:
                 self.listener.inner_if, self.classifier, self.listener.ns, vnet=cfg.tcp.gso
             )
             self.classifier.shell = self.shell
-            self.uplink = Uplink(cfg, self.shell.selector, clock, policy=self.policy)
-            self.context.attach(self.uplink, self.shell.selector)
+            self.fleet = Fleet(cfg, self.shell.selector, clock, policy=self.policy)
+            self.context.attach(self.fleet, self.shell.selector)
             self.classifier.extra_timer = self._next_timer
-            self.udp = GatewayUdp(cfg.udp, self.flows, self.uplink.mux.send_datagram,
+            self.udp = GatewayUdp(cfg.udp, self.flows,
+                                  lambda msg, cls: self.fleet.mux.send_datagram(msg, cls),
                                   self.policy.forget_flow)  # fmt: skip
             self.udp.shell = self.shell
             if cfg.udp.enabled:
                 self.shell.udp = self.udp.receive
-            self.uplink.datagrams = self.udp.deliver
+            self.fleet.datagrams = self.udp.deliver
             self.bridge = Bridge(
-                self.uplink, self.flows, max(64 << 10, cfg.gateway.buffer_bytes // 2), self.policy
+                self.fleet, self.flows, max(64 << 10, cfg.gateway.buffer_bytes // 2), self.policy
             )
+            self.fleet.on_lost = lambda up, now: self.bridge.reset_all(
+                up.mux, wire.RstReason.PATHS_LOST, now
+            )
+            self.fleet.in_use = lambda up: self.bridge.holds(up.mux)
             self.control = ControlServer(cfg.gateway.control_socket, self.status)
             self.control.register(self.shell.selector)
             db = self.context.db
@@ -108,19 +118,20 @@ class Gateway:
             "gateway ready %s",
             kv(
                 id=cfg.gateway.id,
-                node=cfg.gateway.node,
-                paths=len(self.uplink.slots),
+                node=self.fleet.current.node_name,
+                nodes=len(self.fleet.nodes),
+                paths=len(self.fleet.slots),
                 policy=self.policy.name,
-                session=self.uplink.session,
+                session=self.fleet.session,
             ),  # fmt: skip
         )
 
     def _next_timer(self) -> float | None:
-        times = (self.uplink.next_timer(), self.context.next_timer(), self.udp.next_timer())
+        times = (self.fleet.next_timer(), self.context.next_timer(), self.udp.next_timer())
         return min((t for t in times if t is not None), default=None)
 
     def idle(self, now: float) -> None:
-        up = self.uplink
+        up = self.fleet
         up.poll(now)
         self.context.tick(now)
         self.udp.expire(now)
@@ -142,26 +153,33 @@ class Gateway:
         )
 
     def status(self) -> dict:
-        mux = self.uplink.mux.stats()
         fc = self.flows.counters()
         shell = self.shell
         context = self.context.status(self.clock())
+        sessions = []
+        for up in self.fleet.uplinks:  # the current node's first
+            mux = up.mux.stats()
+            sessions.append(
+                {
+                    "gateway": self.cfg.gateway.id,
+                    "node": up.node_name,
+                    "session": up.session,
+                    "paths": up.path_status(),
+                    "connections": mux["connections"],
+                    "counters": {**mux["counters"], **up.counters},
+                    "buffered_bytes": mux["buffered_bytes"],
+                    "memory": mux["memory"],
+                    "context": context["carriers"],
+                }
+            )
+        # the client bytes the mux has not taken yet wait for the current node's
+        sessions[0]["buffered_bytes"] += sum(len(x.pending) for x in self.bridge.links.values())
         return {
             "role": "gateway",
             "id": self.cfg.gateway.id,
             "uptime": self.clock() - self.started,
-            "sessions": [
-                {
-                    "gateway": self.cfg.gateway.id,
-                    "session": self.uplink.session,
-                    "paths": self.uplink.path_status(),
-                    "connections": mux["connections"],
-                    "counters": {**mux["counters"], **self.uplink.counters},
-                    "buffered_bytes": self.bridge.buffered(),
-                    "memory": mux["memory"],
-                    "context": context["carriers"],
-                }
-            ],
+            "sessions": sessions[:1],  # the current node's; the others' under fleet
+            "fleet": {**self.fleet.status(self.clock()), "sessions": sessions[1:]},
             "context": context,
             "flows": {
                 "tracked": len(self.flows),
@@ -186,7 +204,7 @@ class Gateway:
                 "send_errors": shell.stats.send_errors if shell else 0,
             },
             "counters": dict(self.bridge.counters),
-            "limits": self.uplink.limits(),
+            "limits": self.fleet.current.limits(),
             "scheduler": {
                 "policy": self.policy.name,
                 "decisions": self.policy.decisions,
@@ -206,7 +224,7 @@ class Gateway:
                 for link in list(self.bridge.links.values()):
                     link.conn.abort("shutdown")
                 self.shell.pump(now, None)
-                self.uplink.close(now)
+                self.fleet.close(now)
         finally:
             if hasattr(self, "context"):
                 self.context.close()

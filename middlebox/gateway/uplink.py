@@ -14,7 +14,11 @@ left even when the kernel still believes in it.
 
 Every path's kernel statistics (TCP_INFO) are read every :data:`INFO_INTERVAL` and fed
 to the mux (srtt, rttvar) and to the scheduler's estimators. The uplink does no
-blocking I/O except name resolution of ``gateway.node`` at start.
+blocking I/O except name resolution of its node's address when it is made.
+
+One uplink serves one node (``node``, default ``gateway.node``): with several nodes
+(``[[gateway.nodes]]``) the gateway's :class:`~middlebox.gateway.fleet.Fleet` holds one
+per node in use, and a DRAIN from the node goes to ``on_drain``.
 """
 
 from __future__ import annotations
@@ -80,6 +84,11 @@ class Uplink:
         policy: Policy | None = None,
         session: int | None = None,
         rng: random.Random | None = None,
+        node: str | None = None,
+        node_name: str = "node",
+        first_pid: int = 1,
+        first_conn_id: int = 1,
+        budget: Budget | None = None,
     ) -> None:
         self.check(cfg)
         self.cfg = cfg
@@ -88,24 +97,27 @@ class Uplink:
         self.rng = rng or random.Random()
         self.session = session if session is not None else self.rng.getrandbits(63)
         self.ctx = gateway_context(cfg.tls)
-        host, _, port = cfg.gateway.node.rpartition(":")
+        self.node = node or cfg.gateway.node
+        self.node_name = node_name
+        host, _, port = self.node.rpartition(":")
         self.host = host.strip("[]")
         try:
             infos = socket.getaddrinfo(self.host, int(port), 0, socket.SOCK_STREAM)
         except socket.gaierror as e:
-            raise UserError(
-                f"gateway.node {cfg.gateway.node}: cannot resolve ({e.strerror})"
-            ) from None
+            key = f"gateway.nodes {node_name}" if cfg.gateway.nodes else "gateway.node"
+            raise UserError(f"{key} {self.node}: cannot resolve ({e.strerror})") from None
         self.node_addr = infos[0][4][:2]
         self.family = infos[0][0]
         kw = {"policy": policy} if policy is not None else {}
-        self.budget = Budget(cfg.gateway.memory_budget)  # the one session: the whole process
-        self.mux = Mux("gateway", cfg.mux_params("gateway"), budget=self.budget, **kw)
+        # the whole process's (shared by the uplinks of a fleet)
+        self.budget = budget or Budget(cfg.gateway.memory_budget)
+        self.mux = Mux("gateway", cfg.mux_params("gateway"), budget=self.budget,
+                       first_conn_id=first_conn_id, **kw)  # fmt: skip
         self.policy = policy
         self.slots: dict[int, Slot] = {}
         for carrier in cfg.gateway.carriers:
             for index in range(carrier.paths):
-                pid = len(self.slots) + 1
+                pid = first_pid + len(self.slots)
                 self.slots[pid] = Slot(pid, carrier, index, cfg, self.rng)
         self.paths: dict[int, PathConn] = {}  # the slots that are up
         self._last_info = -1.0
@@ -114,6 +126,11 @@ class Uplink:
         self.on_info: Callable[[int, str, object, object, float], None] | None = None
         # called with each DATAGRAM from the node (middlebox/gateway/udp.py)
         self.datagrams: Callable[[wire.Datagram, float], None] = self._no_datagrams
+        # called with (draining, now) when the node sends DRAIN (the fleet moves)
+        self.on_drain: Callable[[bool, float], None] | None = None
+        self.candidate = None  # the fleet's record of this node (middlebox/gateway/fleet.py)
+        self.last_up = clock()  # when a path was last seen up (the fleet's lost rule)
+        self.node_draining = False  # what the node's last DRAIN said
         self.counters = {
             "dials": 0,
             "path_failures": 0,
@@ -299,6 +316,10 @@ class Uplink:
             raise PathError(f"node closed the path: {msg.reason.name} {msg.detail!r}")  # type: ignore[attr-defined]
         elif t is wire.Datagram:
             self.datagrams(msg, now)  # type: ignore[arg-type]
+        elif t is wire.Drain:
+            self.counters["drains_heard"] = self.counters.get("drains_heard", 0) + 1
+            if self.on_drain is not None:
+                self.on_drain(msg.draining, now)  # type: ignore[attr-defined]
         elif t in (wire.Hello, wire.HelloAck, wire.Context):
             raise PathError(f"unexpected {t.__name__}", wire.CloseReason.PROTOCOL_ERROR)
         else:
@@ -378,7 +399,12 @@ class Uplink:
             "reorder_overhead": self.cfg.wire.reorder_overhead,
         }
 
-    def close(self, now: float) -> None:
+    def close(
+        self,
+        now: float,
+        reason: wire.CloseReason = wire.CloseReason.SHUTDOWN,
+        detail: str = "gateway stopping",
+    ) -> None:
         """Reset every connection toward the node (RST on every path), close the paths."""
         for cid in self.mux.conn_ids():
             self.mux.abort(cid, wire.RstReason.SHUTDOWN, now)
@@ -386,6 +412,6 @@ class Uplink:
         for s in self.slots.values():
             if s.pc is not None:
                 forget(self.sel, s.pc.fd)
-                s.pc.close(wire.CloseReason.SHUTDOWN, "gateway stopping")
+                s.pc.close(reason, detail)
                 s.pc = None
         self.paths.clear()

@@ -15,7 +15,11 @@ state. Assembly (each piece is its own module):
   :class:`~middlebox.node.context.SessionContext`; every ``contextdb.fleet_refresh``
   seconds the loop loads what the fleet store's thread fetched from the gateways
   (memory only; ``context`` in status);
-* :class:`~middlebox.control.ControlServer` answers ``mpproxy status``.
+* :class:`~middlebox.control.ControlServer` answers ``mpproxy status`` and ``mpproxy node
+  drain`` / ``resume``: a draining node sends DRAIN (docs/PROTOCOL.md) on every path, and
+  on every path it accepts while it drains, so its gateways move their new connections
+  to their next node; it keeps serving the connections it has (``drain`` in status
+  counts what remains) and accepts whatever still comes.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from middlebox.node.destpolicy import DestinationPolicy
 from middlebox.node.relay import Relay
 from middlebox.node.sessions import Gateways, Session
 from middlebox.paths.tls import node_context
+from middlebox.session import wire
 from middlebox.session.mux import Mux
 
 log = logging.getLogger("mpproxy.node")
@@ -70,8 +75,14 @@ class Node:
         self.gateways.admit = self.admission.refusal
         self.control: ControlServer | None = None
         if control:
-            self.control = ControlServer(cfg.node.control_socket, self.status)
+            self.control = ControlServer(
+                cfg.node.control_socket,
+                self.status,
+                {"drain": lambda: self.drain(True), "resume": lambda: self.drain(False)},
+            )
             self.control.register(self.sel)
+        self.drain_counters = {"drains": 0, "resumes": 0, "drain_messages": 0}
+        self.drain_since: float | None = None
         self.observer = observe.start(cfg.metrics, self.status)
         log.info("listening %s", kv(address=cfg.node.listen, tls=ctx is not None))
 
@@ -137,6 +148,41 @@ class Node:
         relay.retry_starved()
         self.gateways.settle(sess)
 
+    # -- drain ----------------------------------------------------------------------------
+
+    def drain(self, draining: bool = True) -> dict:
+        """Start (or end) draining: tell every gateway on every up path; new paths are
+        told after their HELLO_ACK (:class:`Gateways`). Returns the drain status."""
+        now = self.clock()
+        changed = self.gateways.draining != draining
+        self.gateways.draining = draining
+        if changed:
+            self.drain_counters["drains" if draining else "resumes"] += 1
+            self.drain_since = now if draining else None
+            log.info("%s %s", "draining" if draining else "resumed", kv(**self._remaining()))
+            for sess in self.gateways.sessions.values():
+                for pc in sess.paths.values():
+                    pc.write(wire.Drain(draining))
+                    self.drain_counters["drain_messages"] += 1
+        return self.drain_status(now)
+
+    def _remaining(self) -> dict[str, int]:
+        sessions = self.gateways.sessions.values()
+        return {
+            "sessions": len(sessions),
+            "connections": sum(len(s.mux.conn_ids()) for s in sessions),
+            "server_connections": sum(len(s.relay.conns) for s in sessions),
+        }
+
+    def drain_status(self, now: float) -> dict:
+        since = self.drain_since
+        return {
+            "draining": self.gateways.draining,
+            "draining_for": round(now - since, 3) if since is not None else None,
+            "remaining": self._remaining(),
+            **self.drain_counters,
+        }
+
     # -- status and shutdown --------------------------------------------------------------
 
     def status(self) -> dict:
@@ -174,6 +220,7 @@ class Node:
             "udp": {"enabled": self.cfg.udp.enabled, **self.gateways.udp_counters},
             "handshaking": len(self.gateways.handshaking),
             "admission": self.admission.status(),
+            "drain": self.drain_status(now),
             "destinations": self.policy.status(),
             "limits": self.gateways.limits(),
             "memory": self.gateways.budget.status(),

@@ -188,6 +188,7 @@ class Gateways:
         self._accept_paused: float | None = None  # listener left alone until then
         self._option_failed: set[str] = set()  # socket options already reported
         self.throttle = Throttle()
+        self.draining = False  # set by the node's drain (middlebox/node/process.py)
         # latest CONTEXT report per gateway id and carrier (kept across sessions)
         self.contexts: dict[str, dict[str, dict]] = {}
         self.udp_counters: dict[str, int] = {}  # every session's UDP relay counts here
@@ -458,6 +459,8 @@ class Gateways:
         sess.names[pid] = pc.label
         sess.carriers[pid] = msg.carrier
         pc.write(wire.HelloAck(self.cfg.node.id, pid, max_payload=self.cfg.wire.max_payload))
+        if self.draining:  # the gateway is to move its new connections elsewhere
+            pc.write(wire.Drain(True))
         pc.tcp_info()  # the room follows the path's rate from its first message on
         sess.mux.path_up(pid, now, room=pc.room())
         self.counters["paths_accepted"] += 1
@@ -500,7 +503,7 @@ class Gateways:
             sess.udp.receive(msg, now)  # type: ignore[union-attr, arg-type]
         elif t is wire.ProbeAck:
             pass
-        elif t in (wire.Hello, wire.HelloAck):
+        elif t in (wire.Hello, wire.HelloAck, wire.Drain):
             self._drop_path(sess, pid, pc, now, wire.CloseReason.PROTOCOL_ERROR)
         else:
             sess.mux.receive(pid, msg, now)

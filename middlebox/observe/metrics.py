@@ -361,6 +361,43 @@ def families(snap: Snapshot) -> list:
     out += _session_families(st, role, own)
     out += _carrier_families(st, role, own)
     out += _counter_families(st, role, own)
+    out += _fleet_families(st)
+    return out
+
+
+FLEET_STATES = ("up", "draining", "lost")  # middlebox/gateway/fleet.py
+
+
+def _fleet_families(st: dict) -> list:
+    """The gateway's nodes (1 for the state each is in, and which is chosen) and the
+    node's drain (1 while draining; what remains on it)."""
+    out = []
+    fleet = st.get("fleet")
+    if isinstance(fleet, dict):
+        state = _gauge("mpproxy_fleet_node_state", "1 for the state each configured node "
+                       "is in as this gateway sees it (up, draining, lost), else 0.",
+                       ["node", "state"])  # fmt: skip
+        chosen = _gauge("mpproxy_fleet_node_chosen", "1 for the node new connections go "
+                        "to, else 0.", ["node"])  # fmt: skip
+        conns = _gauge("mpproxy_fleet_node_connections", "Connections this gateway has on "
+                       "each node.", ["node"])  # fmt: skip
+        for n in fleet.get("nodes") or []:
+            name = str(n.get("name", ""))
+            for s in FLEET_STATES:
+                state.add_metric([name, s], 1.0 if n.get("state") == s else 0.0)
+            chosen.add_metric([name], 1.0 if n.get("role") == "chosen" else 0.0)
+            conns.add_metric([name], _num(n.get("connections")) or 0.0)
+        out += [state, chosen, conns]
+    drain = st.get("drain")
+    if isinstance(drain, dict):
+        g = _gauge("mpproxy_node_draining", "1 while the node drains (mpproxy node drain).", [])
+        g.add_metric([], 1.0 if drain.get("draining") else 0.0)
+        left = _gauge("mpproxy_node_drain_remaining", "What remains on the node: gateway "
+                      "sessions, their connections, its server connections.", ["what"])  # fmt: skip
+        remaining = drain.get("remaining") or {}
+        for what in ("sessions", "connections", "server_connections"):
+            left.add_metric([what], _num(remaining.get(what)) or 0.0)
+        out += [g, left]
     return out
 
 
@@ -550,7 +587,8 @@ def counter_areas(st: dict, role: str, own: str) -> Iterator[tuple[str, str, dic
     for sess in st.get("sessions") or []:
         yield sess.get("gateway", ""), "session", sess.get("counters") or {}
     proc = own if role == "gateway" else ""
-    areas = ("flows", "endpoint", "capture", "counters", "admission", "context", "metrics")
+    areas = ("flows", "endpoint", "capture", "counters", "admission", "context", "metrics",
+             "fleet", "drain")  # fmt: skip
     for area in areas:
         d = st.get(area)
         if isinstance(d, dict):

@@ -418,6 +418,7 @@ class Mux:
         params: MuxParams | None = None,
         policy: Policy = lowest_rtt_policy,
         budget: Budget | None = None,
+        first_conn_id: int = 1,
     ) -> None:
         if side not in ("gateway", "node"):
             raise ValueError("side must be 'gateway' or 'node'")
@@ -436,7 +437,7 @@ class Mux:
         self._control: deque[tuple[int, Message, bool]] = deque()
         self._now = 0.0  # the latest time any call told us, for the few that take none
         self._stalls: list[tuple[float, int, int, float]] = []  # deadline, conn, seq, sent_at
-        self._next_id = 1
+        self._next_id = first_conn_id  # a gateway's muxes to several nodes use disjoint ids
         self._all_down_since: float | None = None
         self.counters = {
             "messages_sent": 0,

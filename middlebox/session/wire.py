@@ -46,6 +46,7 @@ T_PROBE = 0x03
 T_PROBE_ACK = 0x04
 T_CONTEXT = 0x05
 T_CLOSE = 0x06
+T_DRAIN = 0x07  # node to gateway: move new connections to another node (docs/PROTOCOL.md)
 T_OPEN = 0x10
 T_OPEN_OK = 0x11
 T_OPEN_FAIL = 0x12
@@ -380,6 +381,23 @@ class Close(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Drain(Message):
+    """The node is draining (``draining``) or accepts new connections again: a gateway
+    opens paths to its next node and sends new connections there; the connections it has
+    on this node finish here."""
+
+    TYPE: ClassVar[int] = T_DRAIN
+    draining: bool = True
+
+    def __post_init__(self) -> None:
+        if type(self.draining) is not bool:
+            _fail("DRAIN draining: must be true or false")
+
+    def _body(self) -> bytes:
+        return bytes((int(self.draining),))
+
+
+@dataclass(frozen=True, slots=True)
 class Open(Message):
     """A client's SYN, gateway to node: connect to the original destination."""
 
@@ -586,6 +604,7 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         ProbeAck,
         Context,
         Close,
+        Drain,
         Open,
         OpenOk,
         OpenFail,
@@ -692,6 +711,7 @@ _TYPE_NAMES = {
     ProbeAck: "PROBE_ACK",
     Context: "CONTEXT",
     Close: "CLOSE",
+    Drain: "DRAIN",
     Open: "OPEN",
     OpenOk: "OPEN_OK",
     OpenFail: "OPEN_FAIL",
@@ -800,6 +820,13 @@ def _dec_close(body: memoryview) -> Message:
     return Close(reason, detail)  # type: ignore[arg-type]
 
 
+def _dec_drain(body: memoryview) -> Message:
+    flag = body[0]
+    if flag > 1:
+        _fail(f"DRAIN: state must be 0 or 1 (got {flag})")
+    return Drain(bool(flag))
+
+
 def _dec_open(body: memoryview) -> Message:
     conn_id, family, flags, mss, wscale, sport, dport = _OPEN.unpack_from(body)
     size = _FAMILY_SIZE.get(family)
@@ -862,6 +889,7 @@ _DECODERS: dict[int, tuple[Callable[[memoryview], Message], int, int]] = {
     T_PROBE_ACK: (_dec_fixed(ProbeAck, _PROBE_ACK), _PROBE_ACK.size, _PROBE_ACK.size),
     T_CONTEXT: (_dec_context, _CONTEXT.size + 2, _CONTEXT.size + 1 + MAX_NAME),
     T_CLOSE: (_dec_close, 2, 2 + MAX_DETAIL),
+    T_DRAIN: (_dec_drain, 1, 1),
     T_OPEN: (_dec_open, _OPEN.size + 8, _OPEN.size + 32),
     T_OPEN_OK: (_dec_fixed(OpenOk, _U32), _U32.size, _U32.size),
     T_OPEN_FAIL: (_dec_fixed(OpenFail, _CONN_REASON), _CONN_REASON.size, _CONN_REASON.size),

@@ -285,3 +285,39 @@ def test_every_series_is_documented():
         names.add(fam.name + suffix)
     missing = sorted(n for n in names if f"`{n}`" not in doc)
     assert not missing, f"add to docs/metrics.md: {missing}"
+
+
+def test_fleet_and_drain_series():
+    from pathlib import Path
+
+    st = gateway_status([path("carrier0/0")])
+    st["fleet"] = {
+        "chosen": "node-b", "next": None, "moves": 1, "moves_lost": 1, "moves_drain": 0,
+        "node_lost_time": 3.0, "sessions": [],
+        "nodes": [
+            {"name": "node-b", "state": "up", "role": "chosen", "connections": 2},
+            {"name": "node-a", "state": "lost", "role": "standby", "connections": 0},
+        ],
+    }  # fmt: skip
+    st["drain"] = {"draining": True, "remaining": {"sessions": 1, "connections": 4,
+                   "server_connections": 3}, "drains": 1}  # fmt: skip
+    pub = metrics.Publisher(lambda: st)
+    pub.publish(0.0)
+    fams, _ = parse(pub.snapshot)
+    state = samples(fams, "mpproxy_fleet_node_state")
+    assert state[(("node", "node-a"), ("state", "lost"))] == 1.0
+    assert state[(("node", "node-a"), ("state", "up"))] == 0.0
+    assert samples(fams, "mpproxy_fleet_node_chosen") == {
+        (("node", "node-b"),): 1.0,
+        (("node", "node-a"),): 0.0,
+    }
+    events = samples(fams, "mpproxy_events", "_total")
+    assert events[(("area", "fleet"), ("event", "moves_lost"), ("gateway", "train-1"))] == 1
+    assert samples(fams, "mpproxy_node_draining") == {(): 1.0}
+    left = samples(fams, "mpproxy_node_drain_remaining")
+    assert left[(("what", "connections"),)] == 4.0
+    doc = (Path(__file__).parents[3] / "docs" / "metrics.md").read_text()
+    for name in ("mpproxy_fleet_node_state", "mpproxy_fleet_node_chosen",
+                 "mpproxy_fleet_node_connections", "mpproxy_node_draining",
+                 "mpproxy_node_drain_remaining"):  # fmt: skip
+        assert f"`{name}`" in doc, name
