@@ -695,6 +695,8 @@ class Node(_Loop):
                 if conn is None:
                     mux.refuse(cid, wire.OpenFailReason.REFUSED, now)
                     continue
+                o = e.open
+                self.policy.described(cid, str(o.src_addr), o.dst_port, now)  # Relay._open
                 self.servers[cid] = Server(conn)
                 delay = self.proxy.params.server_delay
                 self.engine.at(now + delay, self._connected, cid)

@@ -43,6 +43,7 @@ from middlebox.session.mux import (
     Reset,
     Writable,
 )
+from middlebox.session.policy import SchedulerPolicy
 
 log = logging.getLogger("mpproxy.node")
 
@@ -135,6 +136,8 @@ class Relay:
         self.starved: set[int] = set()  # not reading their server: the mux's buffer was full
         self.opened = 0
         self.refused = 0
+        # the session's scheduler adapter, told each accepted OPEN's client and port
+        self.scheduler: SchedulerPolicy | None = None
 
     # -- timers ---------------------------------------------------------------------------
 
@@ -200,6 +203,8 @@ class Relay:
             log.info("open denied %s", kv(conn=e.conn_id, dst=f"{dst}:{o.dst_port}", why=repr(why)))
             self.mux.refuse(e.conn_id, wire.OpenFailReason.DENIED, now)
             return
+        if self.scheduler is not None:
+            self.scheduler.described(e.conn_id, str(o.src_addr), o.dst_port, now)
         family = socket.AF_INET6 if dst.version == 6 else socket.AF_INET
         try:
             sock = socket.socket(family, socket.SOCK_STREAM)

@@ -482,6 +482,7 @@ class Gateways:
         )
         mux = Mux("node", params, policy, Budget(self.cfg.node.session_memory, self.budget))
         relay = self.new_relay(mux)
+        relay.scheduler = policy
         sess = Session(msg.gateway_id, msg.session, mux, policy, relay, sctx, now)
         sess.udp = UdpRelay(self.cfg.udp, self.sel, relay.policy, mux.send_datagram,
                             policy.forget_flow, self.udp_counters)  # fmt: skip

@@ -44,7 +44,10 @@ a path, so the connection's ``app_limited_at`` becomes ``now``; the backlog itse
 on to the policy, which tells a stream that keeps up from one that fell behind by it.
 Connections the shell did not announce with :meth:`SchedulerPolicy.opened` (the node
 announces none) get a context at their first message, forgotten after
-``scheduler.generators.FORGET_AFTER`` seconds without one.
+``scheduler.generators.FORGET_AFTER`` seconds without one; the node's relay passes
+each OPEN's client and destination port to :meth:`SchedulerPolicy.described`, so its
+web responses are classed by port as the gateway's requests are (before, every node
+message was ``data`` or ``bulk``: see docs/scheduler.md, "Web tails on the node").
 
 PROBE round trips reach :meth:`PathEstimator.probe` once each (the shell passes the
 latest one with every TCP_INFO reading); on an idle path (nothing unacknowledged or
@@ -160,6 +163,16 @@ class SchedulerPolicy:
 
     def closed(self, conn_id: int) -> None:
         self.connections.closed(conn_id)
+
+    def described(self, conn_id: int, client: str, dst_port: int, now: float) -> None:
+        """The node's OPEN of ``conn_id`` named its client and destination port: its
+        context gets them, so the node's policy classes its messages as the gateway's
+        does (the first bytes of a web response are ``interactive``). The node closes
+        none of its contexts: this one is still forgotten after ``FORGET_AFTER``
+        seconds without a message, as an unannounced one is."""
+        ctx = self.connections.seen(conn_id, now)
+        ctx.client = client
+        ctx.dst_port = dst_port
 
     # -- the mux's question ---------------------------------------------------------------
 

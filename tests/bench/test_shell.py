@@ -305,3 +305,19 @@ def test_the_node_closes_a_path_that_stayed_silent():
     ]
     # the last PROBE got through by about 2.1 s: silent from 6.1 s, removed at a reading
     assert removed and 6.0 <= removed[0] < 9.0, removed
+
+
+def test_the_simulated_node_tells_its_adapter_each_opens_client_and_port():
+    """As the live relay does (``SchedulerPolicy.described``): without it the node's
+    policy classed no web response as interactive (docs/scheduler.md, "Web tails on the
+    node")."""
+    tape: list = []
+
+    def wrap(side, mux, adapter):
+        return mux, Recorded(tape, side, "adapter", adapter)
+
+    scn = Scenario([fixed("a", 20.0)], workload="web:clients=2,stagger=0.5", duration=4.0)
+    r = run(scn, "context", wrap=wrap)
+    told = [args for side, _, name, args, _, _ in tape if side == "node" and name == "described"]
+    assert r.summary["flows_completed"] >= 2 and len(told) >= r.summary["flows_completed"]
+    assert {port for _, _, port, _ in told} == {443}

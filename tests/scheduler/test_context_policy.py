@@ -229,9 +229,12 @@ def test_interactive_first_bytes_favour_low_delay_and_may_be_duplicated():
     pol = ContextPolicy(SchedulerConfig())
     web = ConnectionContext(7, client="p1", dst_port=443)
     first = pol.decide(MessageInfo(7, 16_384, offset=0, conn=web), paths, 0.0)
-    assert first[0] == 0
-    # gain 1e4 * 0.01 * 0.99 = 99 > cost 1e4 * (16384 + 0) / 1e7 = 16.4: a copy on H
-    assert first == (0, 1)
+    # gain 1e3 * 0.01 * 0.99 = 9.9 < cost 1e4 * (16384 + 0) / 1e7 = 16.4: no copy
+    assert first == (0,)
+    # with f_interactive = 1e4 (the default before the node knew its ports): gain 99, a
+    # copy on H
+    copies = ContextPolicy(SchedulerConfig(f_interactive=1e4))
+    assert copies.decide(MessageInfo(7, 16_384, offset=0, conn=web), paths, 0.0) == (0, 1)
     # Past the first 128 KiB it is ordinary data (a = 1e-5, drain-time discount):
     # L: 60 * 0.02 / (0.02 + 16384 / 1e6) = 33, H: 112.5 * 0.08 / 0.0816 = 110: H.
     later = pol.decide(MessageInfo(7, 16_384, offset=200_000, conn=web), paths, 0.0)

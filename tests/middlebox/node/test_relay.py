@@ -107,3 +107,18 @@ def test_server_sockets_reset_unless_the_upload_ended_cleanly(pair):
         c.close()
     finally:
         srv.close()
+
+
+def test_the_nodes_scheduler_learns_each_opens_client_and_port(pair, echo):
+    """The node's adapter hears each accepted OPEN's client and destination port, so its
+    policy classes a web response by port as the gateway's does (before, every node
+    connection had port 0: its first bytes were never ``interactive``)."""
+    from scheduler.registry import CONNECTION
+
+    node, gw, _ = pair()
+    gw.run_until(lambda: gw.paths_up() == 2)
+    cid = gw.open(echo.port, b"hello")
+    gw.run_until(lambda: bytes(gw.conns[cid]["got"]) == b"hello")
+    (sess,) = node.node.gateways.sessions.values()
+    ctx = sess.policy.registry.get(CONNECTION, cid)
+    assert ctx is not None and ctx.dst_port == echo.port and ctx.client == "127.0.0.2"

@@ -242,3 +242,33 @@ def test_decisions_that_put_a_message_on_several_paths_are_counted():
     assert single(MessageInfo(1, 100, DATA), ps, 0.0) == (2,)
     assert (pol.decisions, pol.duplicated) == (1, 1)
     assert (single.decisions, single.duplicated) == (1, 0)
+
+
+def test_a_node_connection_described_by_its_open_goes_by_delay_not_bandwidth():
+    """The cause of the LTE web tails (docs/scheduler.md, "Web tails on the node"): the
+    node's policy never knew a connection's port, so a web response's first bytes were
+    ``data`` (a = 1e-5 per byte), which ranks the high-rate carrier first even with a
+    queue ahead; the replay's slow pages were full of small objects sent that way that
+    arrived 1-2.5 s later. Described by its OPEN (port 443) the response is
+    ``interactive`` and goes where it arrives first. Figures of one such decision."""
+    cfg = SchedulerConfig(policy="context")
+
+    def decide(describe):
+        pol = SchedulerPolicy(cfg)
+        fast = tcp_info(srtt_us=122_000, rttvar_us=10_000, delivery_rate=2_500_000, snd_cwnd=400)
+        slow = tcp_info(srtt_us=64_000, rttvar_us=5_000, delivery_rate=400_000, snd_cwnd=100)
+        pol.sample(1, "tmobile", fast, 0.0)
+        pol.sample(2, "verizon", slow, 0.0)
+        ps = [
+            PathState(1, True, 0.122, 0.010, 212_578, queued=91_301),
+            PathState(2, True, 0.064, 0.005, 72_202, queued=4_469),
+        ]
+        if describe:
+            pol.described(7, "10.1.0.5", 443, 0.0)
+        ids = pol(MessageInfo(7, 2571, DATA, offset=0, backlog=0), ps, 0.1)
+        return ids, pol.policy.classify(
+            MessageInfo(7, 2571, DATA, conn=pol.registry.get(CONNECTION, 7))
+        )[0]
+
+    assert decide(False) == ((1,), "data")
+    assert decide(True) == ((2,), "interactive")
