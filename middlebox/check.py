@@ -313,20 +313,25 @@ def _congestion(cc: str, avail: set[str], host: Host, key: str) -> list[Problem]
 
 
 def _carriers(cfg: Config, host: Host) -> list[Problem]:
-    """Each carrier's interface and its source routing toward the node."""
+    """Each carrier's interface and its source routing toward every node it may use
+    (``gateway.node``, or each of ``[[gateway.nodes]]``: a move to another node must not
+    find a carrier that cannot reach it)."""
     out = []
-    node_host = cfg.gateway.node.rpartition(":")[0].strip("[]")
-    try:
-        node_ips = [str(ipaddress.ip_address(node_host))]
-    except ValueError:
-        node_ips = host.resolve(node_host)
-        if not node_ips:
-            out.append(
-                Problem(
-                    f"gateway.node {node_host!r}",
-                    "does not resolve: check DNS or give the node's address",
+    node_ips: list[str] = []  # the first address of each node
+    for n in cfg.gateway.fleet():
+        node_host = n.address.rpartition(":")[0].strip("[]")
+        try:
+            ips = [str(ipaddress.ip_address(node_host))]
+        except ValueError:
+            ips = host.resolve(node_host)
+            if not ips:
+                what = (
+                    f"gateway.nodes {n.name!r} ({node_host})"
+                    if cfg.gateway.nodes
+                    else f"gateway.node {node_host!r}"
                 )
-            )
+                out.append(Problem(what, "does not resolve: check DNS or give the node's address"))
+        node_ips += ips[:1]
     for k, c in enumerate(cfg.gateway.carriers):
         what = f"carrier {c.name!r}"
         if not c.interface:
@@ -368,7 +373,7 @@ def _carriers(cfg: Config, host: Host) -> list[Problem]:
                 )
             )
             continue
-        for ip in node_ips[:1]:
+        for ip in node_ips:
             via = host.route_out(src, ip)
             if via != c.interface:
                 table = 101 + k  # a suggestion: carrier k's own table
@@ -413,7 +418,8 @@ def _tls(cfg: Config, host: Host, role: str) -> list[Problem]:
         ]
     try:
         if role == "gateway":
-            gateway_context(t, cfg.gateway.node)
+            for n in cfg.gateway.fleet():
+                gateway_context(t, n.address)
         else:
             node_context(t, cfg.node.listen)
     except UserError as e:

@@ -19,9 +19,11 @@ from middlebox import check
 from middlebox.check import Host, Link, Problem
 from middlebox.cli import main
 from middlebox.config import (
+    DEFAULT_NODE,
     CarrierConfig,
     Config,
     ContextConfig,
+    FleetNodeConfig,
     GatewayConfig,
     NodeConfig,
     TLSConfig,
@@ -240,6 +242,31 @@ def test_gateway_configuration_and_files(certs, tmp_path):
     assert any(
         ln.startswith("problem: contextdb.path") for ln in lines(check.check_gateway(db, host))
     )
+
+
+def test_gateway_with_several_nodes_checks_each_of_them(certs):
+    """A move to another node of the fleet must not find a carrier that cannot reach it,
+    nor a name that does not resolve: every [[gateway.nodes]] entry is checked."""
+
+    class TwoNodes(FakeHost):
+        def route_out(self, src, dst):  # carrier b reaches the second node by the LAN only
+            if src == "10.30.0.7" and dst == "203.0.113.20":
+                return "lan0"
+            return super().route_out(src, dst)
+
+    host = TwoNodes()
+    host.names["node-b.example.net"] = ["203.0.113.20"]
+    fleet = [
+        FleetNodeConfig("a", "node.example.net:4433"),
+        FleetNodeConfig("b", "node-b.example.net:4433"),
+        FleetNodeConfig("c", "node-c.example.net:4433"),
+    ]
+    cfg = gateway_cfg(certs, gateway={"nodes": fleet, "node": DEFAULT_NODE})
+    found = lines(check.check_gateway(cfg, host))
+    assert any("gateway.nodes 'c' (node-c.example.net): does not resolve" in ln for ln in found)
+    routing = [ln for ln in found if "source routing" in ln]
+    assert len(routing) == 1 and "to the node 203.0.113.20 leaves by lan0" in routing[0], found
+    assert not any("node.example.net" in ln for ln in found), found
 
 
 def test_warnings_do_not_fail_the_check(certs):
