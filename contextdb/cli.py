@@ -141,7 +141,7 @@ def _open(args: argparse.Namespace, readonly: bool):
     from contextdb.fleet import open_store
 
     cfg = _config(args)
-    store = open_store(cfg.path, cfg.fleet_url, cfg.line, readonly=readonly)
+    store = open_store(cfg.path, cfg.fleet_url, cfg.line, readonly=readonly, limits=cfg)
     try:
         return ContextDB(store, cfg, origin=getattr(args, "origin", ""))
     except BaseException:
@@ -161,7 +161,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     local = SqliteStore(cfg.path)
     try:
         ContextDB(local, cfg, preload=False)  # checks or writes the parameters
-        fleet = RedisStore(cfg.fleet_url, cfg.line)
+        fleet = RedisStore.configured(cfg.fleet_url, cfg.line, cfg)
         try:
             report = sync(local, fleet, args.origin)
         finally:

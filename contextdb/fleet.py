@@ -96,6 +96,12 @@ class RedisStore:
         self.prefix = f"mpctx:{line}:"
         self._pending: list[Callable[[Any], Any]] = []  # queued on the next commit's MULTI
 
+    @classmethod
+    def configured(cls, url: str, line: str, cfg: ContextDBConfig) -> RedisStore:
+        """A store bounded by the configuration's ``fleet_timeout`` and ``fleet_max_reply``
+        (the one place these two options reach the client)."""
+        return cls(url, line, cfg.fleet_timeout, cfg.fleet_max_reply)
+
     def _list(self, carrier: str, cell: str) -> str:
         return f"{self.prefix}chunks:{carrier}{SEP}{cell}"
 
@@ -255,9 +261,7 @@ class BackgroundStore:
     ) -> None:
         check_name("line", line)
         parse_url(url)  # a malformed URL is an error at start
-        self._connect = connect or (
-            lambda: RedisStore(url, line, cfg.fleet_timeout, cfg.fleet_max_reply)
-        )
+        self._connect = connect or (lambda: RedisStore.configured(url, line, cfg))
         self.cfg = cfg
         self.readonly = readonly
         self.clock = clock
@@ -534,14 +538,16 @@ def open_store(
     line: str = "default",
     readonly: bool = False,
     live: ContextDBConfig | None = None,
+    limits: ContextDBConfig | None = None,
 ):
     """The fleet store when a URL is given, else the embedded file. ``live``: the
     configuration of a running gateway or node, which gets a :class:`BackgroundStore`
-    (its timeouts and limits from that configuration); tools get :class:`RedisStore`."""
+    (its timeouts and limits from that configuration); tools get :class:`RedisStore`,
+    with ``limits``' ``fleet_timeout`` and ``fleet_max_reply`` (the defaults without)."""
     if fleet_url and live is not None:
         return BackgroundStore(fleet_url, line, live, readonly=readonly)
     if fleet_url:
-        return RedisStore(fleet_url, line)
+        return RedisStore.configured(fleet_url, line, limits or ContextDBConfig())
     from contextdb.store import SqliteStore
 
     return SqliteStore(path, readonly=readonly)

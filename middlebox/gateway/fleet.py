@@ -99,6 +99,25 @@ def candidates(cfg: Config) -> list[Candidate]:
     return [Candidate(n.name, n.address, weight(gid, n.name)) for n in cfg.gateway.fleet()]
 
 
+class UplinkHook:
+    """A hook of the fleet that every uplink gets: set on the fleet, it is given to each
+    uplink open now and to each one made later (the application sets it once and need
+    not know that uplinks come and go)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, fleet: Fleet | None, owner: type | None = None):
+        if fleet is None:
+            return self
+        return fleet._hooks.get(self.name)
+
+    def __set__(self, fleet: Fleet, hook: Callable | None) -> None:
+        fleet._hooks[self.name] = hook
+        for up in fleet.uplinks:
+            setattr(up, self.name, hook)
+
+
 class Fleet:
     """The gateway's uplinks to the nodes of its fleet (see module text).
 
@@ -124,8 +143,7 @@ class Fleet:
         self._made = 0
         self.budget = Budget(cfg.gateway.memory_budget)  # the whole process's, shared
         self._next_pid = 1
-        self._on_info = None  # the context loop's TCP_INFO hook (given to every uplink)
-        self._datagrams = None  # the UDP shell's DATAGRAM hook (given to every uplink)
+        self._hooks: dict[str, Callable | None] = {}  # UplinkHook values, by name
         # called with (uplink, now) when a lost node's connections are to be reset
         self.on_lost: Callable[[Uplink, float], None] | None = None
         # whether the application still holds connections of an uplink (the bridge's
@@ -160,10 +178,8 @@ class Fleet:
         up.last_up = now  # no path yet: lost after node_lost_time from now
         up.node_draining = False  # the node's last DRAIN said so
         up.on_drain = lambda draining, t, up=up: self._drain_heard(up, draining, t)
-        if self._on_info is not None:
-            up.on_info = self._on_info
-        if self._datagrams is not None:
-            up.datagrams = self._datagrams
+        for name, hook in self._hooks.items():
+            setattr(up, name, hook)
         log.info("node chosen %s", kv(node=cand.name, address=cand.address, session=up.session))
         return up
 
@@ -203,25 +219,8 @@ class Fleet:
         return self.current.session
 
     # hooks every uplink gets, now and when it is made (set like an Uplink's)
-    @property
-    def on_info(self):
-        return self._on_info
-
-    @on_info.setter
-    def on_info(self, hook) -> None:
-        self._on_info = hook
-        for up in self.uplinks:
-            up.on_info = hook
-
-    @property
-    def datagrams(self):
-        return self._datagrams
-
-    @datagrams.setter
-    def datagrams(self, hook) -> None:
-        self._datagrams = hook
-        for up in self.uplinks:
-            up.datagrams = hook
+    on_info = UplinkHook()  # the context loop's TCP_INFO hook
+    datagrams = UplinkHook()  # the UDP shell's DATAGRAM hook
 
     # -- the loop -------------------------------------------------------------------------
 

@@ -296,3 +296,27 @@ def test_background_store_starts_without_its_server_and_catches_up(tmp_path, mon
         assert check.chunk_count("X", "c1") == 1
         check.close()
         db.store.close()
+
+
+def test_the_cli_bounds_its_fleet_store_by_the_configured_limits(redis_url, tmp_path, monkeypatch):
+    """``--config``'s ``fleet_timeout`` and ``fleet_max_reply`` reach the tools' store
+    (they opened it with the defaults, 5 s and 16 MiB, whatever the file said)."""
+    from contextdb import fleet
+    from middlebox.cli import main
+
+    seen = []
+    real = fleet.RedisStore.__init__
+
+    def spy(self, url, line="default", timeout=5.0, max_reply=fleet.DEFAULT_MAX_REPLY):
+        seen.append((timeout, max_reply))
+        real(self, url, line, timeout, max_reply)
+
+    monkeypatch.setattr(fleet.RedisStore, "__init__", spy)
+    conf = tmp_path / "gw.toml"
+    conf.write_text(
+        f'[contextdb]\nfleet_url = "{redis_url}"\nfleet_timeout = 7.5\nfleet_max_reply = 65536\n'
+    )
+    assert main(["contextdb", "stats", "--config", str(conf)]) == 0
+    db = str(tmp_path / "local.db")
+    assert main(["contextdb", "sync", "--config", str(conf), "--db", db, "--origin", "g"]) == 0
+    assert seen == [(7.5, 65536), (7.5, 65536)]
