@@ -4,7 +4,10 @@ Each path in either process's status has a ``transport`` dict (the session mux's
 per-path counters: payload bytes and messages sent, stall resends, resent copies,
 needless copies received, DATA_ACKed messages and how many came after their stall
 deadline, send-to-DATA_ACK histograms in seconds and per deadline) and a ``kernel``
-dict (the path socket's TCP_INFO: bytes sent and retransmitted, RTOs). The downlink
+dict (the path socket's TCP_INFO: bytes sent and retransmitted, RTOs, and the
+microseconds its sender was busy: data queued or in flight, of which limited by the
+peer's window or by the send buffer; a path whose busy time falls short of the run's
+length under a bulk load sat idle, waiting for the mux). The downlink
 (server to client) is sent by the node and received by the gateway; the uplink the
 other way round. So per direction:
 
@@ -41,7 +44,9 @@ SENT += ("acked", "acked_late")
 RECEIVED = {"duplicates_received": "needless_copies", "duplicate_bytes_received": "needless_bytes"}
 HISTOGRAMS = ("ack_delay_s", "ack_delay_per_deadline")
 KERNEL = {"bytes_sent": "kernel_bytes_sent", "bytes_retrans": "kernel_bytes_retrans"}
-KERNEL |= {"total_rto": "kernel_rtos"}
+KERNEL |= {"total_rto": "kernel_rtos", "busy_us": "kernel_busy_us"}
+KERNEL |= {"rwnd_limited_us": "kernel_rwnd_limited_us"}
+KERNEL |= {"sndbuf_limited_us": "kernel_sndbuf_limited_us"}
 SENDER = {"down": "node", "up": "gateway"}
 RECEIVER = {"down": "gateway", "up": "node"}
 

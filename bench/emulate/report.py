@@ -226,6 +226,10 @@ def _mb(x: float | None) -> str:
     return "-" if x is None else f"{x / MB:.2f}"
 
 
+def _secs(us: float | None) -> str:
+    return "-" if us is None else f"{us / 1e6:.1f}"
+
+
 def direction_table(results: Sequence[RunResult]) -> str:
     """Proxy rows, both directions (means over the stretches)."""
     rows = [
@@ -268,7 +272,8 @@ def path_table(results: Sequence[RunResult]) -> str:
                 rows.append(
                     f"| {r.name} | {d} | {c} | {_mb(p['sent_bytes'])} "
                     f"| {_num(p['stall_resends'])} | {_mb(p['resent_bytes'])} "
-                    f"| {_mb(p['needless_bytes'])} | {_pct(p['late_fraction'])} | {shares} |"
+                    f"| {_mb(p['needless_bytes'])} | {_pct(p['late_fraction'])} | {shares} "
+                    f"| {_secs(p.get('kernel_busy_us'))} |"
                 )
     return "\n".join(rows)
 

@@ -236,7 +236,12 @@ def _path(pid, name, sent, resent, stall, dups, retrans, ups=1, hist=(3, 1)):
             "ack_delay_s": {"<=0.05": hist[0], ">5": hist[1]},
             "ack_delay_per_deadline": {"<=1": hist[0], ">4": hist[1]},
         },
-        "kernel": {"bytes_sent": sent + retrans, "bytes_retrans": retrans, "total_rto": 1},
+        "kernel": {
+            "bytes_sent": sent + retrans,
+            "bytes_retrans": retrans,
+            "total_rto": 1,
+            "busy_us": 3 * retrans,
+        },
     }
 
 
@@ -277,6 +282,7 @@ def test_both_directions_from_the_gateway_and_the_node_status():
     assert down["resent_bytes"] == 5000 and down["stall_resends"] == 3
     assert down["needless_bytes"] == 4000  # the gateway received them
     assert down["kernel_bytes_retrans"] == 600 and down["kernel_rtos"] == 2  # path 1: 1 - 1
+    assert down["kernel_busy_us"] == 1800  # the sockets' busy time, as their retransmissions
     assert down["ack_delay_per_deadline"] == {"<=1": 6, ">4": 2}  # path 1's deltas are 0
     assert down["late_fraction"] == pytest.approx(2 / 8)
     # first copies: the node's connection sent 95 000 once, more than the clients got
