@@ -233,7 +233,7 @@ print(h.hexdigest(), time.monotonic() - t0)
 @pytest.fixture
 def fbed(tmp_path):
     with ProxyBed(spec(clients=1), tmp_path, paths={"lost_timeout": 3.0, "user_timeout": 2.0},
-                  gateway={"buffer_bytes": 1 << 20}) as b:  # fmt: skip
+                  gateway={"buffer_bytes": 1 << 20}, node={"buffer_bytes": 1 << 20}) as b:  # fmt: skip
         http, _ = serve_blob(b, 12 << 20)
         try:
             yield b
@@ -313,9 +313,11 @@ def test_slow_destination_keeps_gateway_buffer_bounded(fbed):
         p.wait()
     finally:
         slow.terminate()
-    # gateway.buffer_bytes in this testbed is 1 MiB; the node's window never grows for a
-    # reader that falls behind, but while a hole holds the front the sender may hold twice
-    # the span the node acknowledged beyond it (Conn.send_limit), at most twice the window:
+    # gateway.buffer_bytes and node.buffer_bytes in this testbed are 1 MiB; the node's
+    # window never grows for a reader that falls behind, but while a hole holds the front
+    # the sender may hold twice the span the node acknowledged beyond it (Conn.send_limit),
+    # at most twice the node's window (with the node's default 4 MiB window the gateway
+    # held 2.6 MB here once, within that rule but above this bound):
     # with paths that hold 40 ms of their rate unsent, the paths deliver out of order by up
     # to that much and the gateway held 1.6-2.0 MB here (1.05 MB with 128 KiB rooms)
     bound = 2 << 20
