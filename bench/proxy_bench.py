@@ -124,7 +124,10 @@ class ProxyBed:
             pki.create_node(d, [node_carrier_addr(0)])
             pki.create_gateway(d, "train-1")
         tls = {"ca": str(d / "ca.pem"), "plaintext": self.plaintext}
-        sched = {"policy": self.policy} if self.policy else {}
+        sched = {
+            **self.sections.get("scheduler", {}),
+            **({"policy": self.policy} if self.policy else {}),
+        }
         node = {
             "id": "node-1",
             "listen": f"{node_carrier_addr(0)}:4433",  # every carrier's paths dial it
@@ -139,7 +142,7 @@ class ProxyBed:
             + _section("tls", {**tls, "cert": str(d / "node.pem"), "key": str(d / "node.key")})
             + _section("paths", self.paths)
             + (_section("scheduler", sched) if sched else "")
-            + "".join(_section(k, v) for k, v in self.sections.items())
+            + "".join(_section(k, v) for k, v in self.sections.items() if k != "scheduler")
         )
         gw = {
             "id": "train-1",
@@ -180,7 +183,7 @@ class ProxyBed:
             )
             + _section("paths", self.paths)
             + (_section("scheduler", sched) if sched else "")
-            + "".join(_section(k, v) for k, v in self.sections.items())
+            + "".join(_section(k, v) for k, v in self.sections.items() if k != "scheduler")
         )
 
     def _popen(self, role: str, args: list[str], name: str) -> subprocess.Popen:

@@ -58,7 +58,7 @@ def simulate_rows(scn: Scenario, emulated: Sequence[RunResult]) -> list[RunResul
     (the result carries the emulated row's name and stretch)."""
     out = []
     for r in emulated:
-        if r.name == MPTCP:
+        if r.name == MPTCP or "@" in r.name:  # a --variant's settings are not simulated
             continue
         at = r.summary.get("trace_start_s", r.summary["lead_s"])
         view = dataclasses.replace(scn, carriers=shifted(scn.carriers, at))

@@ -10,9 +10,12 @@ import dataclasses
 import os
 import shlex
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 from bench.arguments import build, carrier_arguments, link_arguments
+from bench.emulate.variants import parse as parse_variant
+from bench.emulate.variants import split_row
 from middlebox.errors import UserError
 
 DESCRIPTION = (
@@ -46,8 +49,19 @@ def register(bsub: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--policies",
         default=DEFAULT_ROWS,
-        help="comma-separated rows: scheduler policies (through the proxy), single:<carrier>, "
-        "single:best, mptcp; 'all' = every policy + single:best + mptcp",
+        help="comma-separated rows: scheduler policies (through the proxy), POLICY@VARIANT "
+        "(the proxy with a --variant's settings), single:<carrier>, single:best, mptcp; "
+        "'all' = every policy + single:best + mptcp",
+    )
+    e.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="an mpproxy TOML file of settings (gateway, node, paths, scheduler, wire, ...) "
+        "for rows POLICY@NAME: two configurations compared in one run, paired per stretch "
+        "(addresses, carriers and certificates stay the testbed's; --calibrate does not "
+        "simulate such rows)",
     )
     link_arguments(e)
     e.add_argument("--warmup", type=float, default=0.0, help="seconds left out of goodput")
@@ -86,7 +100,9 @@ def register(bsub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_emulate)
 
 
-def rows(spec: str, scn, starts: tuple[float, ...] = (0.0,)) -> list[str]:
+def rows(
+    spec: str, scn, starts: tuple[float, ...] = (0.0,), variants: Collection[str] = ()
+) -> list[str]:
     """Row names from ``--policies`` (raises UserError). ``single:best`` is the carrier
     that offered the most over each stretch (workloads starting at trace seconds
     ``starts``): named ``single:<carrier>`` when that is the same carrier on every
@@ -109,6 +125,12 @@ def rows(spec: str, scn, starts: tuple[float, ...] = (0.0,)) -> list[str]:
         if item.startswith(SINGLE) and item != BEST:
             if item[len(SINGLE) :] not in names:
                 raise UserError(f"--policies: no carrier {item[len(SINGLE) :]!r}")
+        elif "@" in item:
+            policy, name = split_row(item)
+            if policy not in policies.names():
+                raise UserError(f"--policies: unknown policy in {item!r}")
+            if name not in variants:
+                raise UserError(f"--policies: {item!r} names no --variant {name!r}")
         elif item != MPTCP and item not in policies.names():
             raise UserError(
                 f"--policies: unknown row {item!r} (policies: {', '.join(policies.names())}; "
@@ -144,6 +166,8 @@ def _command(args: argparse.Namespace) -> str:
             parts += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     for o in args.outage:
         parts += ["--outage", o]
+    for v in args.variant:
+        parts += ["--variant", v]
     parts += ["--calibrate"] if args.calibrate else []
     parts += ["--out", args.out]
     return " ".join(shlex.quote(p) for p in parts)
@@ -192,11 +216,14 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     )
     specs, carriers = carrier_specs(args, scn, work / "traces", span)
     scn.carriers = carriers
-    setup = EmuSetup(scn, specs, work, lead=args.lead, paths=product_paths(), cc=args.cc)
+    variants = {v.name: v for v in map(parse_variant, args.variant)}
+    setup = EmuSetup(
+        scn, specs, work, lead=args.lead, paths=product_paths(), cc=args.cc, variants=variants
+    )
     if stride is None:
         stride = stretches.default_stride(dur, n, setup.all_periods())
     plan = stretches.plan(n, args.lead, dur, stride, start=args.start)
-    todo = rows(args.policies, scn, tuple(s.start for s in plan))
+    todo = rows(args.policies, scn, tuple(s.start for s in plan), setup.variants)
     periods = setup.periods()
     out = sys.stdout
     out.write(

@@ -146,13 +146,14 @@ def ratios(per_stretch: Sequence[Sequence[RunResult]]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for name in filter(_is_proxy, names):
         for metric, get, higher in RATIOS:
-            for against in ("mptcp", "best single"):
+            base = name.partition("@")[0] if "@" in name else None
+            for against in ("mptcp", "best single", *([base] if base in names else [])):
                 values: list[float | None] = []
                 pairs: list[str | None] = []
                 for rs in per_stretch:
                     mine = next((get(r.summary) for r in rs if r.name == name), None)
-                    if against == "mptcp":
-                        others = [(r.name, get(r.summary)) for r in rs if r.name == MPTCP]
+                    if against in (MPTCP, base):
+                        others = [(r.name, get(r.summary)) for r in rs if r.name == against]
                     else:
                         others = [
                             (r.summary.get("carrier") or r.name, get(r.summary))

@@ -50,6 +50,7 @@ import numpy as np
 from bench.emulate import stretches as st
 from bench.emulate.apps import recorder_from_json
 from bench.emulate.directions import PathCounters, directions
+from bench.emulate.variants import Variant, split_row
 from bench.sim.links import OPPORTUNITY_BYTES, Carrier, Link, capacity_series
 from bench.sim.metrics import summarize
 from bench.sim.runner import SINGLE, RunResult, Scenario, oracle_bytes
@@ -83,6 +84,7 @@ class EmuSetup:
     workdir: Path
     lead: float = 4.0  # s of trace before the workload starts (proxy start-up fits in it)
     paths: dict | None = None  # [paths] for node and gateway
+    variants: dict[str, Variant] = field(default_factory=dict)  # rows POLICY@NAME
     cc: str = "bbr"  # server congestion control (single and MPTCP rows)
     traces: list[tuple[DeliveryTrace, DeliveryTrace]] = field(default_factory=list)
     _written: dict[int, tuple[CarrierSpec, ...]] = field(default_factory=dict, repr=False)
@@ -363,7 +365,18 @@ def _run(
     scn, names = setup.scn, setup.names
     proxy = row != MPTCP and not row.startswith(SINGLE)
     counters = PathCounters(names)
-    with ProxyBed(spec, d, policy=row if proxy else None, start=False, paths=setup.paths) as bed:
+    policy, vname = split_row(row)
+    v = setup.variants[vname] if vname else Variant("", "")
+    with ProxyBed(
+        spec,
+        d,
+        policy=policy if proxy else None,
+        start=False,
+        paths={**(setup.paths or {}), **v.section("paths")},
+        gateway=v.section("gateway"),
+        node=v.section("node"),
+        sections=v.others(),
+    ) as bed:
         tb = bed.tb
         assert tb.trace_start is not None
         if proxy:

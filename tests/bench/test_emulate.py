@@ -217,6 +217,64 @@ def test_ratios_pair_the_rows_of_each_stretch_before_summarising():
     assert set(ereport.headline(per_stretch)["context"]) >= {"goodput Mbit/s", "% of oracle"}
 
 
+def test_a_variant_row_is_paired_with_its_policy_on_each_stretch():
+    per_stretch = [
+        [_result("context", 20.0, None), _result("context@big", 22.0, None),
+         _result("mptcp", 10.0, None)],
+        [_result("context", 10.0, None), _result("context@big", 12.0, None),
+         _result("mptcp", 12.0, None)],
+    ]  # fmt: skip
+    rat = ereport.ratios(per_stretch)
+    assert rat["context@big / context: goodput"]["values"] == [1.1, 1.2]
+    assert rat["context@big / mptcp: goodput"]["values"] == [2.2, 1.0]
+    assert not any(k.startswith("context / context") for k in rat)
+
+
+def test_variant_files_are_read_strictly_and_keep_to_tuning(tmp_path):
+    from bench.emulate import variants
+    from bench.emulate.command import rows
+    from bench.proxy_bench import ProxyBed
+    from middlebox.errors import UserError
+    from netns.topology import TestbedSpec
+
+    good = tmp_path / "big.toml"
+    good.write_text("[node]\nbuffer_bytes = 8388608\n[paths]\nlost_timeout = 5.0\n"
+                    "[scheduler]\nf_data = 0.5\n")  # fmt: skip
+    v = variants.parse(f"big={good}")
+    assert v.section("node") == {"buffer_bytes": 8 << 20} and v.section("gateway") == {}
+    assert v.others() == {"scheduler": {"f_data": 0.5}}
+    scn = Scenario([Carrier("a", fixed_rate(8e6))], "bulk", 1.0)
+    assert rows("context,context@big,mptcp", scn, variants={"big": v}) == [
+        "context", "context@big", "mptcp"]  # fmt: skip
+    with pytest.raises(UserError, match="names no --variant"):
+        rows("context@small", scn, variants={"big": v})
+    with pytest.raises(UserError, match="unknown policy"):
+        rows("nosuch@big", scn, variants={"big": v})
+    for text, why in (
+        ("[node]\nbuffer_bytez = 1\n", "unknown key"),
+        ("[node]\nbuffer_bytes = 1\n", "buffer_bytes"),  # below its minimum
+        ("[node]\nlisten = '1.2.3.4:1'\n", "set by the testbed"),
+        ("[tls]\nplaintext = true\n", "set by the testbed"),
+    ):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        with pytest.raises(UserError, match=why):
+            variants.parse(f"x={bad}")
+    with pytest.raises(UserError, match="NAME=FILE"):
+        variants.parse(str(good))
+    # the settings reach both processes' files, the row's policy beside the variant's
+    one = TestbedSpec([CarrierSpec("12mbit")])
+    bed = ProxyBed(one, tmp_path / "bed", policy="minrtt", start=False,
+                   node=v.section("node"), sections=v.others())  # fmt: skip
+    bed._configure()
+    node = (tmp_path / "bed" / "node.toml").read_text()
+    assert "buffer_bytes = 8388608" in node and node.count("[scheduler]") == 1
+    assert 'policy = "minrtt"' in node and "f_data = 0.5" in node
+    from middlebox.config import load
+
+    assert load(tmp_path / "bed" / "gateway.toml").scheduler.policy == "minrtt"
+
+
 def _path(pid, name, sent, resent, stall, dups, retrans, ups=1, hist=(3, 1)):
     return {
         "id": pid,

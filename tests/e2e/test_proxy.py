@@ -232,8 +232,9 @@ print(h.hexdigest(), time.monotonic() - t0)
 
 @pytest.fixture
 def fbed(tmp_path):
+    mib = {"buffer_bytes": 1 << 20}
     with ProxyBed(spec(clients=1), tmp_path, paths={"lost_timeout": 3.0, "user_timeout": 2.0},
-                  gateway={"buffer_bytes": 1 << 20}, node={"buffer_bytes": 1 << 20}) as b:  # fmt: skip
+                  gateway=mib, node=mib) as b:  # fmt: skip
         http, _ = serve_blob(b, 12 << 20)
         try:
             yield b
