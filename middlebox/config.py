@@ -62,7 +62,9 @@ def _buffer_max_opt(peer: str) -> Any:
     return opt(
         32 << 20,
         f"The most a connection's window toward the {peer} may grow to while more than half "
-        "of it waits behind a hole (a byte still on a slow carrier); at least buffer_bytes.",
+        "of it waits behind a hole (a byte still on a slow carrier), and its send buffer "
+        "toward the peer while all of it is on the paths with the peer's window open; at "
+        "least buffer_bytes.",
         min=64 << 10,
         max=1 << 30,
     )

@@ -128,6 +128,9 @@ class MessageInfo:
     registry; the mux leaves it None (it knows no owner) and the scheduler adapter
     fills it in. For a datagram ``conn_id`` is its flow id and ``flow_class`` the
     flow's class (``scheduler.datagrams``: ``single`` or ``duplicate``).
+    ``buffer_full`` (data) says the connection's send buffer is at its limit: a backlog
+    of 0 then means the sender holds the application back, not that the application ran
+    out of bytes (a download whose buffer is all in flight is not a stream).
     """
 
     conn_id: int
@@ -141,3 +144,4 @@ class MessageInfo:
     avoid: tuple[int, ...] = ()  # path ids the message used already
     prefer: int | None = None  # ACKs: the path the acknowledged data arrived on
     flow_class: str = ""  # datagrams: the flow's class
+    buffer_full: bool = False  # data: the send buffer is at its limit (see above)

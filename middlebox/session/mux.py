@@ -32,8 +32,11 @@ Per connection and direction (docs/PROTOCOL.md has the messages):
   keep sending meanwhile. A reader that is merely slow never makes it grow, and when the
   reader falls behind a grown window falls back to ``buffer_bytes`` (its edge stops
   advancing until then). The sender never sends beyond the highest edge it has seen
-  (before the first DATA_ACK: :data:`INITIAL_WINDOW`); it holds ``buffer_bytes``, or
-  while a hole holds the front twice what the peer has acknowledged beyond it. Bytes
+  (before the first DATA_ACK: :data:`INITIAL_WINDOW`); it holds ``buffer_bytes``,
+  doubled (up to ``buffer_max``, as the budget allows) each time all of it went out on
+  the paths while the peer's window was still open (the buffer, not the paths, held the
+  connection: a download on fast paths whose acknowledgements take a long round trip),
+  or while a hole holds the front twice what the peer has acknowledged beyond it. Bytes
   leave the receive buffer only when the shell takes them with :meth:`Mux.read`, so a
   slow reader closes the window all the way back to the client's TCP window.
 * **FIN, RST, half-close.** Each direction ends on its own with FIN (stream length,
@@ -122,7 +125,7 @@ class MuxParams:
     so the core never imports it."""
 
     buffer_bytes: int = 4 << 20  # receive window and send buffer bound, per connection
-    buffer_max: int = 32 << 20  # ... to which they may grow while the connection waits on a hole
+    buffer_max: int = 32 << 20  # ... to which they may grow (a hole; a send buffer all in flight)
     message_size: int = 16 << 10  # first DATA payload size; adapted per connection
     max_data: int = (256 << 10) - DATA_FIXED  # largest DATA payload the peer accepts
     stall_min: float = 0.5  # seconds without DATA_ACK before a message is sent again
@@ -345,6 +348,7 @@ class Conn:
         self.fin_seq: int | None = None
         self.fin_acked = False
         self.target = params.message_size
+        self.send_cap = params.buffer_bytes  # grows while the buffer, not the paths, limits
         self.blocked = False
         self.window = params.buffer_bytes  # what we let the peer send beyond what was read
         self.charged = 0  # bytes held, as last charged to the budget
@@ -370,11 +374,13 @@ class Conn:
         return len(self.sbuf)
 
     def send_limit(self, params: MuxParams) -> int:
-        """Bytes the send side may hold: ``buffer_bytes``, or while a hole holds the front
-        (the peer acknowledged bytes beyond it selectively) twice the span from the hole
-        to the highest byte acknowledged, at most ``buffer_max``: the sender's side of
-        the window growth (the peer grows its window under the same condition)."""
-        return min(params.buffer_max, max(params.buffer_bytes, 2 * (self.sack_top - self.sbase)))
+        """Bytes the send side may hold: ``send_cap`` (``buffer_bytes``, doubled each time
+        the whole buffer went out on the paths while the peer's window was open), or
+        while a hole holds the front (the peer acknowledged bytes beyond it selectively)
+        twice the span from the hole to the highest byte acknowledged; at most
+        ``buffer_max``: the sender's side of the window growth (the peer grows its window
+        when a hole holds the front)."""
+        return min(params.buffer_max, max(self.send_cap, 2 * (self.sack_top - self.sbase)))
 
     def held(self) -> int:
         """Bytes this connection holds: send buffer, received and out-of-order data."""
@@ -447,6 +453,7 @@ class Mux:
             "resets_sent": 0,
             "unknown_connection": 0,
             "window_grown": 0,
+            "send_grown": 0,  # send buffers doubled (all of it on the paths, window open)
             "reorder_overflow": 0,  # connections reset: their holes cost beyond reorder_overhead
             "open_over_limit": 0,  # OPENs refused: max_connections reached
             "windows_shrunk": 0,  # connections started with less than buffer_bytes (budget)
@@ -1265,7 +1272,14 @@ class Mux:
             if pid is None:
                 return False
         else:
-            info = MessageInfo(conn.id, want, DATA, offset=conn.snd_nxt, backlog=unsent - want)
+            info = MessageInfo(
+                conn.id,
+                want,
+                DATA,
+                offset=conn.snd_nxt,
+                backlog=unsent - want,
+                buffer_full=self._send_room(conn) < self.params.message_size,
+            )
             ids = self.policy(info, paths, now)
             if not ids:
                 return False
@@ -1287,12 +1301,29 @@ class Mux:
         for p in targets:
             out.append((p, msg))
             self._charge(p, size)
+        if (
+            conn.unsent == 0
+            and conn.send_cap < self.params.buffer_max
+            and conn.peer_edge - conn.snd_nxt >= self.params.message_size
+            and self._send_room(conn) < self.params.message_size
+        ):
+            self._grow_send(conn)
         # adapt: a long queue earns larger messages, a dry one returns to the base size
         if conn.unsent > conn.target:
             conn.target = min(self.params.max_data, conn.target * 2)
         elif conn.unsent == 0:
             conn.target = max(self.params.message_size, conn.target // 2)
         return conn.unsent > 0 or (conn.fin_wanted and conn.fin_seq is None)
+
+    def _grow_send(self, conn: Conn) -> None:
+        """The whole send buffer is on the paths and the peer's window is still open: the
+        buffer, not the paths or the peer, holds the connection back (Linux grows a
+        socket's send buffer on the same sign, tcp_sndbuf_expand). Double it, up to
+        ``buffer_max`` and as the budget allows."""
+        grown = min(self.params.buffer_max, conn.send_cap * 2)
+        if self._may_grow(conn, grown - conn.send_cap):
+            conn.send_cap = grown
+            self.counters["send_grown"] += 1
 
     def _send_fin(self, conn: Conn, out: list, paths: list[PathState], now: float) -> bool:
         if conn.state is ConnState.OPENING:

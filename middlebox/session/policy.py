@@ -40,7 +40,10 @@ context of the message's connection (the adapter fills ``MessageInfo.conn``).
 
 Streams: a data message whose ``backlog`` (bytes of the connection not yet cut into
 messages behind it, from the mux) is 0 hands the last byte the application produced to
-a path, so the connection's ``app_limited_at`` becomes ``now``; the backlog itself goes
+a path, so the connection's ``app_limited_at`` becomes ``now`` -- unless the mux says
+the send buffer was full (``buffer_full``: the application may hold more, but the
+buffer is all in flight; a bulk download on fast paths reached that state and was taken
+for a stream, ranked by delay instead of bandwidth); the backlog itself goes
 on to the policy, which tells a stream that keeps up from one that fell behind by it.
 Connections the shell did not announce with :meth:`SchedulerPolicy.opened` (the node
 announces none) get a context at their first message, forgotten after
@@ -196,7 +199,7 @@ class SchedulerPolicy:
         conns.seen(cid, now)
         if kind == DATA:
             conns.carried_to(cid, info.offset)
-            if info.backlog == 0:
+            if info.backlog == 0 and not info.buffer_full:
                 conns.app_limited(cid, now)  # this message takes all the application gave
         registry = self.registry
         ctxs = self._contexts(cands)

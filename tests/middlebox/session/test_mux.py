@@ -580,14 +580,47 @@ def test_send_buffer_grows_while_a_hole_holds_the_front():
     cid = gw.open("10.1.0.5", 40000, "198.51.100.7", 443)
     assert gw.send(cid, b"a" * (1 << 20)) == 64 << 10
     gw.receive(1, wire.OpenOk(cid), 0.1)
-    gw.receive(1, wire.DataAck(cid, 0, 1 << 20), 0.1)  # a large window alone: no growth
+    gw.receive(1, wire.DataAck(cid, 0, 64 << 10), 0.1)  # the peer's window is the buffer
     assert gw.send_room(cid) == 0
     gw.messages_to_send(0.1)
+    assert gw.counters["send_grown"] == 0  # all in flight, but the window limits too
     # bytes 4K..60K arrived, 0..4K is still on its way: the peer waits on a hole
     gw.receive(1, wire.DataAck(cid, 0, 1 << 20, ((4096, 60 << 10),)), 0.2)
     assert gw.send_room(cid) == (120 - 64) << 10
     gw.receive(1, wire.DataAck(cid, 64 << 10, 1 << 20), 0.3)  # the hole filled
     assert gw.send_room(cid) == 64 << 10  # back to buffer_bytes, all of it free
+
+
+def test_send_buffer_grows_while_all_of_it_is_on_the_paths_and_the_window_is_open():
+    """On fast paths with a long acknowledgement round trip the whole buffer is in flight
+    while the peer still has room: the buffer holds the connection back, so it doubles
+    (up to buffer_max); a peer whose window is closed (a slow reader) never makes it."""
+    p = MuxParams(buffer_bytes=64 << 10, buffer_max=256 << 10, message_size=4096)
+    gw = Mux("gateway", p)
+    gw.path_up(1, 0.0, room=10 << 20)
+    cid = gw.open("10.1.0.5", 40000, "198.51.100.7", 443)
+    gw.receive(1, wire.OpenOk(cid), 0.1)
+    gw.receive(1, wire.DataAck(cid, 0, 1 << 20), 0.1)  # the peer's window: 1 MiB
+    sizes = []
+    for k in range(4):
+        sizes.append(gw.send(cid, b"a" * (1 << 20)))  # the application always has more
+        gw.messages_to_send(0.2 + k)
+        assert gw.conns[cid].unsent == 0
+        acked = gw.conns[cid].snd_nxt
+        gw.receive(1, wire.DataAck(cid, acked, 1 << 20), 0.3 + k)
+    assert sizes == [64 << 10, 128 << 10, 256 << 10, 256 << 10]  # doubled, then buffer_max
+    assert gw.counters["send_grown"] == 2
+    # a slow reader: the window closes before the buffer is all out, nothing grows
+    slow = Mux("gateway", p)
+    slow.path_up(1, 0.0, room=10 << 20)
+    cid = slow.open("10.1.0.5", 40001, "198.51.100.7", 443)
+    slow.receive(1, wire.OpenOk(cid), 0.1)
+    slow.receive(1, wire.DataAck(cid, 0, 32 << 10), 0.1)
+    for k in range(4):
+        slow.send(cid, b"a" * (1 << 20))
+        slow.messages_to_send(0.2 + k)
+        slow.receive(1, wire.DataAck(cid, slow.conns[cid].snd_nxt, 0), 0.3 + k)
+    assert slow.counters["send_grown"] == 0 and slow.conns[cid].send_limit(p) == 64 << 10
 
 
 def test_unknown_connection_gets_one_rst_per_burst():

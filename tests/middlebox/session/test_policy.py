@@ -103,6 +103,30 @@ def test_a_download_never_dry_is_no_stream_and_a_dry_one_becomes_one():
     assert pol.policy.inner.classify(last, now)[0] == "stream"
 
 
+def test_a_download_whose_send_buffer_is_all_in_flight_is_not_application_limited():
+    """The last message of a full send buffer has no backlog, but the application has
+    more: it is held by the buffer (on fast paths the whole buffer goes out before the
+    acknowledgements free it). Taking that for a dry spell made bulk downloads streams."""
+    cfg = SchedulerConfig(policy="context")
+    pol = SchedulerPolicy(cfg)
+    pol.policy = spy = Spy(pol.policy)
+    mux, cid = gateway(pol, window=1 << 30)
+    pol.opened(cid, "10.1.0.5", 443, 0.0)
+    mux.receive(1, wire.DataAck(cid, 0, 1 << 24, ()), 0.02)  # the peer's window: 16 MiB
+    t = cfg.stream_age + 1.0
+    for k in range(3):
+        taken = mux.send(cid, bytes(8 << 20))  # the application has more than fits
+        assert 0 < taken < 8 << 20
+        mux.messages_to_send(t + k)
+        conn = mux.conns[cid]
+        assert conn.unsent == 0  # all of it on the paths: the buffer is in flight
+        last = data_seen(spy)[-1][0]
+        assert last.backlog == 0 and last.buffer_full
+        assert pol.registry.get(CONNECTION, cid).app_limited_at is None
+        assert pol.policy.inner.classify(last, t + k)[0] != "stream"
+        mux.receive(1, wire.DataAck(cid, conn.snd_nxt, 1 << 24, ()), t + k + 0.5)
+
+
 def test_connections_the_shell_did_not_announce_get_a_context_and_are_forgotten():
     pol = SchedulerPolicy(SchedulerConfig(policy="context"))
     ps = [PathState(1, True, 0.02, 0.01, 1 << 20)]
