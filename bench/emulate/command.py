@@ -131,7 +131,7 @@ def rows(
                 raise UserError(f"--policies: unknown policy in {item!r}")
             if name not in variants:
                 raise UserError(f"--policies: {item!r} names no --variant {name!r}")
-        elif item != MPTCP and item not in policies.names():
+        elif item != MPTCP and item != BEST and item not in policies.names():
             raise UserError(
                 f"--policies: unknown row {item!r} (policies: {', '.join(policies.names())}; "
                 "single:<carrier>, single:best, mptcp)"

@@ -246,6 +246,10 @@ def test_variant_files_are_read_strictly_and_keep_to_tuning(tmp_path):
     scn = Scenario([Carrier("a", fixed_rate(8e6))], "bulk", 1.0)
     assert rows("context,context@big,mptcp", scn, variants={"big": v}) == [
         "context", "context@big", "mptcp"]  # fmt: skip
+    # the best carrier differs between the stretches: kept as single:best, chosen per stretch
+    swap = [Carrier("a", from_rates(np.array([9e6] * 10 + [1e6] * 10), 1000)),
+            Carrier("b", from_rates(np.array([1e6] * 10 + [9e6] * 10), 1000))]  # fmt: skip
+    assert rows("single:best", Scenario(swap, "bulk", 5.0), (0.0, 10.0)) == ["single:best"]
     with pytest.raises(UserError, match="names no --variant"):
         rows("context@small", scn, variants={"big": v})
     with pytest.raises(UserError, match="unknown policy"):
