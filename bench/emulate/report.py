@@ -145,8 +145,8 @@ def ratios(per_stretch: Sequence[Sequence[RunResult]]) -> dict[str, dict]:
     names = row_names(per_stretch)
     out: dict[str, dict] = {}
     for name in filter(_is_proxy, names):
+        base = name.partition("@")[0] if "@" in name else None  # a variant's own policy
         for metric, get, higher in RATIOS:
-            base = name.partition("@")[0] if "@" in name else None
             for against in ("mptcp", "best single", *([base] if base in names else [])):
                 values: list[float | None] = []
                 pairs: list[str | None] = []

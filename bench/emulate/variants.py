@@ -26,7 +26,7 @@ TESTBED_KEYS = {
         "lan_interface",
         "listener_namespace",
         "control_socket",
-    },  # fmt: skip
+    },
     "node": {"id", "listen", "control_socket", "allowed_destinations"},
     "tls": None,  # the whole section
 }

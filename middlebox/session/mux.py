@@ -1267,6 +1267,9 @@ class Mux:
         want = min(conn.target, unsent, allowance, self.params.max_data)
         if want <= 0 or (want < SWS_MIN and want < unsent):
             return False  # window closed (or nearly): wait for the receiver to read
+        # the last of the queue with the send buffer full: the buffer, not the application,
+        # ran out (asked only of a queue's last message: the others cost nothing more)
+        full = want == unsent and self._send_room(conn) < self.params.message_size
         if conn.state is ConnState.OPENING:
             pid = self._pinned_path(conn)
             if pid is None:
@@ -1278,7 +1281,7 @@ class Mux:
                 DATA,
                 offset=conn.snd_nxt,
                 backlog=unsent - want,
-                buffer_full=self._send_room(conn) < self.params.message_size,
+                buffer_full=full,
             )
             ids = self.policy(info, paths, now)
             if not ids:
@@ -1302,10 +1305,10 @@ class Mux:
             out.append((p, msg))
             self._charge(p, size)
         if (
-            conn.unsent == 0
+            full  # cutting a message leaves the send buffer as it was: still full
+            and conn.unsent == 0
             and conn.send_cap < self.params.buffer_max
             and conn.peer_edge - conn.snd_nxt >= self.params.message_size
-            and self._send_room(conn) < self.params.message_size
         ):
             self._grow_send(conn)
         # adapt: a long queue earns larger messages, a dry one returns to the base size
